@@ -1,0 +1,50 @@
+"""Rich tables printed by the CLI."""
+
+from __future__ import annotations
+
+from pydantic_core import PydanticUndefined
+from rich.console import Console
+from rich.table import Table
+
+from repa.errors import RepaError
+from repa.plugins import KINDS, Entry, get_components
+
+ALIASES = {"alignment": "alignment_loss", "alignment-loss": "alignment_loss", "loss": "alignment_loss"}
+
+
+def _kind(name: str | None) -> list[str]:
+    if name is None:
+        return list(KINDS)
+    kind = ALIASES.get(name, name.rstrip("s") if name.rstrip("s") in KINDS else name)
+    if kind not in KINDS:
+        raise RepaError(f"unknown kind {name!r}; kinds are: {', '.join(KINDS)}")
+    return [kind]
+
+
+def describe_params(entry: Entry) -> str:
+    parts = []
+    for name, info in entry.params.model_fields.items():
+        if info.default is PydanticUndefined and info.default_factory is None:
+            parts.append(f"{name} (required)")
+        else:
+            default = info.default_factory() if info.default_factory else info.default
+            parts.append(f"{name}={default!r}")
+    return ", ".join(parts) or "-"
+
+
+def print_plugins(kind_name: str | None) -> int:
+    components = get_components()
+    kinds = _kind(kind_name)
+    table = Table(show_lines=False, title="repa components")
+    for column in ("kind", "name", "parameters (defaults)", "distribution", "description"):
+        table.add_column(column, overflow="fold")
+    infos = {e.name: e.info(e.params()) for k in kinds for e in components[k] if e.info} if len(kinds) == 1 else {}
+    info_columns = list(dict.fromkeys(c for info in infos.values() for c in info))
+    for column in info_columns:
+        table.add_column(column, overflow="fold")
+    for kind in kinds:
+        for entry in components[kind]:
+            extra = [str(infos.get(entry.name, {}).get(c, "")) for c in info_columns]
+            table.add_row(kind, entry.name, describe_params(entry), entry.distribution, entry.description, *extra)
+    Console(width=200).print(table)
+    return 0

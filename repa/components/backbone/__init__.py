@@ -1,0 +1,78 @@
+"""SiT backbones (Ma et al. 2024), state-dict compatible with the official REPA/SiT code."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from repa.interfaces import BackboneParams
+from repa.plugins import hookimpl
+
+
+class SiTParams(BackboneParams):
+    depth: int = Field(28, ge=1, description="number of SiT blocks")
+    hidden_size: int = Field(1152, ge=1)
+    num_heads: int = Field(16, ge=1)
+    patch_size: int = Field(2, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    qk_norm: bool = Field(False, description="LayerNorm on queries and keys per head")
+    in_channels: int | None = Field(None, ge=1, description="default: the autoencoder's latent channels")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+    def num_blocks(self) -> int:
+        return self.depth
+
+    def num_tokens(self, input_size: int) -> int:
+        return (input_size // self.patch_size) ** 2
+
+    def input_multiple(self) -> int:
+        return self.patch_size
+
+
+# The official size table (models/sit.py): depth, width, heads.
+SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+PATCHES = (2, 4, 8)
+
+
+def preset_params(size: str, patch: int) -> type[SiTParams]:
+    depth, width, heads = SIZES[size]
+    namespace = {
+        "__annotations__": {"depth": int, "hidden_size": int, "num_heads": int, "patch_size": int},
+        "depth": Field(depth, ge=1),
+        "hidden_size": Field(width, ge=1),
+        "num_heads": Field(heads, ge=1),
+        "patch_size": Field(patch, ge=1),
+        "__module__": __name__,
+    }
+    return type(f"SiT_{size}_{patch}Params", (SiTParams,), namespace)
+
+
+def build_sit(params: SiTParams, *, input_size, in_channels, num_classes, projections=(), label_dropout=0.1,
+              grad_checkpointing=False):
+    from repa.components.backbone.sit import SiT
+
+    if params.in_channels is not None and params.in_channels != in_channels:
+        from repa.errors import ConfigError
+
+        raise ConfigError([f"backbone.in_channels: {params.in_channels} does not match the autoencoder's {in_channels}"])
+    return SiT(
+        input_size=input_size, patch_size=params.patch_size, in_channels=in_channels,
+        hidden_size=params.hidden_size, depth=params.depth, num_heads=params.num_heads,
+        mlp_ratio=params.mlp_ratio, label_dropout=label_dropout, num_classes=num_classes,
+        qk_norm=params.qk_norm, projections=projections, grad_checkpointing=grad_checkpointing,
+    )
+
+
+@hookimpl
+def repa_register_backbones(registry):
+    registry.add("sit", build_sit, SiTParams, "SiT with custom depth/width/heads/patch")
+    for size, (depth, width, heads) in SIZES.items():
+        for patch in PATCHES:
+            registry.add(
+                f"SiT-{size}/{patch}", build_sit, preset_params(size, patch),
+                f"SiT-{size}/{patch}: {depth} blocks, width {width}, {heads} heads, patch {patch}",
+            )

@@ -1,0 +1,284 @@
+"""SiT: a DiT-style transformer on latent patches, with REPA projectors at chosen depths.
+
+Parameter names and shapes are those of the official REPA `models/sit.py`, so official
+checkpoints load with strict=True. Differences, all deliberate:
+- attention is `F.scaled_dot_product_attention` (no timm dependency; qk-norm works);
+- the final layer's width is the model width (the official S presets crash on a
+  hard-coded decoder width of 768);
+- each projector sits at its own depth (official: all at `encoder_depth`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# ============================================================================
+# Embeddings: patches, timesteps, class labels
+# ============================================================================
+
+
+class PatchEmbed(nn.Module):
+    """[B, C, H, W] -> [B, (H/p)(W/p), D] by a strided convolution (names as timm's PatchEmbed)."""
+
+    def __init__(self, input_size: int, patch_size: int, in_channels: int, hidden_size: int):
+        super().__init__()
+        self.patch_size = (patch_size, patch_size)
+        self.num_patches = (input_size // patch_size) ** 2
+        self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size, bias=True)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t (GLIDE), then a 2-layer MLP."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+        self.frequency_embedding_size = frequency_embedding_size
+
+    @staticmethod
+    def sinusoidal(t, dim, max_period=10000):
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t[:, None].float() * freqs[None]
+        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if dim % 2:
+            embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+        return embedding
+
+    def forward(self, t):
+        return self.mlp(self.sinusoidal(t, self.frequency_embedding_size).to(t.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding; row `num_classes` is the null label used by classifier-free guidance."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+
+    def forward(self, labels, drop_ids=None):
+        """drop_ids [B] bool: which labels to replace by the null label (None: keep all)."""
+        if drop_ids is not None:
+            labels = torch.where(drop_ids, torch.full_like(labels, self.num_classes), labels)
+        return self.embedding_table(labels)
+
+
+# ============================================================================
+# Transformer block with adaLN-Zero conditioning
+# ============================================================================
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; parameter names as timm's Attention (qkv, proj, q_norm, k_norm)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SiTBlock(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, qk_norm)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x, c):
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+def build_projector(hidden_size: int, projector_dim: int, out_dim: int) -> nn.Sequential:
+    """REPA's h_phi: a 3-layer MLP with SiLU (Sec. 3.2)."""
+    return nn.Sequential(
+        nn.Linear(hidden_size, projector_dim), nn.SiLU(),
+        nn.Linear(projector_dim, projector_dim), nn.SiLU(),
+        nn.Linear(projector_dim, out_dim),
+    )
+
+
+# ============================================================================
+# SiT
+# ============================================================================
+
+
+class SiT(nn.Module):
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        label_dropout: float = 0.1,
+        num_classes: int = 1000,
+        qk_norm: bool = False,
+        projections=(),
+        grad_checkpointing: bool = False,
+    ):
+        """projections: (depth, projector_dim, out_dim) per alignment entry, in entry order."""
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"input size {input_size} is not a multiple of the patch size {patch_size}")
+        for depth_k, _, _ in projections:
+            if not 1 <= depth_k <= depth:
+                raise ValueError(f"projector depth {depth_k} is outside 1..{depth}")
+        self.input_size, self.in_channels, self.out_channels = input_size, in_channels, in_channels
+        self.patch_size, self.num_classes, self.label_dropout = patch_size, num_classes, label_dropout
+        self.projector_depths = [int(d) for d, _, _ in projections]
+        self.grad_checkpointing = grad_checkpointing
+
+        self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, label_dropout)
+        num_patches = self.x_embedder.num_patches
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList(SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
+        self.projectors = nn.ModuleList(build_projector(hidden_size, p, z) for _, p, z in projections)
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights()
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    @property
+    def has_null_label(self) -> bool:
+        return self.y_embedder.embedding_table.num_embeddings > self.num_classes
+
+    def initialize_weights(self):
+        """As official: xavier linears, frozen 2-D sin-cos positions, zeroed adaLN and output (DiT Sec. 3.2)."""
+
+        def basic_init(module):
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(basic_init)
+        grid = int(self.x_embedder.num_patches**0.5)
+        self.pos_embed.data.copy_(torch.from_numpy(sincos_2d(self.pos_embed.shape[-1], grid)).float().unsqueeze(0))
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for module in [*(b.adaLN_modulation[-1] for b in self.blocks), self.final_layer.adaLN_modulation[-1]]:
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def unpatchify(self, x):
+        """[B, T, p*p*C] -> [B, C, H, W]."""
+        c, p = self.out_channels, self.patch_size
+        h = w = int(x.shape[1] ** 0.5)
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+
+    def check_inputs(self, x, t, y):
+        expected = (self.in_channels, self.input_size, self.input_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"SiT expects inputs [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
+        if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
+            raise ValueError(f"t and y must be [B]={x.shape[0]}, got t {list(t.shape)} and y {list(y.shape)}")
+        top = self.num_classes if self.has_null_label else self.num_classes - 1
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > top):
+            raise ValueError(f"labels must lie in 0..{top} ({self.num_classes} classes"
+                             f"{', null label ' + str(self.null_label) if self.has_null_label else ''}), "
+                             f"got {int(y.min())}..{int(y.max())}")
+
+    def forward(self, x, t, y, drop_ids=None):
+        """x [B,C,H,W], t [B], y [B] -> (out [B,C,H,W], [projected features [B,T,D_k] per entry]).
+
+        In train mode without `drop_ids`, labels are dropped with probability `label_dropout`
+        (torch's global RNG, as official); the engine passes `drop_ids` for reproducibility."""
+        if self.training and drop_ids is None and self.label_dropout > 0:
+            drop_ids = torch.rand(y.shape[0], device=y.device) < self.label_dropout
+        if not self.training:
+            drop_ids = None
+        x = self.x_embedder(x) + self.pos_embed
+        batch, tokens, dim = x.shape
+        c = self.t_embedder(t) + self.y_embedder(y, drop_ids)
+        features = [None] * len(self.projectors)
+        for i, block in enumerate(self.blocks):
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, c, use_reentrant=False)
+            else:
+                x = block(x, c)
+            for k, depth in enumerate(self.projector_depths):
+                if depth == i + 1:
+                    features[k] = self.projectors[k](x.reshape(-1, dim)).reshape(batch, tokens, -1)
+        return self.unpatchify(self.final_layer(x, c)), features
+
+
+# ============================================================================
+# Fixed 2-D sin-cos positional embedding (MAE's, as used by DiT/SiT)
+# ============================================================================
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", positions.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_2d(dim: int, grid_size: int) -> np.ndarray:
+    """[grid*grid, dim]: first half encodes the column index, second half the row (as official)."""
+    grid_w, grid_h = np.meshgrid(np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32))
+    return np.concatenate([sincos_1d(dim // 2, grid_w), sincos_1d(dim // 2, grid_h)], axis=1)

@@ -1,0 +1,56 @@
+"""Datasets. Each item is a dict: image (uint8 [3,R,R]), y (int label), and optionally
+moments (the autoencoder's stored mean/std) and features_<k> (cached encoder tokens)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from repa.interfaces import DatasetParams
+from repa.plugins import hookimpl
+
+
+class FolderParams(DatasetParams):
+    path: str = Field(description="dataset root: images/ (+ vae-sd/) each with dataset.json")
+    latents: str | None = Field("vae-sd", description="subfolder of stored latent moments; none = encode on the fly")
+    num_classes: int = Field(1000, ge=1)
+
+
+class PackedParams(DatasetParams):
+    path: str = Field(description="folder written by `repa preprocess pack` (manifest.json + shards)")
+    num_classes: int = Field(1000, ge=1)
+    verify: Literal["quick", "full", "none"] = Field(
+        "quick", description="checksums checked at start: quick (size + head/tail), full, or none"
+    )
+
+
+class ImagesParams(DatasetParams):
+    path: str = Field(description="class subfolders of images (ImageNet style); ADM center crop on the fly")
+    num_classes: int | None = Field(None, ge=1, description="default: the number of class folders")
+
+
+class DigitsParams(DatasetParams):
+    resolution: int = Field(32, ge=8, description="the 8x8 digits are upscaled (bilinear) to this size")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="fixed held-out split (seed 0)")
+
+
+def _build(module: str, cls: str):
+    def factory(params, *, split: str = "train"):
+        import importlib
+
+        return getattr(importlib.import_module(f"repa.components.dataset.{module}"), cls)(params, split=split)
+
+    return factory
+
+
+@hookimpl
+def repa_register_datasets(registry):
+    registry.add("folder", _build("folder", "FolderDataset"), FolderParams,
+                 "official REPA layout: images/ + vae-sd/ with dataset.json")
+    registry.add("packed", _build("packed", "PackedDataset"), PackedParams,
+                 "repa's packed format: memory-mapped shards + manifest (fast at ImageNet scale)")
+    registry.add("images", _build("images", "ImageFolderDataset"), ImagesParams,
+                 "raw class-folder images, center-cropped on the fly (small experiments)")
+    registry.add("digits", _build("digits", "DigitsDataset"), DigitsParams,
+                 "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes); no download")

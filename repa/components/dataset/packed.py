@@ -1,0 +1,161 @@
+"""repa's packed format: a few large memory-mapped .npy shards and a manifest.
+
+    DEST/manifest.json          {"format": "repa-packed", "count", "resolution", "shard_size",
+                                 "fields": {name: {"dtype", "shape"}}, "shards": [{"count", "files":
+                                 {field: {"name", "bytes", "blake2b", "quick"}}}]}
+    DEST/<field>-00000.npy      [shard_count, *shape] per field: images (uint8 [3,R,R]),
+                                labels (int64), moments (float32 [8,h,w]), features.<encoder>
+
+Reading a sample is a slice of a page-cached memory map: no decode, no per-file open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from repa.errors import DataError
+from repa.weights import file_digest
+
+FORMAT, MANIFEST = "repa-packed", "manifest.json"
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+class PackWriter:
+    """Fills shards in order; each finished shard is checksummed and recorded in the manifest,
+    so an interrupted pack resumes at the first unfinished shard."""
+
+    def __init__(self, dest: Path, count: int, resolution: int, fields: dict[str, tuple[str, tuple]],
+                 shard_size: int = 8192):
+        self.dest, self.count, self.shard_size = Path(dest), count, shard_size
+        self.dest.mkdir(parents=True, exist_ok=True)
+        self.fields = {k: {"dtype": d, "shape": list(s)} for k, (d, s) in fields.items()}
+        previous = self._read_partial()
+        self.manifest = previous or {
+            "format": FORMAT, "version": 1, "count": count, "resolution": resolution,
+            "shard_size": shard_size, "fields": self.fields, "shards": [], "complete": False,
+        }
+        self._open: dict[str, np.memmap] = {}
+        self._shard = -1
+
+    def _read_partial(self):
+        path = self.dest / MANIFEST
+        if not path.is_file():
+            return None
+        manifest = json.loads(path.read_text())
+        same = manifest.get("count") == self.count and manifest.get("fields") == self.fields
+        return manifest if same and manifest.get("shard_size") == self.shard_size else None
+
+    @property
+    def done_until(self) -> int:
+        """Samples already in finished shards (resume from here)."""
+        return sum(s["count"] for s in self.manifest["shards"])
+
+    def _file(self, name: str, shard: int) -> Path:
+        return self.dest / f"{name}-{shard:05d}.npy"
+
+    def _start_shard(self, shard: int) -> None:
+        n = min(self.shard_size, self.count - shard * self.shard_size)
+        self._open = {
+            name: np.lib.format.open_memmap(self._file(name, shard), mode="w+", dtype=f["dtype"], shape=(n, *f["shape"]))
+            for name, f in self.fields.items()
+        }
+        self._shard = shard
+
+    def write(self, index: int, **values) -> None:
+        shard = index // self.shard_size
+        if shard != self._shard:
+            self._start_shard(shard)
+        for name, value in values.items():
+            self._open[name][index - shard * self.shard_size] = value
+        if index + 1 == min(self.count, (shard + 1) * self.shard_size):
+            self._finish_shard(shard)
+
+    def _finish_shard(self, shard: int) -> None:
+        files = {}
+        for name, array in self._open.items():
+            array.flush()
+            path = self._file(name, shard)
+            files[name] = {"name": path.name, "bytes": path.stat().st_size,
+                           "blake2b": file_digest(path), "quick": file_digest(path, quick=True)}
+        count = len(next(iter(self._open.values())))
+        self._open, self._shard = {}, -1
+        self.manifest["shards"].append({"count": count, "files": files})
+        self.manifest["complete"] = self.done_until == self.count
+        write_json_atomic(self.dest / MANIFEST, self.manifest)
+
+
+def read_manifest(root: Path) -> dict:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: missing; create the packed dataset with `repa preprocess pack SRC {root}`")
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); re-run `repa preprocess pack`") from None
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not a {FORMAT} manifest")
+    if not manifest.get("complete"):
+        raise DataError(f"{path}: packing did not finish ({sum(s['count'] for s in manifest['shards'])} of "
+                        f"{manifest['count']} samples); re-run `repa preprocess pack` to resume")
+    return manifest
+
+
+def verify(root: Path, manifest: dict, mode: str) -> None:
+    for shard in manifest["shards"]:
+        for entry in shard["files"].values():
+            path = root / entry["name"]
+            if not path.is_file():
+                raise DataError(f"{path}: missing shard file listed in {root / MANIFEST}")
+            if path.stat().st_size != entry["bytes"]:
+                raise DataError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']} "
+                                "(truncated or replaced); re-run `repa preprocess pack`")
+            if mode == "none":
+                continue
+            key, quick = ("quick", True) if mode == "quick" else ("blake2b", False)
+            if file_digest(path, quick=quick) != entry[key]:
+                raise DataError(f"{path}: checksum mismatch ({'quick' if quick else 'full'} blake2b); the file is "
+                                "corrupt; re-run `repa preprocess pack` for it")
+
+
+class PackedDataset(torch.utils.data.Dataset):
+    def __init__(self, params, split: str = "train"):
+        self.root = Path(params.path)
+        self.manifest = read_manifest(self.root)
+        if self.manifest["resolution"] != params.resolution:
+            raise DataError(f"{self.root / MANIFEST}: packed at {self.manifest['resolution']} px but "
+                            f"data.resolution is {params.resolution}")
+        verify(self.root, self.manifest, params.verify)
+        self.num_classes, self.resolution = params.num_classes, params.resolution
+        self.shard_size = self.manifest["shard_size"]
+        self.fields = list(self.manifest["fields"])
+        self._maps: list[dict[str, np.ndarray]] | None = None
+
+    def _memory_maps(self) -> list[dict[str, np.ndarray]]:
+        # Opened lazily so that every DataLoader worker maps the files itself.
+        if self._maps is None:
+            self._maps = [
+                {name: np.load(self.root / f["name"], mmap_mode="r") for name, f in shard["files"].items()}
+                for shard in self.manifest["shards"]
+            ]
+        return self._maps
+
+    def __len__(self) -> int:
+        return self.manifest["count"]
+
+    def __getitem__(self, i: int) -> dict:
+        shard = self._memory_maps()[i // self.shard_size]
+        j = i % self.shard_size
+        item = {"image": torch.from_numpy(np.array(shard["images"][j])), "y": int(shard["labels"][j])}
+        if "moments" in shard:
+            item["moments"] = torch.from_numpy(np.array(shard["moments"][j], dtype=np.float32))
+        return item

@@ -1,0 +1,56 @@
+"""Finding encoder weights on this machine, fetching the ones with a public URL when online,
+and otherwise saying exactly what to download and where to put it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from repa.components.encoder.specs import EncoderSpec, candidate_files, present_file, torch_home
+from repa.errors import MissingWeightsError
+from repa.weights import hub_offline, reachable
+
+
+def _fetch(spec: EncoderSpec) -> Path | None:
+    """Download into the usual cache when the network is there (never hangs: 3 s probe first)."""
+    if hub_offline():
+        return None
+    if spec.hub_file and reachable("dl.fbaipublicfiles.com"):
+        import torch
+
+        target = torch_home() / "hub" / "checkpoints" / spec.hub_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(spec.url, str(target), progress=True)
+        return target
+    if spec.hf_repo and reachable("huggingface.co"):
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(spec.hf_repo, spec.hf_files[0]))
+    return None
+
+
+def missing_message(spec: EncoderSpec, weights: str | None) -> str:
+    places = [str(p) for p in candidate_files(spec, weights)]
+    target = places[0]
+    where = f" (or set weights = \"/path/to/file\" in its table: encoder = {{ kind = \"{spec.name}\", weights = \"...\" }})"
+    if weights:
+        return f"{spec.name}: weights file {weights} does not exist; download {spec.url} and save it there"
+    offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""
+    if spec.hf_repo and not spec.hub_file:
+        return (
+            f"{spec.name}: weights not found{offline}; looked in: {'; '.join(places)}. On a machine with "
+            f"internet run `huggingface-cli download {spec.hf_repo} {spec.hf_files[0]}` and copy its Hugging Face "
+            f"cache folder models--{spec.hf_repo.replace('/', '--')} into {Path(target).parents[3]}{where}"
+        )
+    return (
+        f"{spec.name}: weights not found{offline}; looked in: {'; '.join(places)}. "
+        f"Download {spec.url} and save it as {target}{where}"
+    )
+
+
+def locate_weights(spec: EncoderSpec, weights: str | None) -> Path:
+    found = present_file(spec, weights)
+    if found is None and not weights:
+        found = _fetch(spec)
+    if found is None:
+        raise MissingWeightsError(missing_message(spec, weights))
+    return found

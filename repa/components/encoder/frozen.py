@@ -1,0 +1,60 @@
+"""The wrapper every encoder runs in: REPA preprocessing, frozen weights, eval mode forever,
+no gradients, autocast inside, float32 tokens out."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from repa.components.encoder.specs import EncoderSpec
+
+
+class FrozenEncoder(nn.Module):
+    def __init__(self, spec: EncoderSpec, network: nn.Module, resolution: int,
+                 tokens: Callable[[nn.Module, torch.Tensor], torch.Tensor], weights_file: str = ""):
+        super().__init__()
+        self.spec, self.network, self.resolution, self._tokens = spec, network, resolution, tokens
+        self.embed_dim, self.weights_file = spec.embed_dim, weights_file
+        self.autocast_dtype: torch.dtype | None = None  # set by the engine to match mixed precision
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        network.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        # The official code leaves MAE and I-JEPA in train mode; an encoder here never leaves eval.
+        return super().train(False)
+
+    def tokens_for(self, resolution: int) -> int:
+        return self.spec.tokens_for(resolution)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,R,R] in [0,255] -> the encoder's normalised input (REPA's preprocess_raw_image)."""
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[-1] != self.resolution:
+            raise ValueError(
+                f"{self.spec.name} expects uint8 images [B, 3, {self.resolution}, {self.resolution}], "
+                f"got {list(images.shape)}"
+            )
+        x = images.float() / 255.0
+        size = self.spec.input_size(self.resolution)
+        if self.spec.normalize_first:
+            x = (x - self.mean) / self.std
+        if size != x.shape[-1]:
+            x = F.interpolate(x, size, mode="bicubic")
+        if not self.spec.normalize_first:
+            x = (x - self.mean) / self.std
+        return x
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed input -> patch tokens [B, T, D] in float32 (CLS and registers removed)."""
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
+            tokens = self._tokens(self.network, x)
+        return tokens[:, self.spec.prefix_tokens:].float()
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self(self.preprocess(images))

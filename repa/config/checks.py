@@ -1,0 +1,81 @@
+"""Cross-field checks that need several sections at once (run after schema validation)."""
+
+from __future__ import annotations
+
+from repa.config.loader import Issue
+from repa.config.schema import ExperimentConfig
+
+
+def cross_checks(config: ExperimentConfig) -> list[Issue]:
+    return _batch_checks(config) + _shape_checks(config)
+
+
+def _batch_checks(config: ExperimentConfig) -> list[Issue]:
+    train = config.train
+    if train.global_batch_size % train.grad_accum_steps:
+        return [
+            Issue(
+                ("train", "global_batch_size"),
+                f"{train.global_batch_size} is not divisible by train.grad_accum_steps={train.grad_accum_steps}",
+            )
+        ]
+    return []
+
+
+def _shape_checks(config: ExperimentConfig) -> list[Issue]:
+    """Alignment depth, autoencoder downsampling, patch size and token counts must agree."""
+    issues: list[Issue] = []
+    backbone = config.backbone.params
+    blocks = backbone.num_blocks()
+    for i, entry in enumerate(config.alignment):
+        if entry.depth > blocks:
+            issues.append(
+                Issue(
+                    ("alignment", i, "depth"),
+                    f"must be within 1..{blocks} ({config.backbone.kind} has {blocks} blocks), got {entry.depth}",
+                )
+            )
+    resolution = config.data.params.resolution
+    factor = config.autoencoder.params.downsample_factor()
+    if resolution % factor:
+        issues.append(
+            Issue(
+                ("data", "resolution"),
+                f"{resolution} is not divisible by the {config.autoencoder.kind} autoencoder's downsampling "
+                f"factor {factor}; use a multiple of {factor}",
+            )
+        )
+        return issues
+    side, multiple = resolution // factor, backbone.input_multiple()
+    if side % multiple:
+        issues.append(
+            Issue(
+                ("data", "resolution"),
+                f"the backbone input is {side}x{side} ({resolution} px / {factor}), not a multiple of "
+                f"{config.backbone.kind}'s patch size {multiple}",
+            )
+        )
+        return issues
+    tokens = backbone.num_tokens(side)
+    for i, entry in enumerate(config.alignment):
+        issues += _token_check(config, i, entry, resolution, tokens, side)
+    return issues
+
+
+def _token_check(config, i, entry, resolution, tokens, side) -> list[Issue]:
+    where = ("alignment", i, "encoder")
+    try:
+        encoder_tokens = entry.encoder.params.tokens_for(resolution)
+    except ValueError as exc:
+        return [Issue(where, f"{entry.encoder.kind}: {exc}")]
+    if encoder_tokens == tokens:
+        return []
+    patch = config.backbone.params.input_multiple()
+    return [
+        Issue(
+            where,
+            f"{entry.encoder.kind} gives {encoder_tokens} tokens at {resolution} px but {config.backbone.kind} "
+            f"has {tokens} ({side}x{side} input / patch {patch}); use a backbone whose token grid is "
+            f"{int(encoder_tokens ** 0.5)}x{int(encoder_tokens ** 0.5)} or another resolution",
+        )
+    ]

@@ -1,0 +1,279 @@
+"""TOML experiment file -> validated ExperimentConfig, or one located line per problem.
+
+Validation is two-phase: every component-valued key is looked up in its registry (after
+plugins load) and its remaining keys are validated by that component's own params model;
+then the static schema validates the sections; then cross-field checks run.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import BaseModel, ValidationError
+
+from repa.config.component import Component, Kind
+from repa.config.overrides import apply_override, parse_override
+from repa.config.schema import ExperimentConfig
+from repa.config.source import KeyPath, key_lines, line_of, read_toml
+from repa.errors import ConfigError
+from repa.plugins import Components, UnknownComponentError, get_components
+
+
+@dataclass
+class Issue:
+    path: KeyPath
+    message: str
+
+
+@dataclass
+class Source:
+    """Where each key came from: a line of the file, or a --set argument."""
+
+    file: str
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    overridden: dict[KeyPath, str] = field(default_factory=dict)
+    aliases: dict[KeyPath, KeyPath] = field(default_factory=dict)  # expanded entry -> written entry
+
+    def _written(self, path: KeyPath) -> KeyPath:
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.aliases:
+                return self.aliases[path[:end]] + path[end:]
+        return path
+
+    def locate(self, path: KeyPath) -> str:
+        written = self._written(path)
+        for end in range(len(written), 0, -1):
+            if written[:end] in self.overridden:
+                return f"--set {self.overridden[written[:end]]}"
+        return f"{self.file}:{line_of(self.lines, written)}"
+
+    def sort_key(self, path: KeyPath) -> int:
+        return line_of(self.lines, self._written(path))
+
+    def format(self, issues: Iterable[Issue]) -> list[str]:
+        ordered = sorted(issues, key=lambda i: self.sort_key(i.path))
+        return [f"{self.locate(i.path)}: {dotted(i.path) or '<file>'}: {i.message}" for i in ordered]
+
+
+def dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# ============================================================================
+# Entry points
+# ============================================================================
+
+
+def load_experiment(
+    path: str | Path, overrides: Iterable[str] = (), components: Components | None = None
+) -> ExperimentConfig:
+    raw, text = read_toml(path)
+    return validate_experiment(raw, Source(str(path), key_lines(text)), overrides, components)
+
+
+def validate_experiment(
+    raw: dict, source: Source, overrides: Iterable[str] = (), components: Components | None = None
+) -> ExperimentConfig:
+    components = components or get_components()
+    raw = copy.deepcopy(raw)
+    issues: list[Issue] = []
+    _apply_overrides(raw, overrides, source)
+    _expand_alignment_lists(raw, source)
+    _resolve_components(ExperimentConfig, raw, (), components, issues)
+    if not issues:
+        try:
+            config = ExperimentConfig.model_validate(raw)
+        except ValidationError as exc:
+            issues += _translate(exc, ExperimentConfig, ())
+        else:
+            from repa.config.checks import cross_checks
+
+            issues += cross_checks(config)
+            if not issues:
+                return config
+    raise ConfigError(source.format(issues))
+
+
+def _apply_overrides(raw: dict, overrides: Iterable[str], source: Source) -> None:
+    for arg in overrides:
+        try:
+            path, value = parse_override(arg)
+        except ValueError as exc:
+            raise ConfigError([str(exc)]) from None
+        error = apply_override(raw, path, value, lambda p, a=arg: source.overridden.__setitem__(p, a))
+        if error:
+            raise ConfigError([f"--set {arg}: {dotted(path)}: {error}"])
+
+
+def _expand_alignment_lists(raw: dict, source: Source) -> None:
+    """`encoder = "dinov2-vit-b,clip-vit-L"` (the seed's --enc-type) -> one entry per encoder."""
+    entries = raw.get("alignment")
+    if not isinstance(entries, list):
+        return
+    expanded = []
+    for written, entry in enumerate(entries):
+        encoders = entry.get("encoder") if isinstance(entry, dict) else None
+        if isinstance(encoders, str) and "," in encoders:
+            encoders = [e.strip() for e in encoders.split(",") if e.strip()]
+        if isinstance(encoders, list):
+            for name in encoders:
+                source.aliases[("alignment", len(expanded))] = ("alignment", written)
+                expanded.append({**entry, "encoder": name})
+        else:
+            source.aliases[("alignment", len(expanded))] = ("alignment", written)
+            expanded.append(entry)
+    raw["alignment"] = expanded
+
+
+# ============================================================================
+# Phase 1+2: components
+# ============================================================================
+
+
+def _kind_of(metadata: Iterable[Any]) -> Kind | None:
+    return next((m for m in metadata if isinstance(m, Kind)), None)
+
+
+def _unwrap(annotation: Any) -> tuple[Any, Kind | None, bool]:
+    """-> (inner type, Kind metadata, is_list) for X, Annotated[X, Kind], list[...]."""
+    is_list = typing.get_origin(annotation) is list
+    if is_list:
+        annotation = typing.get_args(annotation)[0]
+    kind = None
+    if typing.get_origin(annotation) is typing.Annotated:
+        kind = _kind_of(annotation.__metadata__)
+        annotation = typing.get_args(annotation)[0]
+    return annotation, kind, is_list
+
+
+def _resolve_components(model: type[BaseModel], raw: dict, path: KeyPath, components, issues) -> None:
+    """Replace every component-valued key of `raw` (recursively) by a validated Component."""
+    for name, info in model.model_fields.items():
+        inner, kind, is_list = _unwrap(info.annotation)
+        kind = kind or _kind_of(info.metadata)
+        here = path + (name,)
+        if kind is not None:
+            if is_list:
+                values = raw.get(name, [])
+                if isinstance(values, (str, dict)):
+                    values = [v.strip() for v in values.split(",")] if isinstance(values, str) else [values]
+                if isinstance(values, list):
+                    raw[name] = [_component(v, kind, here + (i,), components, issues) for i, v in enumerate(values)]
+                continue
+            if name not in raw and kind.default is None:
+                continue  # the static schema reports the missing key
+            raw[name] = _component(raw.get(name, kind.default), kind, here, components, issues)
+        elif isinstance(inner, type) and issubclass(inner, BaseModel):
+            if is_list:
+                for i, item in enumerate(raw.get(name) or []):
+                    if isinstance(item, dict):
+                        _resolve_components(inner, item, here + (i,), components, issues)
+                continue
+            if name not in raw and _has_component_fields(inner):
+                raw[name] = {}
+            if isinstance(raw.get(name), dict):
+                _resolve_components(inner, raw[name], here, components, issues)
+
+
+def _has_component_fields(model: type[BaseModel]) -> bool:
+    return any(_unwrap(f.annotation)[1] or _kind_of(f.metadata) for f in model.model_fields.values())
+
+
+def _component(value: Any, kind: Kind, path: KeyPath, components: Components, issues: list[Issue]):
+    label = kind.kind.replace("_", " ")
+    if isinstance(value, Component):
+        return value
+    if isinstance(value, str):
+        name, rest, name_path = value, {}, path
+    elif isinstance(value, dict):
+        rest = dict(value)
+        name, name_path = rest.pop("kind", None), path + ("kind",)
+        if not isinstance(name, str):
+            issues.append(Issue(name_path, f"missing required key 'kind': which {label} to use (`repa plugins {kind.kind}` lists them)"))
+            return value
+    else:
+        issues.append(Issue(path, f"expected a {label} name or a table with `kind`, got {value!r}"))
+        return value
+    try:
+        entry = components[kind.kind].get(name)
+    except UnknownComponentError as exc:
+        issues.append(Issue(name_path, str(exc)))
+        return value
+    try:
+        params = entry.params.model_validate(rest)
+    except ValidationError as exc:
+        issues.extend(_translate(exc, entry.params, path, owner=f"{label} {entry.name!r}"))
+        return value
+    return Component(entry.name, params, entry)
+
+
+# ============================================================================
+# pydantic errors -> one readable line each
+# ============================================================================
+
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+_TYPES = {
+    "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+    "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+    "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+    "tuple_type": "a list", "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table",
+}
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        inner, _, _ = _unwrap(info.annotation)
+        model = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+    return model
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _translate(exc: ValidationError, model: type[BaseModel], prefix: KeyPath, owner: str = "") -> list[Issue]:
+    issues = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        issues.append(Issue(prefix + loc, _message(err, model, prefix + loc, loc, owner)))
+    return issues
+
+
+def _message(err: dict, model: type[BaseModel], path: KeyPath, loc: tuple, owner: str) -> str:
+    kind, given = err["type"], err.get("input")
+    where = f" of {owner}" if owner else ""
+    if kind == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        choices = list(parent.model_fields) if parent else []
+        if len(path) == 1:
+            close = difflib.get_close_matches(str(path[0]), choices, n=1, cutoff=0.6)
+            hint = f"; did you mean [{close[0]}]?" if close else f"; the sections are {', '.join(choices)}"
+            return f"unknown section [{path[0]}]{hint}"
+        return f"unknown key {loc[-1]!r}{where}{_suggest(str(loc[-1]), choices)}"
+    if kind == "missing":
+        return f"missing required {'section' if len(path) == 1 else 'key'}{where}"
+    if kind in _BOUNDS:
+        bound = next(iter(err.get("ctx", {}).values()), "?")
+        return f"must be {_BOUNDS[kind]} {bound}, got {given!r}"
+    if kind in _TYPES:
+        return f"expected {_TYPES[kind]}, got {given!r}"
+    if kind == "literal_error":
+        return f"must be one of {err['ctx']['expected']}, got {given!r}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{message[0].lower()}{message[1:]}, got {given!r}" if message else f"invalid value {given!r}"

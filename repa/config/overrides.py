@@ -1,0 +1,75 @@
+"""`--set a.b=value` overrides, applied to the parsed TOML before validation (so they are
+typed by the same schema as the file)."""
+
+from __future__ import annotations
+
+import re
+
+import tomli
+
+from repa.config.source import KeyPath
+
+
+def parse_value(text: str):
+    """A TOML literal (1e-4, true, [0.0, 0.7], "x") or, failing that, the bare string."""
+    try:
+        return tomli.loads(f"v = {text}")["v"]
+    except tomli.TOMLDecodeError:
+        return text
+
+
+def parse_override(arg: str) -> tuple[KeyPath, object]:
+    """'alignment[0].depth=6' or 'alignment.0.depth=6' -> (('alignment', 0, 'depth'), 6)."""
+    if "=" not in arg:
+        raise ValueError(f"--set {arg}: expected KEY=VALUE, e.g. --set train.max_steps=1000")
+    key, value = arg.split("=", 1)
+    parts = [p for p in re.split(r"[.\[\]]", key.strip()) if p]
+    if not parts:
+        raise ValueError(f"--set {arg}: empty key")
+    return tuple(int(p) if p.isdigit() else p for p in parts), parse_value(value.strip())
+
+
+def apply_override(raw: dict, path: KeyPath, value, on_set) -> str | None:
+    """Set `path` in `raw`; returns an error message or None.
+
+    A path through an array of tables without an index (`alignment.depth`) sets every entry.
+    `on_set(full_path)` is told each concrete path written (for error locations)."""
+    node, done = raw, ()
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if isinstance(part, int):
+                if part >= len(node):
+                    return f"index {part} is out of range: there are {len(node)} {_dotted(done)} entries"
+                if last:
+                    node[part] = value
+                    on_set(done + (part,))
+                    return None
+                node, done = node[part], done + (part,)
+                continue
+            if not node:
+                return f"there are no {_dotted(done)} entries to set"
+            for index, element in enumerate(node):
+                error = apply_override(element, path[i:], value, lambda p, d=done + (index,): on_set(d + p))
+                if error:
+                    return error
+            return None
+        if isinstance(part, int):
+            return f"{_dotted(done)} is not a list; cannot index it with [{part}]"
+        if not isinstance(node, dict):
+            return f"{_dotted(done)} is a value, not a section"
+        if last:
+            node[part] = value
+            on_set(done + (part,))
+            return None
+        child = node.get(part)
+        if isinstance(child, str):  # component shorthand: `backbone = "SiT-B/2"` then backbone.depth=...
+            child = node[part] = {"kind": child}
+        elif child is None:
+            child = node[part] = {}
+        node, done = child, done + (part,)
+    return None
+
+
+def _dotted(path: KeyPath) -> str:
+    return ".".join(str(p) for p in path)

@@ -1,0 +1,105 @@
+"""The experiment file's sections and keys (the contract in DESIGN.md).
+
+Component-valued keys are `Annotated[Component, Kind(kind, default)]`: the loader looks their
+`kind` up in the registry and validates the remaining keys with that component's own params
+model before this static schema sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from repa.config.component import Component, Kind
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ExperimentSection(Section):
+    name: str = Field("experiment", min_length=1, description="run folder: <output_dir>/<name>")
+    output_dir: str = Field("exps", description="parent folder of all runs")
+    seed: int = Field(0, ge=0, description="global seed: data order, t, noise, label dropout")
+
+
+class AlignmentEntry(Section):
+    encoder: Annotated[Component, Kind("encoder")]
+    loss: Annotated[Component, Kind("alignment_loss", default="cosine")]
+    depth: int = Field(8, ge=1, description="align the output of this block (1-based)")
+    coeff: float = Field(0.5, ge=0, description="lambda: weight of this alignment loss")
+    projector_dim: int = Field(2048, ge=1, description="width of the 3-layer SiLU MLP projector")
+    stop_after: int | None = Field(
+        None, ge=0, description="switch this alignment off after this many steps (HASTE); none = never"
+    )
+    features: str = Field(
+        "online", description='"online" (run the encoder every step) or the path of a feature cache'
+    )
+
+
+class TrainSection(Section):
+    global_batch_size: int = Field(256, ge=1, description="summed over processes and accumulation steps")
+    max_steps: int = Field(400_000, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
+    allow_tf32: bool = True
+    ema_decay: float = Field(0.9999, ge=0, le=1)
+    label_dropout: float = Field(0.1, ge=0, lt=1, description="probability of the null label (CFG)")
+    legacy_label_dropout: bool = Field(
+        False, description="drop labels twice as the official train.py does (for reproducing old runs)"
+    )
+    alignment_reduction: Literal["mean", "sum"] = Field(
+        "mean", description='"mean": sum over entries / number of entries (official); "sum": plain sum'
+    )
+    checkpoint_every: int = Field(50_000, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="keep the last K checkpoints")
+    sample_every: int = Field(10_000, ge=1)
+    sample_images: int = Field(64, ge=1, description="images in each sample grid")
+    log_every: int = Field(100, ge=1)
+    grad_checkpointing: bool = False
+    compile: bool = False
+    max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
+    num_workers: int = Field(4, ge=0, description="data loader worker processes")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SampleSection(Section):
+    sampler: Annotated[Component, Kind("sampler", default="euler-maruyama")]
+    guidance: Annotated[Component, Kind("guidance", default="cfg")]
+    steps: int = Field(250, ge=1)
+    cfg_scale: float = Field(1.0, ge=0, description="1 = no guidance")
+    guidance_interval: tuple[float, float] = Field((0.0, 1.0), description="[low, high] on t")
+    state_dtype: Literal["float64", "model"] = Field("float64", description="dtype of the sampler state")
+    batch_size: int = Field(64, ge=1, description="samples per process per forward")
+    label_sampling: Literal["uniform", "balanced"] = "uniform"
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval_ordered(cls, interval):
+        low, high = interval
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"must satisfy 0 <= low <= high <= 1, got [{low}, {high}]")
+        return interval
+
+
+class EvalSection(Section):
+    num_samples: int = Field(50_000, ge=1)
+    reference: str | None = Field(None, description="reference batch .npz (ADM format) or image folder")
+    metrics: list[Annotated[Component, Kind("metric")]] = Field(default_factory=list)
+
+
+class ExperimentConfig(Section):
+    experiment: ExperimentSection = ExperimentSection()
+    data: Annotated[Component, Kind("dataset")]
+    autoencoder: Annotated[Component, Kind("autoencoder", default="sd-vae")]
+    backbone: Annotated[Component, Kind("backbone")]
+    path: Annotated[Component, Kind("path", default="linear")]
+    prediction: Annotated[Component, Kind("prediction", default="v")]
+    weighting: Annotated[Component, Kind("weighting", default="uniform")]
+    alignment: list[AlignmentEntry] = Field(default_factory=list)
+    optim: Annotated[Component, Kind("optimizer", default="adamw")]
+    train: TrainSection = TrainSection()
+    sample: SampleSection
+    eval: EvalSection = EvalSection()
+    tracker: Annotated[Component, Kind("tracker", default="jsonl")]

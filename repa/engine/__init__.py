@@ -1,0 +1,2 @@
+"""The engine: training, generation, evaluation, ablations. Knows components only through
+`repa.interfaces`."""

@@ -1,0 +1,139 @@
+"""Checkpoints: written atomically, verified on resume, pruned to the last K.
+
+    checkpoints/0050000/  model.safetensors  ema.safetensors  optimizer.pt  rng-<rank>.pt
+                          state.json (step, counters, config hash)  manifest.json (sizes, digests)
+
+A checkpoint is complete when its folder has its final name: files are written into
+checkpoints/.tmp-<step>/ and the folder is renamed last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from repa.errors import CheckpointError
+from repa.weights import file_digest, load_file
+
+FILES = ("model.safetensors", "ema.safetensors", "optimizer.pt", "state.json")
+
+
+@dataclass
+class Saved:
+    model: dict
+    ema: dict
+    optimizer: dict
+    state: dict
+    rng: dict | None
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{step:07d}"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+             "python_gauss": random.getstate()[2]}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state["numpy"] = {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_tensors(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def begin(checkpoints: Path, step: int) -> Path:
+    """The temporary folder a checkpoint is written into (main process)."""
+    tmp = checkpoints / f".tmp-{checkpoint_name(step)}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_rng(tmp: Path, rank: int) -> None:
+    torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+
+
+def write_main(tmp: Path, model_state: dict, ema_state: dict, optimizer_state: dict, state: dict) -> None:
+    _save_tensors(model_state, tmp / "model.safetensors")
+    _save_tensors(ema_state, tmp / "ema.safetensors")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+
+
+def commit(tmp: Path, checkpoints: Path, step: int, keep: int) -> Path:
+    """Record digests, rename into place, prune to the last `keep`."""
+    manifest = {f.name: {"bytes": f.stat().st_size, "blake2b": file_digest(f)} for f in sorted(tmp.iterdir())}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    final = checkpoints / checkpoint_name(step)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in complete_checkpoints(checkpoints)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    if not checkpoints.is_dir():
+        return []
+    return sorted(p for p in checkpoints.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def verify(folder: Path) -> None:
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{folder}: no manifest.json (incomplete checkpoint)")
+    manifest = json.loads(manifest_path.read_text())
+    for name in FILES:
+        if name not in manifest:
+            raise CheckpointError(f"{folder}: {name} is missing from the checkpoint")
+    for name, entry in manifest.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != entry["bytes"]:
+            raise CheckpointError(f"{path}: missing or truncated ({entry['bytes']} bytes expected)")
+        if file_digest(path) != entry["blake2b"]:
+            raise CheckpointError(f"{path}: checksum mismatch (corrupt)")
+
+
+def read(folder: Path, rank: int) -> Saved:
+    verify(folder)
+    rng_path = folder / f"rng-{rank}.pt"
+    return Saved(
+        model=load_file(folder / "model.safetensors"),
+        ema=load_file(folder / "ema.safetensors"),
+        optimizer=load_file(folder / "optimizer.pt"),
+        state=json.loads((folder / "state.json").read_text()),
+        rng=load_file(rng_path) if rng_path.is_file() else None,
+    )
+
+
+def latest_usable(checkpoints: Path, rank: int, warn) -> tuple[Path, Saved] | None:
+    """The newest checkpoint that verifies; corrupt ones are reported and skipped."""
+    for folder in reversed(complete_checkpoints(checkpoints)):
+        try:
+            return folder, read(folder, rank)
+        except CheckpointError as exc:
+            warn(f"checkpoint {folder.name} is unusable ({exc}); trying the previous one")
+    return None

@@ -1,0 +1,23 @@
+"""Exponential moving average of the weights (REPA/DiT: decay 0.9999, every optimizer step)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+
+def make_ema(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy, equal to the model (the official `update_ema(ema, model, decay=0)`)."""
+    ema = copy.deepcopy(model).eval()
+    ema.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * model, over all parameters (pos_embed included, as official)."""
+    ema_params = [p for _, p in sorted(ema.named_parameters())]
+    params = [p.detach() for _, p in sorted(model.named_parameters())]
+    torch._foreach_mul_(ema_params, decay)
+    torch._foreach_add_(ema_params, params, alpha=1 - decay)

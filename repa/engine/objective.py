@@ -1,0 +1,64 @@
+"""The training objective, composed from the configured components (REPA Eq. 9):
+
+    L = E_t[ w(t) |f(x_t, t, y) - target|^2 ] + sum_k coeff_k * align_k(h_phi_k(h_t), y*_k) / n
+
+The weighting gives t, the path x_t, the prediction target what to regress, each alignment
+entry its loss on its projector's output. With reduction "mean" the alignment sum is divided
+by the number of entries, the official normalisation (sum over encoders and batch / (n * B)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from repa.interfaces import AlignmentLoss, Path, Prediction, Weighting
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=list(range(1, x.ndim)))
+
+
+@dataclass
+class AlignmentTerm:
+    loss: AlignmentLoss
+    coeff: float
+    stop_after: int | None = None
+
+    def active(self, step: int) -> bool:
+        """HASTE-style early stop: the term is switched off after `stop_after` steps."""
+        return self.coeff > 0 and (self.stop_after is None or step < self.stop_after)
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor  # scalar to backpropagate
+    denoising: torch.Tensor  # [B] per-sample
+    alignment: list[torch.Tensor]  # [B] per entry (zeros if inactive)
+
+
+class Objective:
+    def __init__(self, path: Path, prediction: Prediction, weighting: Weighting,
+                 terms: list[AlignmentTerm], reduction: str = "mean"):
+        self.path, self.prediction, self.weighting, self.terms = path, prediction, weighting, terms
+        self.reduction = reduction
+
+    def inputs(self, x0, noise, t):
+        """x_t and the regression target."""
+        alpha, sigma, _, _ = self.path.broadcast(t, x0)
+        return alpha * x0 + sigma * noise, self.prediction.target(x0, noise, t, self.path)
+
+    def __call__(self, model, x0, noise, t, y, targets: list[torch.Tensor], step: int, drop_ids=None) -> LossParts:
+        x_t, target = self.inputs(x0, noise, t)
+        out, projected = model(x_t, t, y, drop_ids=drop_ids)
+        denoising = mean_flat((out.float() - target.float()) ** 2) * self.weighting.loss_weight(t).float()
+        per_entry, total = [], denoising.mean()
+        for term, z_tilde, z in zip(self.terms, projected, targets):
+            loss = term.loss(z_tilde, z)
+            per_entry.append(loss.detach())
+            # An inactive term still enters with weight 0, so every projector gets a gradient
+            # (DDP requires it) and switching a term off changes nothing else.
+            scale = term.coeff / (len(self.terms) if self.reduction == "mean" else 1) if term.active(step) else 0.0
+            total = total + scale * loss.mean()
+        return LossParts(total, denoising.detach(), per_entry)

@@ -1,0 +1,43 @@
+"""Training randomness as a function of (seed, step, row of the global batch) only.
+
+Every process draws the whole global batch's t, noise and label-dropout mask from one
+generator seeded by (seed, step) and keeps its own rows. So a step is the same whatever the
+number of processes or accumulation steps, and resuming at step k needs no RNG state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from repa.interfaces import Path, Weighting
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 0x9E3779B1 + step * 0x85EBCA77 + 0x632BE5AB) % (2**63 - 1)
+
+
+@dataclass
+class GlobalDraws:
+    t: torch.Tensor  # [G]
+    noise: torch.Tensor  # [G, C, H, W] the interpolant's eps
+    posterior: torch.Tensor  # [G, C, H, W] noise of the latent draw from the VAE moments
+    drop: torch.Tensor  # [G] bool: label replaced by the null label (CFG dropout)
+    legacy_drop: torch.Tensor  # [G] bool: the official script's second dropout
+
+    def rows(self, start: int, stop: int) -> "GlobalDraws":
+        return GlobalDraws(*(getattr(self, f)[start:stop] for f in ("t", "noise", "posterior", "drop", "legacy_drop")))
+
+
+def draw_step(
+    seed: int, step: int, global_batch: int, shape: tuple[int, ...], weighting: Weighting, path: Path,
+    label_dropout: float, device: torch.device,
+) -> GlobalDraws:
+    generator = torch.Generator(device).manual_seed(step_seed(seed, step))
+    t = weighting.sample_t(global_batch, generator, path, device=device)
+    noise = torch.randn((global_batch, *shape), generator=generator, device=device)
+    posterior = torch.randn((global_batch, *shape), generator=generator, device=device)
+    drop = torch.rand(global_batch, generator=generator, device=device) < label_dropout
+    legacy = torch.rand(global_batch, generator=generator, device=device) < label_dropout
+    return GlobalDraws(t, noise, posterior, drop, legacy)

@@ -1,0 +1,361 @@
+"""`repa run`: the training loop. One code path from a laptop CPU to many GPUs (accelerate/DDP)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from repa.config import ExperimentConfig, config_hash, to_dict
+from repa.engine import checkpoint as ckpt
+from repa.engine.build import build_backbone, build_objective_parts, build_sampling, input_geometry
+from repa.engine.data import StepBatchSampler, make_loader
+from repa.engine.denoiser import Denoiser
+from repa.engine.ema import make_ema, update_ema
+from repa.engine.generation import class_labels, generate, image_grid, to_uint8
+from repa.engine.objective import AlignmentTerm, Objective
+from repa.engine.randomness import draw_step
+from repa.errors import CheckpointError, RepaError
+from repa.weights import load_state_strict, strip_prefix
+
+log = logging.getLogger("repa")
+
+
+class TrainingStopped(RepaError):
+    """Training stopped on purpose (non-finite losses); the message says what was saved."""
+
+
+@dataclass
+class Counters:
+    step: int = 0
+    nonfinite_total: int = 0
+    nonfinite_in_row: int = 0
+
+
+@dataclass
+class Window:
+    """Sums over the steps since the last log line."""
+
+    steps: int = 0
+    sums: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, values: dict) -> None:
+        self.steps += 1
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+
+    def means(self) -> dict:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def make_accelerator(config: ExperimentConfig):
+    from accelerate import Accelerator
+
+    device = config.train.device
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    precision = config.train.mixed_precision
+    if cpu and precision == "fp16":
+        log.warning("repa: fp16 autocast needs a GPU; using bf16 on this CPU (set train.mixed_precision to silence)")
+        precision = "bf16"
+    if not cpu:
+        torch.backends.cuda.matmul.allow_tf32 = config.train.allow_tf32
+        torch.backends.cudnn.allow_tf32 = config.train.allow_tf32
+    return Accelerator(mixed_precision=precision, cpu=cpu)
+
+
+class Trainer:
+    def __init__(self, config: ExperimentConfig, run_dir: Path, resume: str | bool | None = None,
+                 progress: bool = True):
+        self.config, self.run_dir, self.resume, self.show_progress = config, Path(run_dir), resume, progress
+        self.acc = make_accelerator(config)
+        self.device = self.acc.device
+        self.counters = Counters()
+        self.stop_requested = False
+        self.checkpoints = self.run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Everything that can fail on bad input (data, weights) fails here, before the first step."""
+        config, acc = self.config, self.acc
+        self.dataset = config.data.build(split="train")
+        self.autoencoder = config.autoencoder.build().to(self.device)
+        with acc.main_process_first():
+            self.encoders = [self._build_encoder(entry) for entry in config.alignment]
+        torch.manual_seed(config.experiment.seed)
+        model = build_backbone(config, self.dataset.num_classes).to(self.device)
+        self.ema = make_ema(model)
+        optimizer = config.optim.build(parameters=model.parameters())
+        path, prediction, weighting = build_objective_parts(config)
+        terms = [AlignmentTerm(a.loss.build(), a.coeff, a.stop_after) for a in config.alignment]
+        self.objective = Objective(path, prediction, weighting, terms, config.train.alignment_reduction)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if config.train.compile:
+            self.model = torch.compile(self.model)
+        self.geometry = input_geometry(config)
+        self._restore()
+
+    def _build_encoder(self, entry):
+        encoder = entry.encoder.build(resolution=self.config.data.params.resolution).to(self.device)
+        precision = self.acc.mixed_precision
+        encoder.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        return encoder
+
+    def _unwrapped(self):
+        return self.acc.unwrap_model(self.model)
+
+    # ---------------------------------------------------------- checkpoints
+
+    def _restore(self) -> None:
+        if not self.resume:
+            if ckpt.complete_checkpoints(self.checkpoints):
+                raise RepaError(
+                    f"{self.checkpoints}: this run already has checkpoints; pass --resume to continue it, or "
+                    "choose another experiment.name"
+                )
+            return
+        rank = self.acc.process_index
+        if isinstance(self.resume, str):
+            folder = Path(self.resume)
+            saved = ckpt.read(folder, rank)
+        else:
+            found = ckpt.latest_usable(self.checkpoints, rank, log.warning)
+            if found is None:
+                raise CheckpointError(f"{self.checkpoints}: no usable checkpoint to resume from")
+            folder, saved = found
+        load_state_strict(self._unwrapped(), strip_prefix(saved.model), f"{folder}/model.safetensors")
+        load_state_strict(self.ema, strip_prefix(saved.ema), f"{folder}/ema.safetensors")
+        self.optimizer.load_state_dict(saved.optimizer["optimizer"])
+        if saved.optimizer.get("scaler") and self.acc.scaler is not None:
+            self.acc.scaler.load_state_dict(saved.optimizer["scaler"])
+        state = saved.state
+        self.counters = Counters(state["step"], state.get("nonfinite_total", 0), state.get("nonfinite_in_row", 0))
+        if saved.rng is not None:
+            ckpt.set_rng_state(saved.rng)
+        if state.get("config_hash") != config_hash(self.config):
+            log.warning("repa: the experiment's resolved config differs from the one of checkpoint %s "
+                        "(hash %s vs %s); continuing with the current file", folder.name,
+                        config_hash(self.config), state.get("config_hash"))
+        if self.acc.is_main_process:
+            log.info("repa: resumed from %s at step %d", folder, self.counters.step)
+
+    def save_checkpoint(self, diagnostic: bool = False) -> Path:
+        acc, step = self.acc, self.counters.step
+        name = f"diagnostic-{step:07d}" if diagnostic else ckpt.checkpoint_name(step)
+        tmp = self.checkpoints / f".tmp-{name}"
+        if acc.is_main_process:
+            ckpt.begin(self.checkpoints, step) if not diagnostic else tmp.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        ckpt.write_rng(tmp, acc.process_index)
+        acc.wait_for_everyone()
+        final = self.checkpoints / name
+        if acc.is_main_process:
+            scaler = acc.scaler.state_dict() if acc.scaler is not None else None
+            state = {"step": step, "nonfinite_total": self.counters.nonfinite_total,
+                     "nonfinite_in_row": self.counters.nonfinite_in_row, "config_hash": config_hash(self.config),
+                     "processes": acc.num_processes}
+            ckpt.write_main(tmp, self._unwrapped().state_dict(), self.ema.state_dict(),
+                            {"optimizer": self.optimizer.state_dict(), "scaler": scaler}, state)
+            if diagnostic:
+                tmp.rename(final)
+            else:
+                final = ckpt.commit(tmp, self.checkpoints, step, self.config.train.keep_checkpoints)
+        acc.wait_for_everyone()
+        return final
+
+    # ----------------------------------------------------------------- step
+
+    def _targets(self, batch, images):
+        targets = []
+        for k, encoder in enumerate(self.encoders):
+            cached = batch.get(f"features_{k}")
+            targets.append(cached.to(self.device) if cached is not None else encoder.encode(images))
+        return targets
+
+    def _micro_step(self, batch, rows):
+        images = batch["image"].to(self.device, non_blocking=True)
+        with torch.no_grad():
+            moments = batch["moments"].to(self.device) if "moments" in batch else self.autoencoder.encode(images)
+            x0 = self.autoencoder.sample(moments, rows.posterior)
+            targets = self._targets(batch, images)
+        y = batch["y"].to(self.device)
+        if self.config.train.legacy_label_dropout:
+            y = torch.where(rows.legacy_drop, torch.full_like(y, self._unwrapped().num_classes), y)
+        with self.acc.autocast():
+            return self.objective(self.model, x0, rows.noise, rows.t, y, targets, self.counters.step, rows.drop)
+
+    def train_step(self, micro_batches, sampler: StepBatchSampler) -> dict:
+        config, acc = self.config, self.acc
+        shape = (self.geometry[1], self.geometry[0], self.geometry[0])
+        draws = draw_step(config.experiment.seed, self.counters.step, config.train.global_batch_size, shape,
+                          self.objective.weighting, self.objective.path, config.train.label_dropout, self.device)
+        accum, finite = len(micro_batches), True
+        values = {"loss": 0.0, "denoising_loss": 0.0}
+        for m, batch in enumerate(micro_batches):
+            sync = m == accum - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+                parts = self._micro_step(batch, draws.rows(*sampler.rows_of(m)))
+                finite = finite and bool(torch.isfinite(parts.total))
+                acc.backward(parts.total / accum)
+            values["loss"] += parts.total.item() / accum
+            values["denoising_loss"] += parts.denoising.mean().item() / accum
+            for k, align in enumerate(parts.alignment):
+                values[f"align_loss_{k}"] = values.get(f"align_loss_{k}", 0.0) + align.mean().item() / accum
+        finite = bool(acc.gather(torch.tensor([finite], device=self.device)).all())
+        values["grad_norm"] = self._update(finite)
+        return values
+
+    def _update(self, finite: bool) -> float:
+        acc, counters = self.acc, self.counters
+        grad_norm = float("nan")
+        if finite:
+            grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), self.config.optim.params.max_grad_norm))
+            self.optimizer.step()
+            update_ema(self.ema, self._unwrapped(), self.config.train.ema_decay)
+            counters.nonfinite_in_row = 0
+        else:
+            counters.nonfinite_total += 1
+            counters.nonfinite_in_row += 1
+            log.warning("repa: non-finite loss at step %d; update skipped (%d in a row)",
+                        counters.step, counters.nonfinite_in_row)
+        self.optimizer.zero_grad(set_to_none=True)
+        counters.step += 1
+        if counters.nonfinite_in_row >= self.config.train.max_nonfinite_steps:
+            folder = self.save_checkpoint(diagnostic=True)
+            raise TrainingStopped(
+                f"{counters.nonfinite_in_row} non-finite losses in a row at step {counters.step}; stopped. State "
+                f"saved to {folder} for diagnosis. Try a lower optim.lr, train.mixed_precision = \"bf16\", or "
+                f"resume from the last good checkpoint with --resume"
+            )
+        return grad_norm
+
+    # ------------------------------------------------------------- samples
+
+    @torch.no_grad()
+    def sample_grid(self) -> None:
+        config = self.config
+        if not self.acc.is_main_process:
+            self.acc.wait_for_everyone()
+            return
+        n = config.train.sample_images
+        sampler, guidance = build_sampling(config)
+        denoiser = Denoiser(self.ema, self.objective.prediction, self.objective.path, guidance)
+        labels = class_labels(config.experiment.seed, range(n), self.dataset.num_classes, "balanced")
+        shape = (self.geometry[1], self.geometry[0], self.geometry[0])
+        with self.acc.autocast():
+            x0 = generate(denoiser, sampler, range(n), labels, config.experiment.seed, shape, self.device,
+                          config.sample.state_dtype)
+        images = to_uint8(self.autoencoder.decode(x0.float()))
+        for tracker in self.trackers:
+            tracker.log_images(self.counters.step, {"samples": image_grid(images)})
+        self.acc.wait_for_everyone()
+
+    def ground_truth_grid(self) -> None:
+        if not self.acc.is_main_process:
+            return
+        from PIL import Image
+
+        n = min(self.config.train.sample_images, len(self.dataset))
+        images = torch.stack([self.dataset[i]["image"] for i in range(n)]).permute(0, 2, 3, 1).numpy()
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image_grid(images)).save(self.run_dir / "samples" / "ground_truth.png")
+
+    # ----------------------------------------------------------------- loop
+
+    def _make_trackers(self):
+        from repa.plugins import get_components
+
+        if not self.acc.is_main_process:
+            return []
+        jsonl = get_components().get("tracker", "jsonl").build(run_dir=self.run_dir, config=to_dict(self.config))
+        extra = []
+        if self.config.tracker.kind != "jsonl":
+            extra = [self.config.tracker.build(run_dir=self.run_dir, config=to_dict(self.config))]
+        return [jsonl, *extra]
+
+    def _install_signal_handlers(self):
+        def request_stop(signum, frame):
+            if self.stop_requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            log.warning("repa: %s received; finishing this step and writing a checkpoint",
+                        signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+    def _should_stop(self) -> bool:
+        flag = torch.tensor([self.stop_requested], device=self.device)
+        return bool(self.acc.gather(flag).any())
+
+    def _log(self, window: Window, values: dict) -> None:
+        config, acc = self.config, self.acc
+        elapsed = time.perf_counter() - window.started
+        means = {k: float(acc.gather(torch.tensor([v], device=self.device, dtype=torch.float64)).mean())
+                 for k, v in window.means().items()}
+        rate = window.steps / elapsed if elapsed > 0 else float("nan")
+        record = {**means, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": rate,
+                  "images_per_s": rate * config.train.global_batch_size,
+                  "peak_memory_gb": peak_memory_gb(self.device), "nonfinite_steps": self.counters.nonfinite_total}
+        for tracker in self.trackers:
+            tracker.log(self.counters.step, record)
+        return record
+
+    def run(self) -> int:
+        from repa.engine.progress import TrainingProgress
+
+        self.setup()
+        config, acc, counters = self.config, self.acc, self.counters
+        self.trackers = self._make_trackers()
+        if counters.step == 0:
+            self.ground_truth_grid()
+        sampler = StepBatchSampler(len(self.dataset), config.train.global_batch_size, acc.process_index,
+                                   acc.num_processes, config.train.grad_accum_steps, config.experiment.seed,
+                                   counters.step, config.train.max_steps)
+        loader = make_loader(self.dataset, sampler, config.train.num_workers, self.device.type == "cuda")
+        restore_signals = self._install_signal_handlers()
+        progress = TrainingProgress(config.train.max_steps, counters.step, enabled=self.show_progress and acc.is_main_process)
+        window, batches, stopped = Window(), iter(loader), False
+        try:
+            with progress:
+                while counters.step < config.train.max_steps:
+                    micro = [next(batches) for _ in range(config.train.grad_accum_steps)]
+                    values = self.train_step(micro, sampler)
+                    window.add(values)
+                    progress.update(counters.step, values, window)
+                    if counters.step % config.train.log_every == 0 or counters.step == config.train.max_steps:
+                        self._log(window, values)
+                        window = Window()
+                    if counters.step == 1 or counters.step % config.train.sample_every == 0:
+                        self.sample_grid()
+                    if counters.step % config.train.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if self._should_stop():
+                        stopped = True
+                        break
+        finally:
+            restore_signals()
+        if window.steps:
+            self._log(window, values)
+        if not self.checkpoints.joinpath(ckpt.checkpoint_name(counters.step)).is_dir():
+            self.save_checkpoint()
+        if not stopped and counters.step % config.train.sample_every:
+            self.sample_grid()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.stopped = stopped
+        return counters.step

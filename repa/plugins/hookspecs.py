@@ -1,0 +1,110 @@
+"""The hook specifications of the `repa` pluggy project: one registration hook per kind.
+
+A plugin is a module with functions decorated by `repa.plugins.hookimpl`, exposed as an
+entry point in group "repa" of its distribution:
+
+    [project.entry-points.repa]
+    my_encoders = "my_package.repa_plugin"
+
+Each hook receives the registry of its kind and calls
+`registry.add(name, factory, params=ParamsModel, description=...)`. Keep plugin modules
+light: import torch, timm, open_clip inside factories, never at module top.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "repa"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# kind -> hook name. The kind names are what `repa plugins KIND` accepts.
+HOOKS = {
+    "backbone": "repa_register_backbones",
+    "path": "repa_register_paths",
+    "prediction": "repa_register_predictions",
+    "weighting": "repa_register_weightings",
+    "alignment_loss": "repa_register_alignment_losses",
+    "encoder": "repa_register_encoders",
+    "sampler": "repa_register_samplers",
+    "guidance": "repa_register_guidances",
+    "autoencoder": "repa_register_autoencoders",
+    "dataset": "repa_register_datasets",
+    "metric": "repa_register_metrics",
+    "tracker": "repa_register_trackers",
+    "optimizer": "repa_register_optimizers",
+}
+KINDS = tuple(HOOKS)
+
+
+@hookspec
+def repa_register_backbones(registry):
+    """Add denoising backbones. factory(params, *, input_size, in_channels, num_classes,
+    projections) -> nn.Module satisfying `repa.interfaces.Backbone`; `projections` is a
+    list of (depth, projector_dim, out_dim), one per alignment entry. Params subclass
+    `repa.interfaces.BackboneParams`."""
+
+
+@hookspec
+def repa_register_paths(registry):
+    """Add interpolant paths. factory(params) -> `repa.interfaces.Path`."""
+
+
+@hookspec
+def repa_register_predictions(registry):
+    """Add prediction targets. factory(params) -> `repa.interfaces.Prediction`."""
+
+
+@hookspec
+def repa_register_weightings(registry):
+    """Add time samplers / loss weightings. factory(params) -> `repa.interfaces.Weighting`."""
+
+
+@hookspec
+def repa_register_alignment_losses(registry):
+    """Add alignment losses. factory(params) -> `repa.interfaces.AlignmentLoss`."""
+
+
+@hookspec
+def repa_register_encoders(registry):
+    """Add frozen vision encoders. factory(params, *, resolution) -> `repa.interfaces.Encoder`.
+    Params subclass `repa.interfaces.EncoderParams`."""
+
+
+@hookspec
+def repa_register_samplers(registry):
+    """Add samplers. factory(params, *, steps) -> `repa.interfaces.Sampler`."""
+
+
+@hookspec
+def repa_register_guidances(registry):
+    """Add guidance rules. factory(params, *, scale, interval) -> `repa.interfaces.Guidance`."""
+
+
+@hookspec
+def repa_register_autoencoders(registry):
+    """Add image <-> latent maps. factory(params) -> `repa.interfaces.Autoencoder`.
+    Params subclass `repa.interfaces.AutoencoderParams`."""
+
+
+@hookspec
+def repa_register_datasets(registry):
+    """Add datasets. factory(params, *, split) -> `repa.interfaces.Dataset`.
+    Params subclass `repa.interfaces.DatasetParams`."""
+
+
+@hookspec
+def repa_register_metrics(registry):
+    """Add sample-quality metrics. factory(params) -> `repa.interfaces.Metric`."""
+
+
+@hookspec
+def repa_register_trackers(registry):
+    """Add experiment trackers. factory(params, *, run_dir, config) -> `repa.interfaces.Tracker`."""
+
+
+@hookspec
+def repa_register_optimizers(registry):
+    """Add optimizers. factory(params, parameters) -> torch.optim.Optimizer.
+    Params subclass `repa.interfaces.OptimizerParams`."""

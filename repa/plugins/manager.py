@@ -1,0 +1,210 @@
+"""Discovering plugins (entry points of group "repa") and filling one registry per kind.
+
+Built-ins are loaded by exactly this code, from the entry points of our own distribution.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import logging
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Iterable
+
+import pluggy
+
+from repa import interfaces
+from repa.errors import PluginError
+from repa.plugins import hookspecs
+from repa.plugins.registry import Registry
+
+log = logging.getLogger("repa.plugins")
+
+ENTRY_POINT_GROUP = "repa"
+BUILTIN_DISTRIBUTION = "repa"
+AUTOLOAD_ENV = "REPA_DISABLE_PLUGIN_AUTOLOAD"
+PLUGINS_ENV = "REPA_PLUGINS"
+
+PARAMS_BASE = {
+    "backbone": interfaces.BackboneParams,
+    "encoder": interfaces.EncoderParams,
+    "autoencoder": interfaces.AutoencoderParams,
+    "dataset": interfaces.DatasetParams,
+    "optimizer": interfaces.OptimizerParams,
+}
+
+
+@dataclass
+class Plugin:
+    name: str
+    distribution: str
+    module: ModuleType
+
+
+@dataclass
+class Components:
+    """All registries, plus what happened while loading them."""
+
+    registries: dict[str, Registry]
+    plugins: list[Plugin] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def __getitem__(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    def get(self, kind: str, name: str):
+        return self.registries[kind].get(name)
+
+
+def _autoload_disabled() -> bool:
+    return os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _explicit_from_env() -> list[str]:
+    return [p.strip() for p in os.environ.get(PLUGINS_ENV, "").split(",") if p.strip()]
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else "<unknown>"
+
+
+def _warn(components: Components, message: str) -> None:
+    components.warnings.append(message)
+    log.warning("repa: warning: %s", message)
+
+
+def _import(components: Components, name: str, distribution: str, target: str, load) -> None:
+    try:
+        module = load()
+    except Exception as exc:  # a broken plugin must not take the others down
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _warn(
+            components,
+            f"plugin {name!r} from distribution {distribution!r} failed to import ({target}): "
+            f"{type(exc).__name__}: {first_line} -- skipped; the other plugins are loaded",
+        )
+        return
+    components.plugins.append(Plugin(name, distribution, module))
+
+
+def _select(
+    eps: list[metadata.EntryPoint], autoload: bool, explicit: list[str]
+) -> tuple[list[metadata.EntryPoint], list[str]]:
+    """Entry points to load, and explicit names that are module paths rather than entry points."""
+    builtin = [ep for ep in eps if _dist_name(ep) == BUILTIN_DISTRIBUTION]
+    if not builtin:
+        raise PluginError(
+            "repa's built-in components are not registered: no entry points in group "
+            f"{ENTRY_POINT_GROUP!r} from distribution {BUILTIN_DISTRIBUTION!r} (stale or incomplete "
+            "install); reinstall with `pip install -e .` in the project directory (or `pip install repa`)"
+        )
+    third_party = [ep for ep in eps if _dist_name(ep) != BUILTIN_DISTRIBUTION]
+    if autoload:
+        return builtin + third_party, [p for p in explicit if not any(p == ep.name for ep in third_party)]
+    by_name = {ep.name: ep for ep in third_party}
+    by_dist = {}
+    for ep in third_party:
+        by_dist.setdefault(_dist_name(ep), []).append(ep)
+    chosen, modules = list(builtin), []
+    for p in explicit:
+        if p in by_name:
+            chosen.append(by_name[p])
+        elif p in by_dist:
+            chosen.extend(by_dist[p])
+        else:
+            modules.append(p)
+    return chosen, modules
+
+
+def load_components(
+    autoload: bool | None = None,
+    plugins: Iterable[str] = (),
+    entry_points: list[metadata.EntryPoint] | None = None,
+) -> Components:
+    """Load plugins and fill the registries.
+
+    autoload: load every installed third-party plugin (default: yes, unless the environment
+        variable REPA_DISABLE_PLUGIN_AUTOLOAD is set). Built-ins always load.
+    plugins: extra plugins to load, by entry-point name, distribution name or module path;
+        REPA_PLUGINS (comma-separated) adds to this list.
+    """
+    autoload = (not _autoload_disabled()) if autoload is None else autoload
+    explicit = list(plugins) + _explicit_from_env()
+    eps = _entry_points() if entry_points is None else entry_points
+    chosen, module_paths = _select(eps, autoload, explicit)
+
+    components = Components({k: Registry(k, PARAMS_BASE.get(k, interfaces.Params)) for k in hookspecs.KINDS})
+    for ep in chosen:
+        _import(components, ep.name, _dist_name(ep), ep.value, ep.load)
+    for path in module_paths:
+        _import(components, path, f"<module {path}>", path, lambda p=path: importlib.import_module(p))
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    registered = []
+    for plugin in components.plugins:
+        if plugin.module in [p.module for p in registered]:
+            continue
+        try:
+            pm.register(plugin.module, name=plugin.name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            _warn(components, f"plugin {plugin.name!r} from {plugin.distribution!r} is invalid: {exc} -- skipped")
+            continue
+        registered.append(plugin)
+    _report_unknown_hooks(components, pm, registered)
+    _call_registration_hooks(components, pm, registered)
+    return components
+
+
+def _report_unknown_hooks(components: Components, pm: pluggy.PluginManager, plugins: list[Plugin]) -> None:
+    known = set(hookspecs.HOOKS.values())
+    for plugin in plugins:
+        for attr in dir(plugin.module):
+            if attr.startswith("repa_") and attr not in known and callable(getattr(plugin.module, attr)):
+                close = [h for h in known if h.startswith(attr[:14])]
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                _warn(components, f"plugin {plugin.name!r} defines unknown hook {attr!r}{hint} -- ignored")
+
+
+def _call_registration_hooks(components: Components, pm: pluggy.PluginManager, plugins: list[Plugin]) -> None:
+    """Call each plugin's hooks in load order (built-ins first), attributing entries to its distribution."""
+    for plugin in plugins:
+        for kind, hook_name in hookspecs.HOOKS.items():
+            impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name == plugin.name]
+            registry = components.registries[kind]
+            for impl in impls:
+                with registry.provided_by(plugin.distribution):
+                    try:
+                        impl.function(registry=registry)
+                    except PluginError:
+                        raise
+                    except Exception as exc:
+                        _warn(
+                            components,
+                            f"plugin {plugin.name!r} from {plugin.distribution!r} failed in {hook_name}: "
+                            f"{type(exc).__name__}: {exc} -- its remaining {kind} components are skipped",
+                        )
+
+
+_default: Components | None = None
+
+
+def get_components() -> Components:
+    """The process-wide registries, loaded once on first use."""
+    global _default
+    if _default is None:
+        _default = load_components()
+    return _default
+
+
+def reset_components() -> None:
+    """Forget the cached registries (tests; after installing a plugin in-process)."""
+    global _default
+    _default = None

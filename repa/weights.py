@@ -1,0 +1,144 @@
+"""Loading weights safely, and finding them on this machine.
+
+Never unpickles arbitrary objects: `.pt`/`.pth` files go through torch.load(weights_only=True)
+(with argparse.Namespace allowed, which official REPA training checkpoints store under
+"args"), `.safetensors` through safetensors. Every failure is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from repa.errors import CheckpointError
+
+
+def cache_dir() -> Path:
+    """$REPA_CACHE, else $XDG_CACHE_HOME/repa, else ~/.cache/repa."""
+    if os.environ.get("REPA_CACHE"):
+        return Path(os.environ["REPA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "repa"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=None)
+def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    """A fast check before any download, so that a machine without network fails in seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_file(path: str | Path) -> Any:
+    """Read a .safetensors / .pt / .pth / .bin file as tensors and plain containers."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file as load_safetensors
+
+        try:
+            return load_safetensors(str(path))
+        except (SafetensorsError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); re-download or re-save it") from None
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"{path}: holds pickled Python objects that safe loading refuses ({reason}); if you trust the file, "
+            "convert it once: python -c \"import torch; c = torch.load('IN', weights_only=False); "
+            "torch.save({k: c[k] for k in ('ema', 'model') if k in c} or c, 'OUT.pt')\""
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({reason})") from None
+
+
+def unwrap_state_dict(obj: Any, keys: Iterable[str] = ("ema", "model", "state_dict")) -> dict:
+    """A bare state dict from the usual containers: {"ema": ...}, {"model": ...}, {"state_dict": ...}."""
+    if isinstance(obj, Mapping):
+        for key in keys:
+            if key in obj and isinstance(obj[key], Mapping):
+                return dict(obj[key])
+        if all(hasattr(v, "shape") for v in obj.values()):
+            return dict(obj)
+    raise CheckpointError(
+        f"expected a state dict or a dict with one of {list(keys)}, got {type(obj).__name__} "
+        f"with keys {list(obj)[:8] if isinstance(obj, Mapping) else '-'}"
+    )
+
+
+def strip_prefix(state: Mapping[str, Any], prefixes: Iterable[str] = ("module.", "_orig_mod.")) -> dict:
+    """Remove DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def load_state_strict(model, state: Mapping[str, Any], source: str) -> None:
+    """load_state_dict(strict=True), with one line naming the file, the key and both shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if mismatched:
+        k = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise CheckpointError(
+            f"{source}: {k}: shape {list(state[k].shape)} in the file, {list(own[k].shape)} in the model{more}; "
+            "the checkpoint was trained with another architecture (size, patch, resolution, projector dims)"
+        )
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{source}: does not fit the model: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def digits_model_path(name: str, seed: int, epochs: int) -> Path:
+    """Where a network trained by repa on the embedded digits is cached."""
+    return cache_dir() / "digits" / f"{name}-seed{seed}-e{epochs}.safetensors"
+
+
+def file_digest(path: str | Path, quick: bool = False, quick_bytes: int = 1 << 20) -> str:
+    """blake2b of a file, or (quick) of its size, first and last MiB: catches truncation cheaply."""
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=16)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if quick:
+            digest.update(str(size).encode())
+            digest.update(f.read(quick_bytes))
+            f.seek(max(0, size - quick_bytes))
+            digest.update(f.read(quick_bytes))
+        else:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
