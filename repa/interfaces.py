@@ -111,6 +111,11 @@ class Path(abc.ABC):
 class Prediction(abc.ABC):
     """What the network outputs, and how to read velocity / x0 / eps from it."""
 
+    # Times at which the output determines the velocity. eps-prediction cannot give x0 at t=1
+    # (alpha = 0) nor x0-prediction eps at t=0 (sigma = 0); samplers evaluate the model at t
+    # clamped into this range, as SiT's transport does with its [eps, 1 - eps] interval.
+    time_range: tuple[float, float] = (0.0, 1.0)
+
     @abc.abstractmethod
     def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, path: Path) -> torch.Tensor:
         """The regression target for clean data x0 and noise eps at time t[B]."""

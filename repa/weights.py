@@ -45,12 +45,12 @@ def load_file(path: str | Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file as load_safetensors
 
         try:
             return load_safetensors(str(path))
-        except (SafetensorsError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable safetensors file ({exc}); re-download or re-save it") from None
     import pickle
 

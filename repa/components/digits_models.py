@@ -9,6 +9,7 @@ CPU cores, and cached under the repa cache directory (REPA_CACHE, default ~/.cac
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -121,15 +122,16 @@ def cached_model(name: str, build, seed: int, epochs: int) -> tuple[nn.Module, P
 
     path = digits_model_path(name, seed, epochs)
     model = build()
-    if path.is_file():
-        model.load_state_dict(load_file(str(path)))
-        return model.eval().requires_grad_(False), path
-    log.info("repa: training the offline %s on the embedded digits dataset (once; cached at %s)", name, path)
-    train_classifier(model, seed, epochs)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps({"seed": seed, "epochs": epochs,
-                                                      "heldout_accuracy": heldout_accuracy(model)}))
-    return model, path
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent processes (DDP ranks, test workers) train it once
+        if not path.is_file():
+            log.info("repa: training the offline %s on the embedded digits (once; cached at %s)", name, path)
+            train_classifier(model, seed, epochs)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            os.replace(tmp, path)
+            path.with_suffix(".json").write_text(json.dumps(
+                {"seed": seed, "epochs": epochs, "heldout_accuracy": heldout_accuracy(model)}))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval().requires_grad_(False), path

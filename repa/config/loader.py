@@ -195,7 +195,7 @@ def _component(value: Any, kind: Kind, path: KeyPath, components: Components, is
         name, rest, name_path = value, {}, path
     elif isinstance(value, dict):
         rest = dict(value)
-        name, name_path = rest.pop("kind", None), path + ("kind",)
+        name, name_path = rest.pop("kind", kind.default), path + ("kind",)
         if not isinstance(name, str):
             issues.append(Issue(name_path, f"missing required key 'kind': which {label} to use (`repa plugins {kind.kind}` lists them)"))
             return value

@@ -54,7 +54,10 @@ class Denoiser:
         return torch.full_like(y, self.model.num_classes)
 
     def velocity_for(self, y: torch.Tensor):
+        low, high = self.prediction.time_range
+
         def velocity(x, t, step_t):
+            t = t.clamp(low, high)
             guided = self.guidance is not None and self.guidance.active(step_t)
             x_in, t_in, y_in = (x, t, y)
             if guided:

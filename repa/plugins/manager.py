@@ -5,6 +5,7 @@ Built-ins are loaded by exactly this code, from the entry points of our own dist
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata as metadata
 import logging
@@ -168,7 +169,7 @@ def _report_unknown_hooks(components: Components, pm: pluggy.PluginManager, plug
     for plugin in plugins:
         for attr in dir(plugin.module):
             if attr.startswith("repa_") and attr not in known and callable(getattr(plugin.module, attr)):
-                close = [h for h in known if h.startswith(attr[:14])]
+                close = difflib.get_close_matches(attr, sorted(known), n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 _warn(components, f"plugin {plugin.name!r} defines unknown hook {attr!r}{hint} -- ignored")
 

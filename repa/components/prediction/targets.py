@@ -25,6 +25,7 @@ class VelocityPrediction(Prediction):
 
 
 class NoisePrediction(Prediction):
+    time_range = (0.0, 1.0 - 1e-3)
     def target(self, x0, eps, t, path):
         return eps
 
@@ -34,6 +35,7 @@ class NoisePrediction(Prediction):
 
 
 class DataPrediction(Prediction):
+    time_range = (1e-3, 1.0)
     def target(self, x0, eps, t, path):
         return x0
 

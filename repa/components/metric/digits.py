@@ -1,0 +1,64 @@
+"""Metrics for the embedded dataset, in the feature space of a CNN repa trains on the digits
+(seed 1, an architecture unlike the aligned encoder's): the Frechet distance to the held-out
+digits, and the accuracy of that CNN on class-conditional samples."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from repa.components.digits_models import TRAIN_RESOLUTION, DigitsCNN, cached_model, digits_split, normalise
+from repa.components.metric.frechet import frechet_distance, gaussian_stats
+
+
+@lru_cache(maxsize=2)
+def _classifier(seed: int, epochs: int):
+    return cached_model("digits-cnn", DigitsCNN, seed, epochs)[0]
+
+
+@torch.no_grad()
+def digits_features(images: np.ndarray, seed: int, epochs: int, batch: int = 500) -> dict[str, np.ndarray]:
+    """uint8 [N,H,W,3] -> {"features": [N,128], "logits": [N,10]}; resized to 32 px if needed."""
+    net = _classifier(seed, epochs)
+    feats, logits = [], []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).permute(0, 3, 1, 2)
+        x = normalise(x)
+        if x.shape[-1] != TRAIN_RESOLUTION:
+            x = F.interpolate(x, size=TRAIN_RESOLUTION, mode="bilinear", align_corners=False, antialias=True)
+        f = net.features(x)
+        feats.append(f.numpy())
+        logits.append(net.head(f).numpy())
+    return {"features": np.concatenate(feats), "logits": np.concatenate(logits)}
+
+
+class DigitsMetric:
+    def __init__(self, params):
+        self.params = params
+        self.feature_key = f"digits-cnn-{params.seed}-{params.epochs}"
+
+    def features(self, images: np.ndarray) -> dict:
+        return digits_features(images, self.params.seed, self.params.epochs)
+
+    def reference(self, source=None) -> dict:
+        """The held-out split (never trained on by the model or the aligned encoder)."""
+        heldout = digits_split("heldout").images.permute(0, 2, 3, 1).numpy()
+        return self.features(heldout)
+
+
+class DigitsFD(DigitsMetric):
+    def score(self, feats, ref, labels=None):
+        return {"digits-fd": frechet_distance(*gaussian_stats(feats["features"]), *gaussian_stats(ref["features"]))}
+
+
+class DigitsAccuracy(DigitsMetric):
+    def score(self, feats, ref, labels=None):
+        if labels is None:
+            raise ValueError("digits-accuracy needs the class label of every sample")
+        return {"digits-accuracy": float((feats["logits"].argmax(1) == np.asarray(labels)).mean())}
+
+
+METRICS = {"digits-fd": DigitsFD, "digits-accuracy": DigitsAccuracy}

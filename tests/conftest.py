@@ -1,0 +1,110 @@
+"""Shared fixtures: the official-code reference tensors, a CLI runner, tiny experiment files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def official():
+    """(tiny SiT checkpoint, io tensors) computed with the official REPA code."""
+    import torch
+
+    if not (FIXTURES / "official_tiny_sit.pt").is_file():
+        pytest.skip(f"reference fixtures not found at {FIXTURES}")
+    model = torch.load(FIXTURES / "official_tiny_sit.pt", weights_only=True)
+    io = torch.load(FIXTURES / "official_tiny_sit_io.pt", weights_only=True)
+    return model, io
+
+
+@pytest.fixture(scope="session")
+def official_model(official):
+    from repa.compat import official_sit
+
+    checkpoint, _ = official
+    model = official_sit(**checkpoint["config"])
+    model.load_state_dict(checkpoint["ema"], strict=True)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """All tests of a run share one repa cache: the offline digits models train once per run."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if base.name.startswith("popen-gw") else base  # pytest-xdist workers
+    monkeypatch.setenv("REPA_CACHE", str(shared / "repa-cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def run_cli(*args, env=None, cwd=None, timeout=600):
+    """Run `python -m repa.cli ...` in a subprocess; returns CompletedProcess (text)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "repa.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def write_toml(tmp_path):
+    def write(text: str, name: str = "exp.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    return write
+
+
+TINY = """
+[experiment]
+name = "tiny"
+output_dir = "{out}"
+seed = 0
+
+[data]
+kind = "digits"
+resolution = 16
+
+[autoencoder]
+kind = "identity"
+
+[backbone]
+kind = "sit"
+depth = 2
+hidden_size = 32
+num_heads = 2
+patch_size = 4
+
+[[alignment]]
+encoder = { kind = "digits-convnet", epochs = 2 }
+depth = 1
+projector_dim = 32
+
+[train]
+global_batch_size = 8
+max_steps = 4
+log_every = 1
+sample_every = 1000
+checkpoint_every = 2
+sample_images = 4
+num_workers = 0
+mixed_precision = "no"
+
+[sample]
+sampler = "euler"
+steps = 2
+"""
+
+
+@pytest.fixture
+def tiny_toml(write_toml, tmp_path):
+    """A complete, fast experiment (digits 16 px, 2-block SiT) writing under tmp_path/exps."""
+    return lambda extra="": write_toml(TINY.replace("{out}", str(tmp_path / "exps")) + extra)
