@@ -49,6 +49,48 @@ def cmd_run(args) -> int:
     return run_experiment(config, args.experiment, resume=resume, progress=not args.no_progress)
 
 
+def cmd_preprocess(args) -> int:
+    from pathlib import Path
+
+    from repa.engine import preprocess
+
+    if args.step == "images":
+        summary = preprocess.preprocess_images(Path(args.src), Path(args.dest), args.resolution, args.workers,
+                                               Path(args.labels) if args.labels else None)
+        print(f"{args.dest}/images: {summary.written} written, {summary.kept} already there, "
+              f"{len(summary.skipped)} skipped")
+        for path, reason in summary.skipped:
+            print(f"  skipped {path}: {reason}")
+        return 0
+    if args.step == "latents":
+        from repa.components.autoencoder import SDVAEParams
+        from repa.plugins import get_components
+
+        entry = get_components().get("autoencoder", args.autoencoder)
+        params = SDVAEParams(variant=args.variant, path=args.vae_path) if entry.name == "sd-vae" else entry.params()
+        written = preprocess.encode_latents(Path(args.src), Path(args.dest), entry.build(params), args.batch_size)
+        print(f"{args.dest}/vae-sd: {written} latents written by this process")
+        return 0
+    if args.step == "pack":
+        written = preprocess.pack(Path(args.src), Path(args.dest), args.resolution, args.shard_size, args.workers,
+                                  num_classes=args.num_classes)
+        print(f"{args.dest}: {written} samples packed")
+        return 0
+    from repa.engine.features import cache_features
+
+    config = load_experiment_args(args)
+    written = cache_features(config, args.encoder, Path(args.dest), args.batch_size, config.train.mixed_precision)
+    print(f"{args.dest}: {written} samples of {args.encoder} features; use features = \"{args.dest}\" "
+          f"in its [[alignment]] entry")
+    return 0
+
+
+def load_experiment_args(args):
+    from repa.config import load_experiment
+
+    return load_experiment(args.experiment, args.overrides)
+
+
 def cmd_plugins(args) -> int:
     from repa.cli_tables import print_plugins
 
@@ -86,6 +128,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=cmd_run)
 
+    pre = sub.add_parser("preprocess", help="prepare datasets: images, latents, pack, features")
+    steps = pre.add_subparsers(dest="step", metavar="STEP", required=True)
+    p = steps.add_parser("images", help="class folders -> ADM center crop -> official layout (images/ + dataset.json)")
+    p.add_argument("src")
+    p.add_argument("dest")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--labels", help="labels file for a flat folder: JSON {name: class} or lines `name,class`")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.set_defaults(func=cmd_preprocess)
+    p = steps.add_parser("latents", help="images/ -> autoencoder moments in vae-sd/ (official layout)")
+    p.add_argument("src")
+    p.add_argument("dest")
+    p.add_argument("--autoencoder", default="sd-vae")
+    p.add_argument("--variant", default="ft-mse", choices=["ft-mse", "ft-ema"])
+    p.add_argument("--vae-path", help="local AutoencoderKL directory (save_pretrained); default: HF cache")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_preprocess)
+    p = steps.add_parser("pack", help="official layout -> packed memory-mapped shards + manifest")
+    p.add_argument("src")
+    p.add_argument("dest")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--shard-size", type=int, default=8192)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_preprocess)
+    p = steps.add_parser("features", help="cache an alignment encoder's tokens for an experiment's dataset")
+    _add_config_args(p)
+    p.add_argument("dest")
+    p.add_argument("--encoder", required=True, help="one of the experiment's alignment encoders")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_preprocess)
+
     p = sub.add_parser("plugins", help="list registered components, their parameters and providers")
     p.add_argument("kind", nargs="?", help="only this kind (backbone, encoder, sampler, ...)")
     p.set_defaults(func=cmd_plugins)
@@ -105,6 +179,15 @@ def _configure_plugins(args) -> None:
     )
 
 
+def _user_lines(exc: Exception) -> list[str]:
+    """The message; for errors re-raised from a DataLoader worker, without the worker's traceback."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        return [last.split(": ", 1)[1] if last.startswith(type(exc).__module__) else last]
+    return text.splitlines()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     parser = build_parser()
@@ -116,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         _configure_plugins(args)
         return args.func(args) or 0
     except RepaError as exc:
-        for line in str(exc).splitlines():
+        for line in _user_lines(exc):
             print(f"error: {line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

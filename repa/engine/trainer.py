@@ -19,6 +19,7 @@ from repa.engine.build import build_backbone, build_objective_parts, build_sampl
 from repa.engine.data import StepBatchSampler, make_loader
 from repa.engine.denoiser import Denoiser
 from repa.engine.ema import make_ema, update_ema
+from repa.engine.features import FeatureCache, WithFeatures, describe
 from repa.engine.generation import class_labels, generate, image_grid, to_uint8
 from repa.engine.objective import AlignmentTerm, Objective
 from repa.engine.randomness import draw_step
@@ -94,8 +95,15 @@ class Trainer:
         config, acc = self.config, self.acc
         self.dataset = config.data.build(split="train")
         self.autoencoder = config.autoencoder.build().to(self.device)
+        caches, self.encoders = {}, []
         with acc.main_process_first():
-            self.encoders = [self._build_encoder(entry) for entry in config.alignment]
+            for k, entry in enumerate(config.alignment):
+                online = entry.features == "online"
+                self.encoders.append(self._build_encoder(entry) if online else None)
+                if not online:
+                    caches[k] = self._open_cache(entry)
+        if caches:
+            self.dataset = WithFeatures(self.dataset, caches)
         torch.manual_seed(config.experiment.seed)
         model = build_backbone(config, self.dataset.num_classes).to(self.device)
         self.ema = make_ema(model)
@@ -114,6 +122,13 @@ class Trainer:
         precision = self.acc.mixed_precision
         encoder.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         return encoder
+
+    def _open_cache(self, entry) -> FeatureCache:
+        """The cache must come from this encoder, weights, resolution, precision and dataset."""
+        cache = FeatureCache(Path(entry.features))
+        encoder = entry.encoder.build(resolution=self.config.data.params.resolution)
+        cache.check(describe(self.config, entry, encoder, self.dataset, self.acc.mixed_precision))
+        return cache
 
     def _unwrapped(self):
         return self.acc.unwrap_model(self.model)

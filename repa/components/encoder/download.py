@@ -48,9 +48,12 @@ def missing_message(spec: EncoderSpec, weights: str | None) -> str:
 
 
 def locate_weights(spec: EncoderSpec, weights: str | None) -> Path:
-    found = present_file(spec, weights)
+    found, failure = present_file(spec, weights), ""
     if found is None and not weights:
-        found = _fetch(spec)
+        try:
+            found = _fetch(spec)
+        except Exception as exc:  # any network/HTTP failure: say so, then say what to do by hand
+            failure = f" [download failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}]"
     if found is None:
-        raise MissingWeightsError(missing_message(spec, weights))
+        raise MissingWeightsError(missing_message(spec, weights) + failure)
     return found

@@ -78,8 +78,8 @@ def candidate_files(spec: EncoderSpec, weights: str | None) -> list[Path]:
     if spec.hf_repo:
         cached = hf_cached_file(spec.hf_repo, spec.hf_files)
         places.append(cached or hf_hub_cache() / f"models--{spec.hf_repo.replace('/', '--')}" / "snapshots" / "<rev>" / spec.hf_files[0])
-    if spec.default_file:
-        places.append(Path(spec.default_file))
+    if spec.default_file:  # the seed's ./ckpts paths, relative to the directory repa runs in
+        places.append(Path.cwd() / spec.default_file.removeprefix("./"))
     return places
 
 

@@ -1,0 +1,241 @@
+"""`repa preprocess`: ImageNet-style folders -> the official REPA layout -> latents -> packed.
+
+    images   SRC DEST   ADM center crop, PNG, images/dataset.json (official names)
+    latents  SRC DEST   SD-VAE moments (mean, std) in vae-sd/ (official names), accelerate-distributed
+    pack     SRC DEST   the packed format (memory-mapped shards + manifest)
+    features EXP DEST   a cache of one alignment encoder's tokens
+
+Every step is resumable (finished outputs are kept and skipped) and writes each file
+atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import multiprocessing
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from repa.components.dataset.crop import center_crop_arr, to_rgb
+from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files, read_labels
+from repa.errors import DataError
+
+log = logging.getLogger("repa")
+
+
+def official_image_name(index: int) -> str:
+    s = f"{index:08d}"
+    return f"{s[:5]}/img{s}.png"
+
+
+def official_latent_name(index: int) -> str:
+    s = f"{index:08d}"
+    return f"{s[:5]}/img-mean-std-{s}.npy"
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def progress_bar(description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(description), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn())
+
+
+# ============================================================================
+# images: class folders (or flat + labels file) -> images/ + dataset.json
+# ============================================================================
+
+
+def read_labels_file(path: Path) -> dict[str, int]:
+    """JSON ({name: label} or [[name, label], ...] or dataset.json) or CSV/TXT lines `name,label` / `name label`."""
+    if not path.is_file():
+        raise DataError(f"{path}: labels file not found")
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+        data = data.get("labels", data) if isinstance(data, dict) and "labels" in data else data
+        return {str(k): int(v) for k, v in (data.items() if isinstance(data, dict) else data)}
+    except ValueError:
+        pass
+    labels = {}
+    for lineno, row in enumerate(csv.reader(text.splitlines()), 1):
+        fields = row if len(row) == 2 else (row[0].split() if row else [])
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].strip().lstrip("-").isdigit():
+            raise DataError(f"{path}:{lineno}: expected `name,label`, got {','.join(row)!r}")
+        labels[fields[0].strip()] = int(fields[1])
+    return labels
+
+
+def scan_source(src: Path, labels_file: Path | None = None) -> list[tuple[Path, int]]:
+    """(file, label) in a fixed order: class folders sorted by name -> indices 0..K-1."""
+    if not src.is_dir():
+        raise DataError(f"{src}: no such folder")
+    if labels_file is not None:
+        labels = read_labels_file(labels_file)
+        files = list_files(src, IMAGE_EXTENSIONS)
+        missing = [f for f in files if f not in labels and Path(f).name not in labels]
+        if missing:
+            raise DataError(f"{labels_file}: no label for {missing[0]} (and {len(missing) - 1} more files)")
+        return [(src / f, labels.get(f, labels.get(Path(f).name))) for f in files]
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{src}: no class subfolders; use one folder per class or pass --labels FILE")
+    return [(src / c / f, label) for label, c in enumerate(classes) for f in list_files(src / c, IMAGE_EXTENSIONS)]
+
+
+def _crop_one(job: tuple[int, str, str, int]) -> tuple[int, str | None]:
+    """Worker: crop one image to DEST; returns (index, error or None)."""
+    index, source, target, resolution = job
+    try:
+        with Image.open(source) as image:
+            image.load()
+            array = center_crop_arr(to_rgb(image), resolution)
+        if array.shape != (resolution, resolution, 3):
+            return index, f"cannot crop a {image.size[0]}x{image.size[1]} image to {resolution}"
+        target_path = Path(target)
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target_path.with_name(f".{target_path.name}.tmp")
+        Image.fromarray(array).save(tmp, format="png", compress_level=0)
+        os.replace(tmp, target_path)
+        return index, None
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        return index, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Summary:
+    written: int = 0
+    kept: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
+                      labels_file: Path | None = None, progress: bool = True) -> Summary:
+    entries = scan_source(Path(src), labels_file)
+    out = Path(dest) / "images"
+    out.mkdir(parents=True, exist_ok=True)
+    summary, labels = Summary(), {}
+    jobs = []
+    for index, (source, label) in enumerate(entries):
+        name = official_image_name(index)
+        labels[name] = label
+        if (out / name).is_file():
+            summary.kept += 1
+        else:
+            jobs.append((index, str(source), str(out / name), resolution))
+    workers = workers or max(1, (os.cpu_count() or 1))
+    with progress_bar("crop") as bar, multiprocessing.get_context("spawn").Pool(workers) as pool:
+        task = bar.add_task("crop", total=len(jobs), rate="", visible=progress)
+        for index, error in pool.imap_unordered(_crop_one, jobs, chunksize=16):
+            if error:
+                summary.skipped.append((str(entries[index][0]), error))
+                labels.pop(official_image_name(index))
+            else:
+                summary.written += 1
+            bar.advance(task)
+    write_json_atomic(out / "dataset.json", {"labels": sorted([[k, v] for k, v in labels.items()])})
+    if summary.skipped:
+        (out / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in summary.skipped))
+    return summary
+
+
+# ============================================================================
+# latents: images/ -> vae-sd/ (moments), distributed with accelerate
+# ============================================================================
+
+
+def encode_latents(src: Path, dest: Path, autoencoder, batch_size: int = 64, progress: bool = True) -> int:
+    """Encode every image of SRC/images into DEST/vae-sd moments; returns how many were written here."""
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState()
+    images_dir = Path(src) / "images" if (Path(src) / "images").is_dir() else Path(src)
+    labels = read_labels(images_dir / "dataset.json")
+    names = sorted(labels)
+    out = Path(dest) / "vae-sd"
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [n for i, n in enumerate(names) if i % state.num_processes == state.process_index
+            and not (out / _latent_for(n)).is_file()]
+    autoencoder.to(state.device)
+    with progress_bar("encode") as bar:
+        task = bar.add_task("encode", total=len(todo), rate="", visible=progress and state.is_main_process)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            batch = torch.stack([torch.from_numpy(_read_png(images_dir / n)) for n in chunk]).to(state.device)
+            moments = autoencoder.encode(batch).cpu().numpy().astype(np.float32)
+            for name, moment in zip(chunk, moments):
+                _save_npy(out / _latent_for(name), moment)
+            bar.advance(task, len(chunk))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_json_atomic(out / "dataset.json", {"labels": [[_latent_for(n), labels[n]] for n in names]})
+    return len(todo)
+
+
+def _latent_for(image_name: str) -> str:
+    folder, file = image_name.rsplit("/", 1) if "/" in image_name else ("", image_name)
+    digits = "".join(ch for ch in file if ch.isdigit())
+    name = f"img-mean-std-{digits}.npy"
+    return f"{folder}/{name}" if folder else name
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from repa.components.dataset.files import read_image
+
+    return read_image(path)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+# ============================================================================
+# pack: the official layout -> repa's packed format
+# ============================================================================
+
+
+def pack(src: Path, dest: Path, resolution: int, shard_size: int = 8192, workers: int = 2,
+         progress: bool = True, num_classes: int = 1000) -> int:
+    import torch
+
+    from repa.components.dataset import FolderParams
+    from repa.components.dataset.folder import FolderDataset
+    from repa.components.dataset.packed import PackWriter
+
+    latents = "vae-sd" if (Path(src) / "vae-sd").is_dir() else None
+    dataset = FolderDataset(FolderParams(path=str(src), resolution=resolution, latents=latents,
+                                         num_classes=num_classes))
+    fields = {"images": ("uint8", (3, resolution, resolution)), "labels": ("int64", ())}
+    if latents:
+        fields["moments"] = ("float32", tuple(dataset[0]["moments"].shape))
+    writer = PackWriter(Path(dest), len(dataset), resolution, fields, shard_size)
+    start = writer.done_until
+    indices = list(range(start, len(dataset)))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=None,
+                                         num_workers=workers)
+    with progress_bar("pack") as bar:
+        task = bar.add_task("pack", total=len(dataset), completed=start, rate="", visible=progress)
+        for index, item in zip(indices, loader):
+            values = {"images": item["image"].numpy(), "labels": item["y"]}
+            if latents:
+                values["moments"] = item["moments"].numpy()
+            writer.write(index, **values)
+            bar.advance(task)
+    return len(indices)
