@@ -1,0 +1,191 @@
+"""`repa run`: exact resume, 1 vs 2 processes, interruption, faults, outputs, trackers, caches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from repa.weights import load_file
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def weights(run: Path, step: int, which: str = "model") -> dict:
+    return load_file(run / "checkpoints" / f"{step:07d}" / f"{which}.safetensors")
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
+
+
+def train(experiment, *sets, expect=0):
+    args = ["run", str(experiment), "--no-progress"]
+    for s in sets:
+        args += [s] if s.startswith("--") else ["--set", s]
+    result = run_cli(*args)
+    assert result.returncode == expect, result.stderr
+    return result
+
+
+def test_run_writes_what_a_researcher_watches(tiny_toml, tmp_path):
+    experiment = tiny_toml()
+    train(experiment, "train.sample_every=2")
+    run = tmp_path / "exps" / "tiny"
+    records = metrics(run)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in ("loss", "denoising_loss", "align_loss_0", "grad_norm", "lr", "steps_per_s", "images_per_s",
+                "peak_memory_gb"):
+        assert all(isinstance(r[key], float) for r in records), key
+    assert all(-1 <= r["align_loss_0"] <= 1 for r in records)  # a negative cosine similarity
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "0000001.png", "0000002.png", "0000004.png", "ground_truth.png"]
+    from PIL import Image
+
+    assert Image.open(run / "samples" / "0000002.png").size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
+    assert (run / "config.resolved.toml").read_text().startswith("# config hash ")
+    assert "run tiny" in (run / "log.txt").read_text()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000002", "0000004"]
+    ema, model = weights(run, 4, "ema"), weights(run, 4, "model")
+    assert not torch.equal(ema["final_layer.linear.weight"], model["final_layer.linear.weight"])
+
+
+def test_resume_is_exact(tiny_toml, tmp_path):
+    experiment = tiny_toml()
+    train(experiment, "experiment.name=straight")
+    train(experiment, "experiment.name=split", "train.max_steps=2")
+    result = train(experiment, "experiment.name=split", "--resume")
+    assert "resumed from" in result.stderr
+    for which in ("model", "ema"):
+        assert_same_weights(weights(tmp_path / "exps" / "straight", 4, which), weights(tmp_path / "exps" / "split", 4, which))
+    straight, split = metrics(tmp_path / "exps" / "straight"), metrics(tmp_path / "exps" / "split")
+    assert [r["loss"] for r in straight] == [r["loss"] for r in split]
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_toml, tmp_path):
+    experiment = tiny_toml()
+    train(experiment, "train.max_steps=4", "train.checkpoint_every=2")
+    run = tmp_path / "exps" / "tiny"
+    (run / "checkpoints" / "0000004" / "model.safetensors").write_bytes(b"truncated")
+    result = train(experiment, "train.max_steps=6", "--resume")
+    assert "checkpoint 0000004 is unusable" in result.stderr and "resumed from" in result.stderr
+    assert "0000002" in result.stderr.split("resumed from")[1].splitlines()[0]
+
+
+def test_existing_run_needs_resume(tiny_toml):
+    experiment = tiny_toml()
+    train(experiment, "train.max_steps=2")
+    result = train(experiment, "train.max_steps=2", expect=1)
+    assert "already has checkpoints; pass --resume" in result.stderr
+
+
+def test_uneven_batch_split_is_an_error(tiny_toml):
+    result = train(tiny_toml(), "train.global_batch_size=9", "train.grad_accum_steps=2", expect=2)
+    assert "train.global_batch_size: 9 is not divisible by train.grad_accum_steps=2" in result.stderr
+
+
+def test_gradient_accumulation_equals_the_full_batch(tiny_toml, tmp_path):
+    experiment = tiny_toml()
+    train(experiment, "experiment.name=full", "train.max_steps=2")
+    train(experiment, "experiment.name=accum", "train.max_steps=2", "train.grad_accum_steps=2")
+    assert_same_weights(weights(tmp_path / "exps" / "full", 2), weights(tmp_path / "exps" / "accum", 2), atol=2e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tiny_toml, tmp_path):
+    experiment = tiny_toml()
+    train(experiment, "experiment.name=one", "train.max_steps=3", "train.checkpoint_every=3")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "repa.cli", "run", str(experiment), "--no-progress", "--set", "experiment.name=two",
+               "--set", "train.max_steps=3", "--set", "train.checkpoint_every=3"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "exps" / "two"
+    assert sorted(p.name for p in (run / "checkpoints" / "0000003").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
+    assert "on 2 process(es)" in (run / "log.txt").read_text()
+    assert_same_weights(weights(tmp_path / "exps" / "one", 3), weights(run, 3), atol=1e-5)
+
+
+def test_ctrl_c_finishes_the_step_and_leaves_a_resumable_checkpoint(tiny_toml, tmp_path):
+    experiment = tiny_toml()
+    run = tmp_path / "exps" / "tiny"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "repa.cli", "run", str(experiment), "--no-progress", "--set", "train.max_steps=100000",
+         "--set", "train.checkpoint_every=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len(metrics(run)) >= 3):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Resume with: repa run" in stderr and "--resume" in stderr
+    (checkpoint,) = (run / "checkpoints").iterdir()
+    step = int(checkpoint.name)
+    assert step >= 3 and json.loads((checkpoint / "state.json").read_text())["step"] == step
+    result = train(experiment, f"train.max_steps={step + 1}", "--resume")
+    assert f"resumed from {checkpoint} at step {step}" in result.stderr
+
+
+def test_non_finite_losses_stop_with_a_diagnostic_checkpoint(tiny_toml, tmp_path):
+    result = train(tiny_toml(), "optim.lr=1e30", "train.max_steps=50", "train.max_nonfinite_steps=3", expect=1)
+    assert "non-finite losses in a row" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 3 non-finite losses in a row") and "diagnostic-" in last
+    run = tmp_path / "exps" / "tiny"
+    (diagnostic,) = (run / "checkpoints").glob("diagnostic-*")
+    assert (diagnostic / "model.safetensors").is_file()
+
+
+def test_missing_encoder_weights_are_reported_before_the_first_step(tiny_toml, tmp_path):
+    result = run_cli("run", str(tiny_toml()), "--set", 'alignment.encoder="mocov3-vit-s"', "--set",
+                     "data.resolution=64", "--set", "backbone.patch_size=16", "--no-progress",
+                     env={"TORCH_HOME": str(tmp_path / "torch")})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: mocov3-vit-s: weights not found") and "Traceback" not in result.stderr
+    assert not (tmp_path / "exps" / "tiny" / "metrics.jsonl").exists()
+
+
+def test_wandb_offline_tracker(tiny_toml, tmp_path):
+    train(tiny_toml('\n[tracker]\nkind = "wandb"\nproject = "repa-tests"\n'), "train.max_steps=2",
+          "train.sample_every=1")
+    run = tmp_path / "exps" / "tiny"
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    assert list(offline.glob("*.wandb"))
+    assert len(metrics(run)) == 2  # metrics.jsonl is written besides
+
+
+def test_cached_features_train_like_online_features(tiny_toml, tmp_path):
+    experiment = tiny_toml()
+    cache = tmp_path / "cache"
+    result = run_cli("preprocess", "features", str(experiment), str(cache), "--encoder", "digits-convnet")
+    assert result.returncode == 0, result.stderr
+    train(experiment, "experiment.name=online", "train.max_steps=2")
+    train(experiment, "experiment.name=cached", "train.max_steps=2", f'alignment.features="{cache}"')
+    online, cached = metrics(tmp_path / "exps" / "online"), metrics(tmp_path / "exps" / "cached")
+    for a, b in zip(online, cached):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["align_loss_0"] - b["align_loss_0"]) < 1e-5
+    refused = train(experiment, "experiment.name=refused", f'alignment.features="{cache}"',
+                    'alignment.encoder={ kind = "digits-convnet", epochs = 3 }', expect=1)
+    assert "features.json: encoder_params is" in refused.stderr and "rebuild it" in refused.stderr
