@@ -48,3 +48,14 @@ def print_plugins(kind_name: str | None) -> int:
             table.add_row(kind, entry.name, describe_params(entry), entry.distribution, entry.description, *extra)
     Console(width=200).print(table)
     return 0
+
+
+def print_results(title: str, rows: list[dict]) -> None:
+    """One row per evaluated checkpoint (or sample batch), one column per metric."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*[f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns])
+    Console(width=160).print(table)

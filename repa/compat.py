@@ -84,3 +84,15 @@ def euler_maruyama_sampler(
 
     denoiser = _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type)
     return denoiser.sample(EulerMaruyamaSampler(num_steps), latents, y)
+
+
+def legacy_to_blocks(state: dict, encoder_depth: int) -> dict:
+    """Early official checkpoints split the blocks into `blocks` and `decoder_blocks`
+    (utils.load_legacy_checkpoints): decoder block i is block i + encoder_depth."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("decoder_blocks."):
+            _, index, rest = key.split(".", 2)
+            key = f"blocks.{int(index) + encoder_depth}.{rest}"
+        out[key] = value
+    return out

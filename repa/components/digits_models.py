@@ -89,6 +89,7 @@ def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> t
     return x[..., max_shift + dy : h - max_shift + dy, max_shift + dx : w - max_shift + dx]
 
 
+@torch.enable_grad()
 def train_classifier(model: nn.Module, seed: int, epochs: int, lr: float = 3e-3, batch: int = 128) -> nn.Module:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

@@ -162,7 +162,7 @@ def encode_latents(src: Path, dest: Path, autoencoder, batch_size: int = 64, pro
     import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU ranks need cpu=True
     images_dir = Path(src) / "images" if (Path(src) / "images").is_dir() else Path(src)
     labels = read_labels(images_dir / "dataset.json")
     names = sorted(labels)

@@ -1,0 +1,96 @@
+"""`repa evaluate`: score samples with the configured metrics; on a run folder, sample and score
+every checkpoint not evaluated yet, appending the results to the run's metrics.jsonl."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from repa.config import ExperimentConfig, load_experiment, to_dict
+from repa.engine import checkpoint as ckpt
+from repa.errors import DataError
+
+log = logging.getLogger("repa")
+
+
+def evaluate_images(metrics, images: np.ndarray, labels: np.ndarray | None, reference: str | None) -> dict:
+    """Metrics sharing a feature_key share one feature pass (and one reference pass)."""
+    features, references, results = {}, {}, {}
+    for component in metrics:
+        metric = component.build()
+        key = metric.feature_key
+        if key not in features:
+            features[key] = metric.features(images)
+        ref_key = (key, type(metric).reference)  # metrics that read the reference the same way share it
+        if ref_key not in references:
+            references[ref_key] = metric.reference(reference)
+        results.update(metric.score(features[key], references[ref_key], labels))
+    return results
+
+
+def read_samples(npz: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    if not npz.is_file():
+        raise DataError(f"{npz}: no such file")
+    with np.load(npz) as data:
+        if "arr_0" not in data:
+            raise DataError(f"{npz}: no 'arr_0' (uint8 [N,H,W,3]); not an ADM-format sample batch")
+        images = data["arr_0"]
+        labels = data["labels"] if "labels" in data else None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"{npz}: arr_0 is {images.dtype} {list(images.shape)}, expected uint8 [N, H, W, 3]")
+    return images, labels
+
+
+def settings_key(config: ExperimentConfig) -> str:
+    """Identifies how samples were drawn (sampler, guidance, autoencoder, count)."""
+    data = to_dict(config)
+    blob = json.dumps({"sample": data["sample"], "autoencoder": data["autoencoder"],
+                       "num": config.eval.num_samples}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def evaluated_steps(run_dir: Path, key: str) -> set[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return set()
+    steps = set()
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("eval_settings") == key:
+            steps.add(record["step"])
+    return steps
+
+
+def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dict]:
+    """Sample and score each checkpoint of a run that has no result for these settings yet."""
+    from repa.components.tracker.trackers import JsonlTracker
+    from repa.engine.sampling import SampleRun
+
+    config_file = run_dir / "config.resolved.toml"
+    if not config_file.is_file():
+        raise DataError(f"{run_dir}: no config.resolved.toml; not a run folder written by `repa run`")
+    config = load_experiment(config_file, overrides)
+    if not config.eval.metrics:
+        raise DataError(f"{config_file}: [eval] metrics is empty; set eval.metrics (e.g. --set eval.metrics=[\"fid\"])")
+    key = settings_key(config)
+    done = evaluated_steps(run_dir, key)
+    results = []
+    for folder in ckpt.complete_checkpoints(run_dir / "checkpoints"):
+        step = int(folder.name)
+        if step in done:
+            continue
+        out = run_dir / "eval" / f"{folder.name}-{key}"
+        npz = SampleRun(config, folder, out, config.eval.num_samples, config.experiment.seed,
+                        config.sample.batch_size, config.sample.label_sampling, progress).run()
+        images, labels = read_samples(npz)
+        scores = evaluate_images(config.eval.metrics, images, labels, config.eval.reference)
+        record = {"eval": scores, "eval_settings": key, "num_samples": config.eval.num_samples,
+                  "sampler": config.sample.sampler.kind, "steps": config.sample.steps,
+                  "cfg_scale": config.sample.cfg_scale, "guidance_interval": list(config.sample.guidance_interval)}
+        JsonlTracker(run_dir).log(step, record)
+        results.append({"step": step, **scores})
+    return results

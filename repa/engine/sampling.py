@@ -1,0 +1,211 @@
+"""`repa sample`: N images from a checkpoint, as PNGs and an ADM-format .npz.
+
+Sample i depends only on (seed, i). Samples are cut into fixed batches of `batch_size`
+indices; batches go round-robin to the processes, so every batch holds the same samples
+whatever the number of processes, and images are identical with 1 or N processes.
+Finished images are kept: an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from repa.config import ExperimentConfig, to_dict
+from repa.engine import checkpoint as ckpt
+from repa.engine.build import build_backbone, build_objective_parts, build_sampling, input_geometry
+from repa.engine.denoiser import Denoiser
+from repa.engine.generation import class_labels, generate, to_uint8
+from repa.errors import CheckpointError, MissingWeightsError
+from repa.weights import cache_dir, hub_offline, load_file, load_state_strict, reachable, strip_prefix, unwrap_state_dict
+
+log = logging.getLogger("repa")
+
+RELEASED_URL = ("https://www.dl.dropboxusercontent.com/scl/fi/cxedbs4da5ugjq5wg3zrg/last.pt"
+                "?rlkey=8otgrdkno0nd89po3dpwngwcc&st=apcc645o&dl=0")
+RELEASED_NAME = "repa-sit-xl-2-256-4M-last.pt"
+
+# The paper's evaluation setting (REPA Table 4): SDE Euler-Maruyama, 250 steps, CFG 1.8 on
+# t in [0, 0.7], decoded with sd-vae ft-ema.
+PAPER_PRESET = ["sample.sampler=euler-maruyama", "sample.steps=250", "sample.cfg_scale=1.8",
+                "sample.guidance_interval=[0.0, 0.7]", 'autoencoder={ kind = "sd-vae", variant = "ft-ema" }']
+
+# `repa sample` without an experiment file: the released SiT-XL/2 + REPA model.
+RELEASED_EXPERIMENT = {
+    "experiment": {"name": "released-sit-xl-2"},
+    "data": {"kind": "folder", "path": "", "resolution": 256},
+    "backbone": "SiT-XL/2",
+    "alignment": [{"encoder": "dinov2-vit-b", "depth": 8}],
+    "autoencoder": {"kind": "sd-vae", "variant": "ft-ema"},
+}
+
+
+def released_checkpoint() -> Path:
+    """The released 4M-step SiT-XL/2 REPA EMA weights, cached under the repa cache directory."""
+    path = cache_dir() / "checkpoints" / RELEASED_NAME
+    if path.is_file():
+        return path
+    if not hub_offline() and reachable("www.dl.dropboxusercontent.com"):
+        import urllib.request
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        log.info("repa: downloading the released SiT-XL/2 REPA checkpoint to %s", path)
+        try:
+            urllib.request.urlretrieve(RELEASED_URL, tmp)
+            os.replace(tmp, path)
+            return path
+        except OSError as exc:
+            log.warning("repa: download failed: %s", exc)
+    raise MissingWeightsError(
+        f"released SiT-XL/2 REPA checkpoint not found at {path}; download {RELEASED_URL} (a bare EMA state dict, "
+        f"'last.pt') and save it as {path}, or pass --checkpoint FILE"
+    )
+
+
+def resolve_checkpoint(path: Path | None) -> tuple[dict, int | None, str]:
+    """(EMA state dict, step, description) from a run folder, one of our checkpoint folders, an
+    official training checkpoint ({"ema": ...}), a bare state dict, or (None) the released model."""
+    if path is None:
+        path = released_checkpoint()
+    path = Path(path)
+    if path.is_dir():
+        folder = path
+        if not (path / "ema.safetensors").is_file():
+            found = ckpt.complete_checkpoints(path / "checkpoints")
+            if not found:
+                raise CheckpointError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints/")
+            folder = found[-1]
+        ckpt.verify(folder)
+        return load_file(folder / "ema.safetensors"), int(folder.name), str(folder)
+    obj = load_file(path)
+    step = obj.get("steps") if isinstance(obj, dict) and isinstance(obj.get("steps"), int) else None
+    return strip_prefix(unwrap_state_dict(obj, ("ema", "model", "state_dict"))), step, str(path)
+
+
+def load_model(config: ExperimentConfig, state: dict, source: str):
+    """Build the configured backbone and load the EMA weights strictly (num_classes from the weights)."""
+    from repa.compat import legacy_to_blocks
+
+    if any(k.startswith("decoder_blocks.") for k in state):
+        state = legacy_to_blocks(state, config.alignment[0].depth if config.alignment else 8)
+    rows = state.get("y_embedder.embedding_table.weight")
+    if rows is None:
+        raise CheckpointError(f"{source}: no y_embedder.embedding_table.weight; not a SiT checkpoint")
+    num_classes = rows.shape[0] - int(config.train.label_dropout > 0)
+    model = build_backbone(config, num_classes)
+    load_state_strict(model, state, source)
+    return model.eval()
+
+
+def nfe_per_sample(config: ExperimentConfig) -> float:
+    """Network evaluations per sample, counting the doubled CFG batch inside the interval."""
+    sample = config.sample
+    steps = sample.steps
+    evals = {"heun": 2 * steps - 1}.get(sample.sampler.kind, steps)
+    low, high = sample.guidance_interval
+    guided = (high - low) if sample.cfg_scale != 1.0 else 0.0
+    return evals * (1 + guided)
+
+
+class SampleRun:
+    def __init__(self, config: ExperimentConfig, checkpoint: Path | None, out: Path, num: int, seed: int,
+                 batch_size: int, labels: str = "uniform", progress: bool = True):
+        from accelerate import PartialState
+
+        self.state = PartialState(cpu=not torch.cuda.is_available())  # CPU ranks need cpu=True
+        self.config, self.out, self.num, self.seed = config, Path(out), num, seed
+        self.batch_size, self.label_mode, self.progress = batch_size, labels, progress
+        weights, self.step, self.source = resolve_checkpoint(checkpoint)
+        self.model = load_model(config, weights, self.source).to(self.state.device)
+        self.autoencoder = config.autoencoder.build().to(self.state.device)
+        sampler, guidance = build_sampling(config)
+        path, prediction, _ = build_objective_parts(config)
+        self.sampler, self.denoiser = sampler, Denoiser(self.model, prediction, path, guidance)
+        side, channels = input_geometry(config)
+        self.shape = (channels, side, side)
+
+    def png(self, i: int) -> Path:
+        return self.out / "images" / f"{i:06d}.png"
+
+    def my_batches(self) -> list[list[int]]:
+        batches = [list(range(s, min(s + self.batch_size, self.num))) for s in range(0, self.num, self.batch_size)]
+        mine = batches[self.state.process_index :: self.state.num_processes]
+        return [b for b in mine if not all(self.png(i).is_file() for i in b)]
+
+    @torch.no_grad()
+    def _batch(self, indices: list[int]) -> None:
+        from PIL import Image
+
+        labels = class_labels(self.seed, indices, self.model.num_classes, self.label_mode)
+        x0 = generate(self.denoiser, self.sampler, indices, labels, self.seed, self.shape, self.state.device,
+                      self.config.sample.state_dtype)
+        images = to_uint8(self.autoencoder.decode(x0.float()))
+        for i, image in zip(indices, images):
+            tmp = self.png(i).with_name(f".{i:06d}.tmp.png")
+            Image.fromarray(image).save(tmp)
+            os.replace(tmp, self.png(i))
+
+    def estimate(self) -> float:
+        """Seconds for all samples on all processes, from one timed forward pass (printed up front)."""
+        x = torch.randn(min(self.batch_size, self.num), *self.shape, device=self.state.device)
+        y = torch.zeros(len(x), dtype=torch.long, device=self.state.device)
+        t = torch.full((len(x),), 0.5, device=self.state.device)
+        with torch.no_grad():
+            self.model(x, t, y)
+            started = time.perf_counter()
+            self.model(x, t, y)
+        per_batch = (time.perf_counter() - started) * nfe_per_sample(self.config)
+        return per_batch * math.ceil(self.num / (len(x) * self.state.num_processes))
+
+    def run(self) -> Path:
+        from repa.engine.preprocess import progress_bar
+
+        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        todo = self.my_batches()
+        if self.state.is_main_process:
+            estimate = self.estimate()
+            log.info("repa: sampling %d images (%s, %d steps, cfg %.2f) from %s; estimated %s for all of them, "
+                     "%s for 50,000", self.num, self.config.sample.sampler.kind, self.config.sample.steps,
+                     self.config.sample.cfg_scale, self.source, _duration(estimate),
+                     _duration(estimate * 50_000 / self.num))
+        started, done = time.perf_counter(), 0
+        with progress_bar("sample") as bar:
+            task = bar.add_task("sample", total=sum(len(b) for b in todo), rate="",
+                                visible=self.progress and self.state.is_main_process)
+            for batch in todo:
+                self._batch(batch)
+                done += len(batch)
+                rate = done * self.state.num_processes / (time.perf_counter() - started)
+                bar.update(task, advance=len(batch), rate=f"{rate:.1f} img/s")
+        self.state.wait_for_everyone()
+        npz = self.out / "samples.npz"
+        if self.state.is_main_process:
+            self._write_npz(npz)
+        self.state.wait_for_everyone()
+        return npz
+
+    def _write_npz(self, npz: Path) -> None:
+        from PIL import Image
+
+        images = np.stack([np.asarray(Image.open(self.png(i))) for i in range(self.num)])
+        labels = class_labels(self.seed, range(self.num), self.model.num_classes, self.label_mode).numpy()
+        tmp = npz.with_name(".samples.tmp.npz")
+        np.savez(tmp, arr_0=images, labels=labels)
+        os.replace(tmp, npz)
+        info = {"checkpoint": self.source, "step": self.step, "num_samples": self.num, "seed": self.seed,
+                "labels": self.label_mode, "sample": to_dict(self.config)["sample"],
+                "autoencoder": to_dict(self.config)["autoencoder"]}
+        (self.out / "sample_info.json").write_text(json.dumps(info, indent=1))
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -1,0 +1,278 @@
+"""`repa sample` and `repa evaluate`: ADM metrics against closed forms and brute force, the
+Inception port, sampling determinism over processes, official checkpoints, run evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from repa.components.metric.adm import inception_score, manifold_radii, precision_recall
+from repa.components.metric.frechet import frechet_distance, gaussian_stats
+from repa.components.metric.inception import InceptionFeatures, fid_inception, resize_bilinear_tf1
+from repa.errors import MissingWeightsError
+from tests.conftest import run_cli
+
+# ============================================================================
+# Metrics on synthetic data
+# ============================================================================
+
+
+def test_frechet_distance_of_two_known_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    s1, s2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 1.0])
+    expected = 1 + 0 + 4 + (1 - 2) ** 2 + (2 - 1) ** 2 + (3 - 1) ** 2  # |dmu|^2 + sum (sqrt a - sqrt b)^2
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, abs=1e-9)
+    rotation = linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    assert frechet_distance(mu1 @ rotation, rotation.T @ s1 @ rotation, mu2 @ rotation, rotation.T @ s2 @ rotation) \
+        == pytest.approx(expected, abs=1e-8)
+
+
+def test_frechet_distance_with_rank_deficient_covariances():
+    v = np.array([[1.0], [2.0], [-1.0]])
+    rank_one = v @ v.T  # FD(N(0, vv^T), N(0, vv^T)) = 0; FD to N(0, 0) = tr(vv^T)
+    assert frechet_distance(np.zeros(3), rank_one, np.zeros(3), rank_one) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(np.ones(3), rank_one, np.zeros(3), np.zeros((3, 3))) == pytest.approx(3 + 6.0, abs=1e-6)
+    assert frechet_distance(np.zeros(2), np.diag([1.0, 0.0]), np.zeros(2), np.diag([4.0, 0.0])) == pytest.approx(1.0)
+
+
+def test_frechet_distance_retries_with_an_offset_when_the_root_is_not_finite(monkeypatch):
+    from repa.components.metric import frechet
+
+    calls = []
+
+    def sqrtm(matrix):
+        calls.append(matrix.copy())
+        return np.full_like(matrix, np.nan) if len(calls) == 1 else linalg.sqrtm(matrix)
+
+    monkeypatch.setattr(frechet, "_sqrtm", sqrtm)
+    with pytest.warns(UserWarning, match="singular product"):
+        value = frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2))
+    np.testing.assert_allclose(calls[1], (np.eye(2) * (1 + 1e-6)) @ (np.eye(2) * (1 + 1e-6)))
+    assert value == pytest.approx(0.0, abs=1e-5)
+
+
+def test_frechet_distance_rejects_a_large_imaginary_square_root(monkeypatch):
+    from repa.components.metric import frechet
+
+    monkeypatch.setattr(frechet, "_sqrtm", lambda m: np.eye(2) * (1 + 0.5j))
+    with pytest.raises(ValueError, match="imaginary component"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2))
+
+
+def test_gaussian_stats_are_float64_with_ddof_one():
+    x = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    mu, sigma = gaussian_stats(x)
+    np.testing.assert_allclose(sigma, np.cov(x.astype(np.float64), rowvar=False))
+    assert mu.dtype == np.float64
+
+
+def test_inception_score_against_a_direct_computation():
+    logits = np.random.default_rng(1).normal(size=(12, 5)).astype(np.float32) * 3
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    scores = []
+    for part in (p[:5], p[5:10], p[10:]):
+        py = part.mean(0)
+        scores.append(np.exp(np.mean([np.sum(q * (np.log(q) - np.log(py))) for q in part])))
+    assert inception_score(logits, split_size=5) == pytest.approx(np.mean(scores), rel=1e-5)
+    assert inception_score(np.zeros((10, 7), np.float32)) == pytest.approx(1.0)
+
+
+def brute_precision_recall(ref, samples, k=3):
+    def radii(x):
+        d = ((x[:, None] - x[None]) ** 2).sum(-1)
+        return np.sort(d, axis=1)[:, k]
+
+    r_ref, r_s = radii(ref), radii(samples)
+    d = ((ref[:, None] - samples[None]) ** 2).sum(-1)
+    precision = np.mean([(d[:, j] <= r_ref).any() for j in range(len(samples))])
+    recall = np.mean([(d[i] <= r_s).any() for i in range(len(ref))])
+    return precision, recall
+
+
+def test_precision_recall_against_brute_force():
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(60, 8)).astype(np.float32)
+    samples = (rng.normal(size=(50, 8)) * 1.3 + 0.7).astype(np.float32)
+    expected = brute_precision_recall(ref.astype(np.float64), samples.astype(np.float64))
+    assert precision_recall(ref, samples, k=3, batch=16) == pytest.approx(expected)
+    assert manifold_radii(ref, 3, batch=7) == pytest.approx(np.sort(((ref[:, None] - ref[None]) ** 2).sum(-1), 1)[:, 3],
+                                                            rel=1e-2)
+    assert precision_recall(ref, ref) == (1.0, 1.0)
+
+
+# ============================================================================
+# The Inception port
+# ============================================================================
+
+
+def test_tf1_bilinear_resize():
+    x = torch.tensor([[[[0.0, 10.0], [20.0, 30.0]]]])
+    out = resize_bilinear_tf1(x, 4)
+    # TF1 align_corners=False: src = dst * in/out = dst / 2, edges clamp to the last pixel
+    expected = torch.tensor([[0.0, 5.0, 10.0, 10.0], [10.0, 15.0, 20.0, 20.0], [20.0, 25.0, 30.0, 30.0],
+                             [20.0, 25.0, 30.0, 30.0]])
+    torch.testing.assert_close(out[0, 0], expected)
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """A random network saved as pytorch-fid's pt_inception-2015-12-05 file (no num_batches_tracked)."""
+    torch.manual_seed(0)
+    net = fid_inception()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("inception") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save({k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    return path
+
+
+def test_inception_loads_the_real_file_format_and_gives_adm_features(inception_weights):
+    extractor = InceptionFeatures(inception_weights, device="cpu")
+    images = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    feats = extractor(images, batch_size=2)
+    assert feats["pool"].shape == (3, 2048) and feats["spatial"].shape == (3, 2023)
+    assert feats["logits"].shape == (3, 1008)
+    np.testing.assert_allclose(feats["logits"], feats["pool"] @ extractor.net.fc.weight.numpy().T, rtol=1e-4, atol=1e-4)
+    assert (feats["pool"] >= 0).all()  # average of ReLU outputs
+
+
+def test_missing_inception_weights_say_what_to_download(tmp_path, monkeypatch):
+    from repa.plugins import get_components
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    from repa.components.metric import adm
+
+    adm._extractor.cache_clear()
+    metric = get_components().get("metric", "fid").build()
+    with pytest.raises(MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth") as info:
+        metric.features(np.zeros((1, 8, 8, 3), np.uint8))
+    assert "\n" not in str(info.value)
+
+
+def test_adm_metrics_end_to_end_with_a_reference_batch(inception_weights, tmp_path):
+    import shutil
+
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    shutil.copy(inception_weights, hub / inception_weights.name)
+    rng = np.random.default_rng(3)
+    reference = tmp_path / "ref.npz"
+    images = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    np.savez(reference, arr_0=images)
+    result = run_cli("evaluate", str(reference), "--reference", str(reference), "--metrics",
+                     "fid,sfid,is,precision,recall", env={"TORCH_HOME": str(tmp_path / "torch")})
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.strip().splitlines()[-2]
+    fid, sfid, inception, precision, recall = (float(v) for v in row.strip("│ ").split("│"))
+    assert abs(fid) < 1e-2 and abs(sfid) < 1e-2 and inception >= 1.0 and precision == recall == 1.0
+
+
+# ============================================================================
+# Sampling
+# ============================================================================
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 2-step tiny run (its checkpoint is what we sample from)."""
+    from tests.conftest import TINY
+
+    root = tmp_path_factory.mktemp("run")
+    experiment = root / "exp.toml"
+    experiment.write_text(TINY.replace("{out}", str(root / "exps")) + '\n[eval]\nnum_samples = 12\n'
+                          'metrics = ["digits-fd", "digits-accuracy"]\n')
+    result = run_cli("run", str(experiment), "--no-progress", "--set", "train.max_steps=2")
+    assert result.returncode == 0, result.stderr
+    return experiment, root / "exps" / "tiny"
+
+
+def sample(experiment, out, *extra):
+    result = run_cli("sample", str(experiment), "--num-samples", "10", "--batch-size", "4", "--out", str(out),
+                     "--no-progress", *extra)
+    assert result.returncode == 0, result.stderr
+    with np.load(out / "samples.npz") as data:
+        return data["arr_0"], data["labels"]
+
+
+def test_sample_writes_pngs_and_an_adm_npz(trained_run, tmp_path):
+    experiment, run = trained_run
+    images, labels = sample(experiment, tmp_path / "s", "--checkpoint", str(run), "--labels", "balanced")
+    assert images.shape == (10, 16, 16, 3) and images.dtype == np.uint8
+    assert labels.tolist() == [i % 10 for i in range(10)]
+    assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 10
+    info = json.loads((tmp_path / "s" / "sample_info.json").read_text())
+    assert info["step"] == 2 and info["sample"]["sampler"]["kind"] == "euler"
+
+
+def test_sampling_resumes_and_is_deterministic(trained_run, tmp_path):
+    experiment, run = trained_run
+    first, _ = sample(experiment, tmp_path / "s", "--checkpoint", str(run))
+    for i in (1, 7):
+        (tmp_path / "s" / "images" / f"{i:06d}.png").unlink()
+    again, _ = sample(experiment, tmp_path / "s", "--checkpoint", str(run))
+    np.testing.assert_array_equal(first, again)
+
+
+def test_one_and_two_processes_give_identical_images(trained_run, tmp_path):
+    from tests.test_train import free_port
+
+    experiment, run = trained_run
+    one, labels_one = sample(experiment, tmp_path / "one", "--checkpoint", str(run), "--set", "sample.sampler=euler-maruyama")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               "-m", "repa.cli", "sample", str(experiment), "--num-samples", "10", "--batch-size", "4",
+               "--out", str(tmp_path / "two"), "--checkpoint", str(run), "--no-progress",
+               "--set", "sample.sampler=euler-maruyama"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(tmp_path / "two" / "samples.npz") as data:
+        np.testing.assert_array_equal(data["arr_0"], one)
+        np.testing.assert_array_equal(data["labels"], labels_one)
+
+
+def test_an_official_training_checkpoint_samples(trained_run, tmp_path):
+    from repa.weights import load_file
+
+    experiment, run = trained_run
+    ema = load_file(run / "checkpoints" / "0000002" / "ema.safetensors")
+    official = tmp_path / "0000002.pt"
+    torch.save({"model": ema, "ema": ema, "opt": {}, "args": argparse.Namespace(exp_name="x"), "steps": 2}, official)
+    ours, _ = sample(experiment, tmp_path / "ours", "--checkpoint", str(run))
+    theirs, _ = sample(experiment, tmp_path / "theirs", "--checkpoint", str(official))
+    np.testing.assert_array_equal(ours, theirs)
+    bare = tmp_path / "last.pt"
+    torch.save(ema, bare)
+    np.testing.assert_array_equal(sample(experiment, tmp_path / "bare", "--checkpoint", str(bare))[0], ours)
+
+
+def test_released_checkpoint_offline_says_what_to_download(tmp_path):
+    result = run_cli("sample", "--num-samples", "1", "--out", str(tmp_path / "x"), "--no-progress",
+                     env={"REPA_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: released SiT-XL/2 REPA checkpoint not found at")
+    assert "dl.dropboxusercontent.com" in line and str(tmp_path / "cache") in line
+
+
+def test_evaluate_a_run_appends_results_once(trained_run):
+    experiment, run = trained_run
+    result = run_cli("evaluate", str(run), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "digits-fd" in result.stdout and "digits-accuracy" in result.stdout
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evals] == [2]
+    assert evals[0]["num_samples"] == 12 and evals[0]["sampler"] == "euler" and evals[0]["steps"] == 2
+    assert 0 <= evals[0]["eval"]["digits-accuracy"] <= 1 and evals[0]["eval"]["digits-fd"] > 0
+    again = run_cli("evaluate", str(run), "--no-progress")
+    assert again.returncode == 0
+    assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]) == 1
