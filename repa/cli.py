@@ -140,6 +140,15 @@ def _toml_list(names: str) -> str:
     return "[" + ", ".join(f'"{n.strip()}"' for n in names.split(",") if n.strip()) + "]"
 
 
+def cmd_ablate(args) -> int:
+    from pathlib import Path
+
+    from repa.engine.ablate import run_ablation
+
+    return run_ablation(Path(args.ablation), dry_run=args.dry_run, launcher=args.launcher,
+                        slurm_cluster=args.slurm_cluster)
+
+
 def load_experiment_args(args):
     from repa.config import load_experiment
 
@@ -240,6 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="run an ablation grid and write its table (Markdown, CSV, LaTeX) and plots")
+    p.add_argument("ablation", help="ablation TOML (see experiments/ablations/)")
+    p.add_argument("--dry-run", action="store_true", help="expand and validate every run, print ids and cost; run nothing")
+    p.add_argument("--launcher", choices=["local", "accelerate", "slurm"], help="override [ablation.launcher].kind")
+    p.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("plugins", help="list registered components, their parameters and providers")
     p.add_argument("kind", nargs="?", help="only this kind (backbone, encoder, sampler, ...)")

@@ -174,9 +174,13 @@ class Backbone(Protocol):
 class Encoder(Protocol):
     """A frozen, eval-mode vision encoder: uint8 images -> patch tokens.
 
-    preprocess(images uint8 [B,3,H,W]) -> model input; forward(input) -> tokens[B,T,D] in float32."""
+    preprocess(images uint8 [B,3,H,W]) -> model input; forward(input) -> tokens[B,T,D] in float32,
+    computed without gradients and under autocast to `autocast_dtype` (set by the engine; None =
+    full precision). `weights_file` names the loaded weights (recorded by feature caches)."""
 
     embed_dim: int
+    autocast_dtype: Any
+    weights_file: str
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor: ...
 
@@ -189,9 +193,9 @@ class Encoder(Protocol):
 class Autoencoder(Protocol):
     """Maps images to the backbone's input space and back.
 
-    encode(images float in [-1,1] [B,3,H,W]) -> moments [B,2C,h,w] (mean, std);
-    sample(moments, generator) -> model input z [B,C,h,w] (scaled);
-    decode(z) -> images float in [-1,1]."""
+    encode(images uint8 [B,3,H,W]) -> moments [B,2C,h,w] (mean and std of the posterior);
+    sample(moments, noise [B,C,h,w]) -> model input z [B,C,h,w] (scaled and shifted);
+    decode(z) -> images float in [-1, 1]."""
 
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 

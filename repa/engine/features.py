@@ -59,7 +59,7 @@ def cache_features(config, encoder_name: str, dest: Path, batch_size: int = 64, 
     for start in range(done, len(dataset), batch_size):
         indices = range(start, min(start + batch_size, len(dataset)))
         images = torch.stack([dataset[i]["image"] for i in indices]).to(device)
-        for i, row in zip(indices, encoder.encode(images).cpu().numpy()):
+        for i, row in zip(indices, encoder(encoder.preprocess(images)).cpu().numpy()):
             writer.write(i, tokens=row)
     (Path(dest) / RECORD).write_text(json.dumps(describe(config, entry, encoder, dataset, precision), indent=1))
     return len(dataset) - done

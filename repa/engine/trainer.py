@@ -198,7 +198,7 @@ class Trainer:
         targets = []
         for k, encoder in enumerate(self.encoders):
             cached = batch.get(f"features_{k}")
-            targets.append(cached.to(self.device) if cached is not None else encoder.encode(images))
+            targets.append(cached.to(self.device) if cached is not None else encoder(encoder.preprocess(images)))
         return targets
 
     def _micro_step(self, batch, rows):

@@ -1,0 +1,80 @@
+"""Orchestration of `repa ablate`: expand, validate, estimate, execute or submit, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from repa.engine.ablation import (
+    commands, execute, expand, load_ablation, measured_flops_per_second, status_of, submit_slurm, training_flops,
+)
+from repa.engine.ablation_report import collect, write_reports
+
+log = logging.getLogger("repa")
+
+
+def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None, slurm_cluster: str | None = None) -> int:
+    ablation = load_ablation(path)
+    if launcher:
+        ablation = ablation.model_copy(update={"launcher": ablation.launcher.model_copy(update={"kind": launcher})})
+    runs, configs = expand(ablation, path)
+    base = (path.parent / ablation.base).resolve()
+    root = Path(ablation.output_dir) / ablation.name
+    max_steps = {r.run_id: c.train.max_steps for r, c in zip(runs, configs)}
+    evaluate = bool(ablation.steps) and bool(configs[0].eval.metrics)
+    statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate) for r in runs}
+    console = Console(width=160)
+    _print_plan(console, ablation, runs, configs, statuses)
+    if dry_run:
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "runs.json").write_text(json.dumps([r.model_dump() for r in runs], indent=1))
+    todo = [r for r in runs if statuses[r.run_id] != "done"]
+    jobs = [(r, commands(r, base, ablation.launcher, statuses[r.run_id] == "partial", evaluate)) for r in todo]
+    if ablation.launcher.kind == "slurm":
+        submitted = submit_slurm(jobs, ablation.launcher, root / ablation.launcher.folder, slurm_cluster)
+        console.print(f"submitted {len(submitted)} runs ({', '.join(j.job_id for j in submitted)}); run "
+                      f"`repa ablate {path}` again to collect the table once they finish")
+        if slurm_cluster != "local":
+            return 0
+        for job in submitted:
+            job.result()
+    else:
+        for i, (run, cmds) in enumerate(jobs, 1):
+            console.print(f"[{i}/{len(jobs)}] run {run.run_id} {run.labels} seed {run.seed}"
+                          f"{' (resuming)' if statuses[run.run_id] == 'partial' else ''}")
+            execute(run, cmds, console.print)
+    statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate) for r in runs}
+    rows = collect(ablation, runs, statuses, max_steps)
+    header, body, plots = write_reports(ablation, runs, rows, root)
+    _print_table(console, ablation.name, header, body)
+    console.print(f"tables: {root / 'table.md'}, {root / 'table.csv'}, {root / 'table.tex'}; plots: {root / 'plots'}")
+    failed = [r for r in runs if statuses[r.run_id] == "failed"]
+    return 1 if failed else 0
+
+
+def _print_plan(console, ablation, runs, configs, statuses) -> None:
+    table = RichTable(title=f"ablation {ablation.name}: {len(runs)} runs ({ablation.mode})")
+    for column in ["run id", *[a.label for a in ablation.axes], "seed", "steps", "status"]:
+        table.add_column(column)
+    for run, config in zip(runs, configs):
+        table.add_row(run.run_id, *run.labels.values(), str(run.seed), str(config.train.max_steps), statuses[run.run_id])
+    console.print(table)
+    flops = sum(training_flops(c) for c, r in zip(configs, runs) if statuses[r.run_id] != "done")
+    rate = measured_flops_per_second()
+    console.print(f"cost estimate (runs left): {flops / 1e15:.3g} PFLOP of training (6 x params x tokens x samples); "
+                  f"~{flops / (0.3 * rate) / 3600:.2g} h at 30% of this machine's measured {rate / 1e9:.0f} GFLOP/s, "
+                  f"~{flops / (0.4 * 989e12) / 3600:.2g} GPU-h on H100s at 40% of bf16 peak (sampling not included)")
+
+
+def _print_table(console, name, header, body) -> None:
+    table = RichTable(title=name)
+    for column in header:
+        table.add_column(column)
+    for row in body:
+        table.add_row(*row)
+    console.print(table)

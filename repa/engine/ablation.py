@@ -1,0 +1,303 @@
+"""`repa ablate`: expand an ablation file into runs, execute them (locally, with accelerate, or
+on Slurm through submitit), then tabulate and plot their metrics.
+
+    [ablation]
+    name = "cpu-depth"
+    base = "../quickstart.toml"         # relative to the ablation file
+    output_dir = "exps/ablations"       # runs: <output_dir>/<name>/<run id = config hash>/
+    mode = "grid"                       # or "zip"
+    seeds = [0]
+    steps = [500, 1000]                 # evaluate (and report) at these steps
+    set = ["train.max_steps=1000"]      # overrides shared by every run
+
+    [[ablation.axes]]                   # key + values ...
+    key = "alignment.depth"
+    values = [1, 2, 3]
+    [[ablation.axes]]                   # ... or named variants, each a list of overrides
+    name = "method"
+    variants = { baseline = ["alignment=[]"], repa = [] }
+
+    [ablation.table]
+    rows = ["method"]                   # axis names (or keys); "step" and "seed" also work
+    columns = ["step"]
+    metrics = ["digits-fd", "digits-accuracy"]
+
+    [ablation.launcher]
+    kind = "local"                      # "local" | "accelerate" | "slurm"
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from repa.config import ExperimentConfig, config_hash, load_experiment
+from repa.config.overrides import parse_value
+from repa.config.source import key_lines, read_toml
+from repa.errors import ConfigError, RepaError
+
+# ============================================================================
+# The ablation file
+# ============================================================================
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Axis(_Model):
+    key: str | None = Field(None, description="experiment key to vary, e.g. alignment.depth")
+    values: list[Any] | None = None
+    name: str | None = Field(None, description="column/row name (default: the key)")
+    variants: dict[str, list[str]] | None = Field(None, description="label -> overrides")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.key is None or self.values is None) == (self.variants is None):
+            raise ValueError("an axis needs either `key` and `values`, or `variants`")
+        if self.variants is not None and not self.name:
+            raise ValueError("an axis with `variants` needs a `name`")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.key
+
+    def choices(self) -> list[tuple[str, list[str]]]:
+        """(label, overrides) per value."""
+        if self.variants is not None:
+            return list(self.variants.items())
+        return [(_show(v), [f"{self.key}={_toml(v)}"]) for v in self.values]
+
+
+class Table(_Model):
+    rows: list[str] = Field(default_factory=list)
+    columns: list[str] = Field(default_factory=lambda: ["step"])
+    metrics: list[str] = Field(default_factory=list)
+
+
+class Launcher(_Model):
+    kind: Literal["local", "accelerate", "slurm"] = "local"
+    num_processes: int = Field(1, ge=1, description="accelerate: processes per run")
+    slurm: dict[str, Any] = Field(default_factory=dict, description="submitit parameters (partition, gpus_per_node, ...)")
+    folder: str = Field("slurm", description="submitit logs, under the ablation folder")
+
+
+class Ablation(_Model):
+    name: str
+    base: str
+    output_dir: str = "exps/ablations"
+    mode: Literal["grid", "zip"] = "grid"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    steps: list[int] = Field(default_factory=list)
+    set: list[str] = Field(default_factory=list)
+    axes: list[Axis] = Field(min_length=1)
+    table: Table = Table()
+    launcher: Launcher = Launcher()
+
+
+def _toml(value) -> str:
+    import tomli_w
+
+    return tomli_w.dumps({"v": value})[4:].strip()
+
+
+def _show(value) -> str:
+    return value if isinstance(value, str) else _toml(value)
+
+
+def load_ablation(path: Path) -> Ablation:
+    from pydantic import ValidationError
+
+    from repa.config.loader import Source, _translate
+
+    raw, text = read_toml(path)
+    if "ablation" not in raw:
+        raise ConfigError([f"{path}:1: ablation: missing the [ablation] table (see experiments/ablations/)"])
+    try:
+        return Ablation.model_validate(raw["ablation"])
+    except ValidationError as exc:
+        source = Source(str(path), key_lines(text))
+        raise ConfigError(source.format(_translate(exc, Ablation, ("ablation",)))) from None
+
+
+# ============================================================================
+# Expansion
+# ============================================================================
+
+
+class Run(_Model):
+    run_id: str
+    labels: dict[str, str]
+    seed: int
+    overrides: list[str]
+    run_dir: str
+
+
+def expand(ablation: Ablation, ablation_file: Path) -> tuple[list[Run], list[ExperimentConfig]]:
+    """Every run, validated before anything starts (all errors reported together)."""
+    base = (ablation_file.parent / ablation.base).resolve()
+    choices = [axis.choices() for axis in ablation.axes]
+    if ablation.mode == "zip":
+        lengths = {len(c) for c in choices}
+        if len(lengths) != 1:
+            raise ConfigError([f"{ablation_file}: zip mode needs axes of equal length, got {sorted(lengths)}"])
+        combos = list(zip(*choices))
+    else:
+        combos = list(itertools.product(*choices))
+    root = Path(ablation.output_dir) / ablation.name
+    runs, configs, errors = [], [], []
+    for combo in combos:
+        for seed in ablation.seeds:
+            overrides = list(ablation.set) + [o for _, axis_overrides in combo for o in axis_overrides]
+            overrides += [f"experiment.seed={seed}"] + _report_overrides(ablation)
+            try:
+                config = load_experiment(base, overrides)
+            except ConfigError as exc:
+                errors += [f"run {dict(zip([a.label for a in ablation.axes], [c[0] for c in combo]))}: {line}"
+                           for line in exc.lines]
+                continue
+            run_id = config_hash(config)
+            overrides += [f"experiment.name={_toml(run_id)}", f"experiment.output_dir={_toml(str(root))}"]
+            labels = {axis.label: label for axis, (label, _) in zip(ablation.axes, combo)}
+            runs.append(Run(run_id=run_id, labels=labels, seed=seed, overrides=overrides, run_dir=str(root / run_id)))
+            configs.append(config)
+    if errors:
+        raise ConfigError(errors)
+    duplicates = {r.run_id for r in runs if sum(s.run_id == r.run_id for s in runs) > 1}
+    if duplicates:
+        raise ConfigError([f"{ablation_file}: runs {sorted(duplicates)} have identical configs; an axis changes nothing"])
+    return runs, configs
+
+
+def _report_overrides(ablation: Ablation) -> list[str]:
+    """Checkpoints at every report step (evaluation samples from them)."""
+    if not ablation.steps:
+        return []
+    every = math.gcd(*ablation.steps)
+    return [f"train.checkpoint_every={every}", f"train.keep_checkpoints={max(ablation.steps) // every + 1}"]
+
+
+# ============================================================================
+# Cost estimate
+# ============================================================================
+
+
+def training_flops(config: ExperimentConfig) -> float:
+    """~6 x parameters x tokens x samples (forward + backward of the backbone)."""
+    import torch
+
+    from repa.engine.build import build_backbone, input_geometry
+
+    with torch.device("meta"):
+        model = build_backbone(config, 1000)
+    params = sum(p.numel() for p in model.parameters())
+    side, _ = input_geometry(config)
+    tokens = config.backbone.params.num_tokens(side)
+    return 6.0 * params * tokens * config.train.global_batch_size * config.train.max_steps
+
+
+def measured_flops_per_second() -> float:
+    """This machine's float32 matmul rate (a rough ceiling for small models)."""
+    import time
+
+    import torch
+
+    a = torch.randn(1024, 1024)
+    a @ a
+    started = time.perf_counter()
+    for _ in range(8):
+        a @ a
+    return 8 * 2 * 1024**3 / (time.perf_counter() - started)
+
+
+# ============================================================================
+# Execution
+# ============================================================================
+
+
+def status_of(run: Run, max_steps: int, steps: list[int], evaluate: bool) -> str:
+    """done | partial (resumable) | new | failed (the last attempt failed; it is retried)."""
+    run_dir = Path(run.run_dir)
+    if (run_dir / "ablation_failure.txt").is_file():
+        return "failed"
+    records = read_records(run_dir)
+    trained = any(r.get("step") == max_steps and "loss" in r for r in records)
+    evaluated = {r["step"] for r in records if "eval" in r}
+    if trained and (not evaluate or set(steps) <= evaluated):
+        return "done"
+    from repa.engine.checkpoint import complete_checkpoints
+
+    return "partial" if complete_checkpoints(run_dir / "checkpoints") else "new"
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def commands(run: Run, base: Path, launcher: Launcher, resume: bool, evaluate: bool) -> list[list[str]]:
+    sets = [a for o in run.overrides for a in ("--set", o)]
+    if launcher.kind == "accelerate":
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launcher.num_processes),
+                  "-m", "repa.cli"]
+    else:
+        prefix = [sys.executable, "-m", "repa.cli"]
+    train = prefix + ["run", str(base), "--no-progress", *sets] + (["--resume"] if resume else [])
+    steps = []
+    if evaluate:
+        steps.append([sys.executable, "-m", "repa.cli", "evaluate", run.run_dir, "--no-progress"])
+    return [train] + steps
+
+
+def execute(run: Run, cmds: list[list[str]], log) -> bool:
+    """Run the commands in order; on failure keep the reason in the run folder (shown in the table)."""
+    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+    failure = Path(run.run_dir) / "ablation_failure.txt"
+    failure.unlink(missing_ok=True)
+    for cmd in cmds:
+        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+        with open(Path(run.run_dir) / "ablation.log", "a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{result.stdout}{result.stderr}\n")
+        if result.returncode != 0:
+            lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()] or [f"exit {result.returncode}"]
+            failure.write_text(lines[-1].removeprefix("error: "))
+            log(f"run {run.run_id} failed: {lines[-1]}")
+            return False
+    return True
+
+
+class SubmititRun:
+    """A picklable job for submitit: executes the run's commands on the cluster node."""
+
+    def __init__(self, run: Run, cmds: list[list[str]]):
+        self.run, self.cmds = run, cmds
+
+    def __call__(self) -> bool:
+        return execute(self.run, self.cmds, print)
+
+
+def submit_slurm(jobs: list[tuple[Run, list[list[str]]]], launcher: Launcher, folder: Path, cluster: str | None = None):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    executor.update_parameters(**launcher.slurm)
+    submitted = []
+    for run, cmds in jobs:
+        job = executor.submit(SubmititRun(run, cmds))
+        (Path(run.run_dir)).mkdir(parents=True, exist_ok=True)
+        (Path(run.run_dir) / "ablation_job.txt").write_text(str(job.job_id))
+        submitted.append(job)
+    return submitted
+
+
+class AblationError(RepaError):
+    pass
