@@ -149,6 +149,20 @@ def cmd_ablate(args) -> int:
                         slurm_cluster=args.slurm_cluster)
 
 
+def cmd_bench(args) -> int:
+    import json
+
+    from repa.bench import run
+
+    figures = run(args.name, device=args.device)
+    text = json.dumps(figures, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
 def load_experiment_args(args):
     from repa.config import load_experiment
 
@@ -256,6 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=["local", "accelerate", "slurm"], help="override [ablation.launcher].kind")
     p.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_ablate)
+
+    from repa.bench import BENCHMARKS
+
+    p = sub.add_parser("bench", help="performance benchmarks (figures, not tests); see benchmarks/README.md")
+    p.add_argument("name", choices=sorted(BENCHMARKS))
+    p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--out", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plugins", help="list registered components, their parameters and providers")
     p.add_argument("kind", nargs="?", help="only this kind (backbone, encoder, sampler, ...)")

@@ -223,11 +223,9 @@ def test_sampling_resumes_and_is_deterministic(trained_run, tmp_path):
 
 
 def test_one_and_two_processes_give_identical_images(trained_run, tmp_path):
-    from tests.test_train import free_port
-
     experiment, run = trained_run
     one, labels_one = sample(experiment, tmp_path / "one", "--checkpoint", str(run), "--set", "sample.sampler=euler-maruyama")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "repa.cli", "sample", str(experiment), "--num-samples", "10", "--batch-size", "4",
                "--out", str(tmp_path / "two"), "--checkpoint", str(run), "--no-progress",
                "--set", "sample.sampler=euler-maruyama"]

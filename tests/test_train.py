@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -106,16 +105,10 @@ def test_gradient_accumulation_equals_the_full_batch(tiny_toml, tmp_path):
     assert_same_weights(weights(tmp_path / "exps" / "full", 2), weights(tmp_path / "exps" / "accum", 2), atol=2e-6)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one(tiny_toml, tmp_path):
     experiment = tiny_toml()
     train(experiment, "experiment.name=one", "train.max_steps=3", "train.checkpoint_every=3")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "repa.cli", "run", str(experiment), "--no-progress", "--set", "experiment.name=two",
                "--set", "train.max_steps=3", "--set", "train.checkpoint_every=3"]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},

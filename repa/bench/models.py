@@ -1,0 +1,120 @@
+"""Benchmarks of the backbone, the samplers, `repa sample` and the offline encoder."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from repa.bench.timing import autocast, default_device, device_name, peak_gib, reset_peak, timed
+
+
+def sit_b2(device, compile_model: bool = False, size: str = "B"):
+    from repa.components.backbone import SIZES
+    from repa.components.backbone.sit import SiT
+
+    depth, width, heads = SIZES[size]
+    model = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads,
+                projections=[(8 if size in ("L", "XL") else 4, 2048, 768)]).to(device)
+    return torch.compile(model) if compile_model else model
+
+
+def bench_sit(device: str | None = None, batch: int = 8, precisions=("no", "bf16"), **_) -> dict:
+    """Forward + backward of SiT-B/2 with one 768-d projector on [batch, 4, 32, 32] latents."""
+    device = device or default_device()
+    model = sit_b2(device).train()
+    x = torch.randn(batch, 4, 32, 32, device=device)
+    t, y = torch.rand(batch, device=device), torch.randint(0, 1000, (batch,), device=device)
+    results = {"device": device_name(device), "model": "SiT-B/2 + 1x768 projector", "batch": batch}
+    for precision in precisions:
+        def step():
+            with autocast(device, precision):
+                out, feats = model(x, t, y)
+                loss = out.float().square().mean() + feats[0].float().mean()
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        reset_peak(device)
+        timing = timed(step, device)
+        results[precision] = {"fwd_bwd_ms": 1000 * timing["median_s"], "images_per_s": batch / timing["median_s"],
+                              "peak_memory_gib": peak_gib(device)}
+    return results
+
+
+def bench_sampler(device: str | None = None, steps: int = 50, batch: int = 16, **_) -> dict:
+    """Euler 50 steps with CFG 4 on [0, 1] (doubled batch every step) on a small SiT (S/2, 32x32x4)."""
+    from repa.components.backbone.sit import SiT
+    from repa.components.guidance.cfg import ClassifierFreeGuidance
+    from repa.components.path.interpolants import LinearPath
+    from repa.components.prediction.targets import VelocityPrediction
+    from repa.components.sampler.integrators import EulerSampler
+    from repa.engine.denoiser import Denoiser
+
+    device = device or default_device()
+    model = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=384, depth=12, num_heads=6).to(device).eval()
+    denoiser = Denoiser(model, VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(4.0))
+    x1 = torch.randn(batch, 4, 32, 32, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    timing = timed(lambda: denoiser.sample(EulerSampler(steps), x1, y), device, warmup=1, repeat=3)
+    return {"device": device_name(device), "model": "SiT-S/2 (32x32x4 latents)", "sampler": f"euler {steps} steps, cfg",
+            "batch": batch, "images_per_s": batch / timing["median_s"]}
+
+
+def bench_sample(device: str | None = None, num: int = 64, **_) -> dict:
+    """`repa sample` end to end (PNG + npz): the quickstart-sized model on CPU; SiT-XL/2 with the
+    paper's sampler (SDE 250 steps, cfg 1.8 on [0, 0.7]) on a GPU, random weights, fp32 and bf16."""
+    import tempfile
+    from pathlib import Path
+
+    from repa.config import validate_experiment
+    from repa.config.loader import Source
+    from repa.engine.build import build_backbone
+    from repa.engine.sampling import PAPER_PRESET, SampleRun
+
+    device = device or default_device()
+    results = {"device": device_name(device)}
+    if device == "cpu":
+        raw = {"data": {"kind": "digits"}, "autoencoder": "identity", "backbone": {"kind": "sit", "depth": 4,
+               "hidden_size": 128, "num_heads": 4, "patch_size": 4}, "sample": {"sampler": "heun", "steps": 25,
+               "cfg_scale": 2.0, "batch_size": 64}}
+        cases = {"quickstart-size SiT, heun 25 steps, cfg 2": (raw, [])}
+    else:
+        raw = {"data": {"kind": "folder", "path": "", "resolution": 256}, "backbone": "SiT-XL/2",
+               "autoencoder": "identity", "alignment": [{"encoder": "dinov2-vit-b", "depth": 8}],
+               "sample": {"batch_size": 64}}
+        paper = [o for o in PAPER_PRESET if not o.startswith("autoencoder")]
+        cases = {"SiT-XL/2 paper sampler fp32": (raw, paper), "SiT-XL/2 paper sampler bf16 autocast": (raw, paper)}
+    for name, (config_raw, overrides) in cases.items():
+        config = validate_experiment(config_raw, Source("<bench>"), overrides)
+        with tempfile.TemporaryDirectory() as tmp:
+            model = build_backbone(config, 1000 if device != "cpu" else 10)
+            ckpt = Path(tmp) / "weights.pt"
+            torch.save(model.state_dict(), ckpt)
+            run = SampleRun(config, ckpt, Path(tmp) / "out", num, 0, config.sample.batch_size, progress=False)
+            started = time.perf_counter()
+            with autocast(device, "bf16" if "bf16" in name else "no"):
+                run.run()
+            elapsed = time.perf_counter() - started
+        results[name] = {"images_per_s": num / elapsed, "hours_for_50k": 50_000 / (num / elapsed) / 3600}
+    return results
+
+
+def bench_digits(**_) -> dict:
+    """Train the offline encoder from scratch (no cache) and probe it linearly on held-out digits."""
+    import tempfile
+
+    from sklearn.linear_model import LogisticRegression
+
+    from repa.components import digits_models as dm
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory():
+        started = time.perf_counter()
+        model = dm.train_classifier(dm.DigitsConvEncoder(), seed=0, epochs=20)
+        seconds = time.perf_counter() - started
+    train, heldout = dm.digits_split("train"), dm.digits_split("heldout")
+    with torch.no_grad():
+        feats = [model.tokens(dm.normalise(d.images)).mean(1).numpy() for d in (train, heldout)]
+    probe = LogisticRegression(max_iter=3000).fit(feats[0], train.labels.numpy())
+    return {"device": device_name("cpu"), "train_seconds": seconds, "classifier_heldout_accuracy": dm.heldout_accuracy(model),
+            "linear_probe_heldout_accuracy": probe.score(feats[1], heldout.labels.numpy())}

@@ -1,0 +1,72 @@
+"""Training-step throughput and peak memory: SiT + REPA with a DINOv2-B-architecture encoder
+(random weights), AdamW, EMA; encoder features computed online or read from a cache."""
+
+from __future__ import annotations
+
+import torch
+
+from repa.bench.timing import autocast, default_device, device_name, peak_gib, reset_peak, timed
+
+
+def _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, precision, device):
+    from repa.engine.ema import update_ema
+
+    batch = len(x0)
+
+    def step():
+        with torch.no_grad():
+            targets = [cached] if cached is not None else [encoder(encoder.preprocess(images))]
+        noise, t = torch.randn_like(x0), torch.rand(batch, device=device)
+        with autocast(device, precision):
+            parts = objective(model, x0, noise, t, y, targets, step=0)
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_ema(ema, model, 0.9999)
+
+    return step
+
+
+def bench_train(device: str | None = None, size: str | None = None, batch: int | None = None,
+                precisions=None, compile_options=(False,), **_) -> dict:
+    from repa.bench.models import sit_b2
+    from repa.components.alignment.losses import CosineAlignment
+    from repa.components.encoder.specs import SPECS
+    from repa.components.encoder.vit import build_vit_encoder
+    from repa.components.path.interpolants import LinearPath
+    from repa.components.prediction.targets import VelocityPrediction
+    from repa.components.weighting.schedules import UniformWeighting
+    from repa.engine.ema import make_ema
+    from repa.engine.objective import AlignmentTerm, Objective
+
+    device = device or default_device()
+    gpu = device != "cpu"
+    size = size or ("XL" if gpu else "B")
+    batch = batch or (32 if gpu else 8)
+    precisions = precisions or (("bf16",) if gpu else ("no", "bf16"))
+    compile_options = (False, True) if gpu else compile_options
+    encoder = build_vit_encoder(SPECS["dinov2-vit-b"], 256, None).to(device)  # architecture, random weights
+    images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8, device=device)
+    x0 = torch.randn(batch, 4, 32, 32, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    objective = Objective(LinearPath(), VelocityPrediction(), UniformWeighting(), [AlignmentTerm(CosineAlignment(), 0.5)])
+    results = {"device": device_name(device), "model": f"SiT-{size}/2 + REPA (dinov2-vit-b architecture)",
+               "batch": batch}
+    for compiled in compile_options:
+        model = sit_b2(device, compiled, size).train()
+        ema = make_ema(model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        for precision in precisions:
+            encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+            with torch.no_grad():
+                cached = encoder(encoder.preprocess(images))
+            for features in ("online", "cached"):
+                step = _step_fn(model, ema, optimizer, objective, encoder, images, x0, y,
+                                cached if features == "cached" else None, precision, device)
+                reset_peak(device)
+                timing = timed(step, device, warmup=3 if compiled else 2, repeat=5)
+                key = f"{precision}{' compiled' if compiled else ''} {features} features"
+                results[key] = {"step_ms": 1000 * timing["median_s"], "images_per_s": batch / timing["median_s"],
+                                "peak_memory_gib": peak_gib(device)}
+    return results
