@@ -8,7 +8,7 @@ import sys
 from typing import Callable
 
 from repa import __version__
-from repa.errors import RepaError
+from repa.errors import ConfigError, RepaError
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -77,9 +77,12 @@ def cmd_preprocess(args) -> int:
         print(f"{args.dest}: {written} samples packed")
         return 0
     from repa.engine.features import cache_features
+    from repa.engine.trainer import effective_precision
 
     config = load_experiment_args(args)
-    written = cache_features(config, args.encoder, Path(args.dest), args.batch_size, config.train.mixed_precision)
+    precision, cpu = effective_precision(config)  # the precision training will run the encoder in
+    written = cache_features(config, args.encoder, Path(args.dest), args.batch_size, precision,
+                             device="cpu" if cpu else "cuda")
     print(f"{args.dest}: {written} samples of {args.encoder} features; use features = \"{args.dest}\" "
           f"in its [[alignment]] entry")
     return 0
@@ -124,7 +127,7 @@ def cmd_evaluate(args) -> int:
         print_results(f"{target}: checkpoints evaluated now", results)
         return 0
     if not args.experiment and not args.metrics:
-        from repa.errors import RepaError
+        from repa.errors import ConfigError, RepaError
 
         raise RepaError(f"{target}: say which metrics: --metrics fid,sfid,is,precision,recall or --experiment FILE")
     config = _sampling_config(args.experiment, args.overrides + ([f"eval.metrics={_toml_list(args.metrics)}"]
@@ -318,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         _configure_plugins(args)
         return args.func(args) or 0
     except RepaError as exc:
+        # Config errors are already located lines (FILE:LINE: key: message); others get a prefix.
+        prefix = "" if isinstance(exc, ConfigError) else "error: "
         for line in _user_lines(exc):
-            print(f"error: {line}", file=sys.stderr)
+            print(f"{prefix}{line}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

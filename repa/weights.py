@@ -31,12 +31,35 @@ def hub_offline() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    """A fast check before any download, so that a machine without network fails in seconds."""
-    try:
+    """A fast check before any download, so that a machine without network fails in seconds
+    (the DNS lookup, which has no timeout of its own, runs in a thread we stop waiting for)."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as Timeout
+
+    def connect() -> bool:
         with socket.create_connection((host, port), timeout=timeout):
             return True
-    except OSError:
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(connect).result(timeout=timeout)
+    except (OSError, Timeout):
         return False
+    finally:
+        pool.shutdown(wait=False)
+
+
+def download(url: str, target: Path, timeout: float = 60.0) -> Path:
+    """Stream `url` to `target` atomically, giving up when the connection stalls for `timeout` s."""
+    import urllib.request
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+        for block in iter(lambda: response.read(1 << 20), b""):
+            out.write(block)
+    os.replace(tmp, target)
+    return target
 
 
 def load_file(path: str | Path) -> Any:

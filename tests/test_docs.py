@@ -36,3 +36,20 @@ def test_readme_config_reference_names_every_key():
         fields = getattr(inner, "model_fields", {})
         for key in fields:
             assert f"`{key}`" in text, f"{section}.{key} is not documented in README.md"
+
+
+def test_readme_names_every_builtin_component_and_parameter():
+    from repa.plugins import KINDS, load_components
+
+    text = (ROOT / "README.md").read_text()
+    components = load_components(autoload=False)
+    for kind in KINDS:
+        for entry in components[kind]:
+            if kind == "backbone" and entry.name.startswith("SiT-"):
+                continue  # the presets are documented as SiT-{S,B,L,XL}/{2,4,8}
+            if kind == "encoder":
+                assert entry.name in text or entry.name.split("-vit-")[0] in text, entry.name
+            else:
+                assert f"`{entry.name}`" in text, f"{kind} {entry.name} is not in README.md"
+            for key in entry.params.model_fields:
+                assert f"`{key}`" in text, f"{kind} {entry.name}: parameter {key} is not in README.md"

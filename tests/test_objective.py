@@ -113,12 +113,18 @@ def test_nt_xent_matches_the_definition():
 
 
 @pytest.mark.parametrize("loss", [CosineAlignment(), NTXentAlignment()], ids=["cosine", "nt-xent"])
-def test_alignment_is_float32_and_finite_under_low_precision(loss):
-    p = torch.full((2, 4, 8), 300.0, dtype=torch.bfloat16)  # normalising in bf16/fp16 loses or overflows
-    z = torch.full((2, 4, 8), 1e-3, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_alignment_is_float32_and_finite_under_low_precision(loss, dtype):
+    # |p|^2 = 8 * 300^2 overflows float16 (max 65504): normalising in fp16 gives inf / NaN.
+    p = torch.full((2, 4, 8), 300.0, dtype=dtype)
+    z = torch.full((2, 4, 8), 1e-3, dtype=dtype)
+    if dtype == torch.float16:
+        assert not torch.isfinite((p * p).sum(-1)).all()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = loss(p, z)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    if isinstance(loss, CosineAlignment):
+        torch.testing.assert_close(out, torch.full((2,), -1.0))
 
 
 @pytest.mark.parametrize("path_name,path", [("linear", LinearPath()), ("cosine", CosinePath())])

@@ -159,21 +159,36 @@ def test_missing_inception_weights_say_what_to_download(tmp_path, monkeypatch):
 
 
 def test_adm_metrics_end_to_end_with_a_reference_batch(inception_weights, tmp_path):
+    """The CLI path (npz reading, reference statistics, feature sharing) against a direct computation."""
     import shutil
 
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     shutil.copy(inception_weights, hub / inception_weights.name)
     rng = np.random.default_rng(3)
+    ref_images = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    sample_images = np.clip(ref_images[:6].astype(int) + rng.integers(-60, 60, (6, 32, 32, 3)), 0, 255).astype(np.uint8)
+    extractor = InceptionFeatures(inception_weights, device="cpu")
+    ref, smp = extractor(ref_images), extractor(sample_images)
+    # ADM reference batches carry precomputed statistics: they, not arr_0, define FID and sFID
+    mu_s, sigma_s = gaussian_stats(ref["spatial"][:7])
     reference = tmp_path / "ref.npz"
-    images = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
-    np.savez(reference, arr_0=images)
-    result = run_cli("evaluate", str(reference), "--reference", str(reference), "--metrics",
+    np.savez(reference, arr_0=ref_images, mu=ref["pool"].mean(0), sigma=np.cov(ref["pool"], rowvar=False),
+             mu_s=mu_s, sigma_s=sigma_s)
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, arr_0=sample_images)
+    result = run_cli("evaluate", str(samples), "--reference", str(reference), "--metrics",
                      "fid,sfid,is,precision,recall", env={"TORCH_HOME": str(tmp_path / "torch")})
     assert result.returncode == 0, result.stderr
     row = result.stdout.strip().splitlines()[-2]
-    fid, sfid, inception, precision, recall = (float(v) for v in row.strip("│ ").split("│"))
-    assert abs(fid) < 1e-2 and abs(sfid) < 1e-2 and inception >= 1.0 and precision == recall == 1.0
+    got = [float(v) for v in row.strip("│ ").split("│")]
+    precision, recall = precision_recall(ref["pool"], smp["pool"])
+    expected = [frechet_distance(*gaussian_stats(smp["pool"]), ref["pool"].mean(0), np.cov(ref["pool"], rowvar=False)),
+                frechet_distance(*gaussian_stats(smp["spatial"]), mu_s, sigma_s),
+                inception_score(smp["logits"]), precision, recall]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+    assert got[1] != pytest.approx(frechet_distance(*gaussian_stats(smp["spatial"]), *gaussian_stats(ref["spatial"])),
+                                   rel=1e-3)  # the file's mu_s/sigma_s were used, not arr_0's
 
 
 # ============================================================================

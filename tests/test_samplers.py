@@ -199,5 +199,7 @@ def test_guidance_needs_a_null_label():
 
     model = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, label_dropout=0.0)
     denoiser = Denoiser(model.eval(), VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(2.0))
-    with pytest.raises(ValueError, match="null label"):
+    from repa.errors import RepaError
+
+    with pytest.raises(RepaError, match="null label"):
         denoiser.sample(EulerSampler(2), torch.randn(1, 4, 8, 8), torch.tensor([0]))

@@ -117,19 +117,23 @@ def test_two_processes_equal_one(tiny_toml, tmp_path):
     run = tmp_path / "exps" / "two"
     assert sorted(p.name for p in (run / "checkpoints" / "0000003").glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"]
     assert "on 2 process(es)" in (run / "log.txt").read_text()
+    ranks = [load_file(run / "checkpoints" / "0000003" / f"rng-{r}.pt")["parameters"] for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # both processes hold identical weights
     assert_same_weights(weights(tmp_path / "exps" / "one", 3), weights(run, 3), atol=1e-5)
 
 
-def test_ctrl_c_finishes_the_step_and_leaves_a_resumable_checkpoint(tiny_toml, tmp_path):
+@pytest.mark.parametrize("signum,workers", [(signal.SIGINT, 0), (signal.SIGTERM, 2)], ids=["ctrl-c", "sigterm-workers"])
+def test_interruption_finishes_the_step_and_leaves_a_resumable_checkpoint(tiny_toml, tmp_path, signum, workers):
     experiment = tiny_toml()
     run = tmp_path / "exps" / "tiny"
     process = subprocess.Popen(
         [sys.executable, "-m", "repa.cli", "run", str(experiment), "--no-progress", "--set", "train.max_steps=100000",
-         "--set", "train.checkpoint_every=100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--set", "train.checkpoint_every=100000", "--set", f"train.num_workers={workers}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len(metrics(run)) >= 3):
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signum)  # as a terminal's Ctrl-C or a scheduler does: the whole process group
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Resume with: repa run" in stderr and "--resume" in stderr

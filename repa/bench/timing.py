@@ -55,3 +55,26 @@ def device_name(device) -> str:
     import platform
 
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _child(target: str, kwargs: dict, queue) -> None:
+    import importlib
+
+    module, function = target.split(":")
+    try:
+        queue.put(getattr(importlib.import_module(module), function)(**kwargs))
+    except BaseException as exc:  # report, do not hang the parent
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def isolated(target: str, **kwargs) -> dict:
+    """Run `module:function(**kwargs)` in a fresh process, so that its peak memory is its own."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(target, kwargs, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result

@@ -30,6 +30,25 @@ def _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, p
 
 def bench_train(device: str | None = None, size: str | None = None, batch: int | None = None,
                 precisions=None, compile_options=(False,), **_) -> dict:
+    """Each configuration in a fresh process (CPU peak memory = that process's peak resident set)."""
+    from repa.bench.timing import isolated
+
+    device = device or default_device()
+    gpu = device != "cpu"
+    size = size or ("XL" if gpu else "B")
+    batch = batch or (32 if gpu else 8)
+    results = {"device": device_name(device), "model": f"SiT-{size}/2 + REPA (dinov2-vit-b architecture)",
+               "batch": batch}
+    for compiled in ((False, True) if gpu else compile_options):
+        for precision in precisions or (("bf16",) if gpu else ("no", "bf16")):
+            for features in ("online", "cached"):
+                key = f"{precision}{' compiled' if compiled else ''} {features} features"
+                results[key] = isolated("repa.bench.train:train_case", device=device, size=size, batch=batch,
+                                        precision=precision, compiled=compiled, features=features)
+    return results
+
+
+def train_case(device: str, size: str, batch: int, precision: str, compiled: bool, features: str) -> dict:
     from repa.bench.models import sit_b2
     from repa.components.alignment.losses import CosineAlignment
     from repa.components.encoder.specs import SPECS
@@ -40,33 +59,23 @@ def bench_train(device: str | None = None, size: str | None = None, batch: int |
     from repa.engine.ema import make_ema
     from repa.engine.objective import AlignmentTerm, Objective
 
-    device = device or default_device()
-    gpu = device != "cpu"
-    size = size or ("XL" if gpu else "B")
-    batch = batch or (32 if gpu else 8)
-    precisions = precisions or (("bf16",) if gpu else ("no", "bf16"))
-    compile_options = (False, True) if gpu else compile_options
     encoder = build_vit_encoder(SPECS["dinov2-vit-b"], 256, None).to(device)  # architecture, random weights
+    encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8, device=device)
     x0 = torch.randn(batch, 4, 32, 32, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
     objective = Objective(LinearPath(), VelocityPrediction(), UniformWeighting(), [AlignmentTerm(CosineAlignment(), 0.5)])
-    results = {"device": device_name(device), "model": f"SiT-{size}/2 + REPA (dinov2-vit-b architecture)",
-               "batch": batch}
-    for compiled in compile_options:
-        model = sit_b2(device, compiled, size).train()
-        ema = make_ema(model)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        for precision in precisions:
-            encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-            with torch.no_grad():
-                cached = encoder(encoder.preprocess(images))
-            for features in ("online", "cached"):
-                step = _step_fn(model, ema, optimizer, objective, encoder, images, x0, y,
-                                cached if features == "cached" else None, precision, device)
-                reset_peak(device)
-                timing = timed(step, device, warmup=3 if compiled else 2, repeat=5)
-                key = f"{precision}{' compiled' if compiled else ''} {features} features"
-                results[key] = {"step_ms": 1000 * timing["median_s"], "images_per_s": batch / timing["median_s"],
-                                "peak_memory_gib": peak_gib(device)}
-    return results
+    model = sit_b2(device, compiled, size).train()
+    ema = make_ema(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cached = None
+    if features == "cached":
+        with torch.no_grad():
+            cached = encoder(encoder.preprocess(images))
+        del encoder  # a cache means the encoder is not in memory during training
+        encoder = None
+    step = _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, precision, device)
+    reset_peak(device)
+    timing = timed(step, device, warmup=3 if compiled else 2, repeat=5)
+    return {"step_ms": 1000 * timing["median_s"], "images_per_s": batch / timing["median_s"],
+            "peak_memory_gib": peak_gib(device)}

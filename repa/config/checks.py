@@ -7,7 +7,14 @@ from repa.config.schema import ExperimentConfig
 
 
 def cross_checks(config: ExperimentConfig) -> list[Issue]:
-    return _batch_checks(config) + _shape_checks(config)
+    return _batch_checks(config) + _guidance_checks(config) + _shape_checks(config)
+
+
+def _guidance_checks(config: ExperimentConfig) -> list[Issue]:
+    if config.train.label_dropout == 0 and config.sample.cfg_scale != 1.0:
+        return [Issue(("sample", "cfg_scale"), f"guidance needs the null label, which the model only has when "
+                      f"train.label_dropout > 0; set cfg_scale = 1 or a label dropout, got {config.sample.cfg_scale}")]
+    return []
 
 
 def _batch_checks(config: ExperimentConfig) -> list[Issue]:

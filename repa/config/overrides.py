@@ -11,11 +11,18 @@ from repa.config.source import KeyPath
 
 
 def parse_value(text: str):
-    """A TOML literal (1e-4, true, [0.0, 0.7], "x") or, failing that, the bare string."""
+    """Lists, tables and quoted strings are TOML literals; any other scalar stays text and is
+    converted by the schema of the key it sets, so `experiment.name=2024` is the string "2024"
+    and `train.max_steps=1_000` the integer 1000."""
     try:
-        return tomli.loads(f"v = {text}")["v"]
+        value = tomli.loads(f"v = {text}")["v"]
     except tomli.TOMLDecodeError:
         return text
+    if isinstance(value, (list, dict)) or text.lstrip().startswith(("'", '"')):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return text.replace("_", "")
+    return text
 
 
 def parse_override(arg: str) -> tuple[KeyPath, object]:

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from repa.engine.ablation import (
-    commands, execute, expand, load_ablation, measured_flops_per_second, status_of, submit_slurm, training_flops,
+    commands, execute, expand, has_checkpoints, load_ablation, measured_flops_per_second, status_of, submit_slurm,
+    training_flops,
 )
 from repa.engine.ablation_report import collect, write_reports
 
@@ -34,7 +35,7 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
     root.mkdir(parents=True, exist_ok=True)
     (root / "runs.json").write_text(json.dumps([r.model_dump() for r in runs], indent=1))
     todo = [r for r in runs if statuses[r.run_id] != "done"]
-    jobs = [(r, commands(r, base, ablation.launcher, statuses[r.run_id] == "partial", evaluate)) for r in todo]
+    jobs = [(r, commands(r, base, ablation.launcher, has_checkpoints(r), evaluate)) for r in todo]
     if ablation.launcher.kind == "slurm":
         submitted = submit_slurm(jobs, ablation.launcher, root / ablation.launcher.folder, slurm_cluster)
         console.print(f"submitted {len(submitted)} runs ({', '.join(j.job_id for j in submitted)}); run "
@@ -46,7 +47,7 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
     else:
         for i, (run, cmds) in enumerate(jobs, 1):
             console.print(f"[{i}/{len(jobs)}] run {run.run_id} {run.labels} seed {run.seed}"
-                          f"{' (resuming)' if statuses[run.run_id] == 'partial' else ''}")
+                          f"{' (resuming)' if has_checkpoints(run) else ''}")
             execute(run, cmds, console.print)
     statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate) for r in runs}
     rows = collect(ablation, runs, statuses, max_steps)

@@ -179,11 +179,10 @@ def expand(ablation: Ablation, ablation_file: Path) -> tuple[list[Run], list[Exp
 
 
 def _report_overrides(ablation: Ablation) -> list[str]:
-    """Checkpoints at every report step (evaluation samples from them)."""
+    """A checkpoint at every report step, none pruned before it is evaluated."""
     if not ablation.steps:
         return []
-    every = math.gcd(*ablation.steps)
-    return [f"train.checkpoint_every={every}", f"train.keep_checkpoints={max(ablation.steps) // every + 1}"]
+    return [f"train.checkpoint_every={math.gcd(*ablation.steps)}", "train.keep_checkpoints=1000000000"]
 
 
 # ============================================================================
@@ -234,9 +233,7 @@ def status_of(run: Run, max_steps: int, steps: list[int], evaluate: bool) -> str
     evaluated = {r["step"] for r in records if "eval" in r}
     if trained and (not evaluate or set(steps) <= evaluated):
         return "done"
-    from repa.engine.checkpoint import complete_checkpoints
-
-    return "partial" if complete_checkpoints(run_dir / "checkpoints") else "new"
+    return "partial" if has_checkpoints(run) else "new"
 
 
 def read_records(run_dir: Path) -> list[dict]:
@@ -244,9 +241,16 @@ def read_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def has_checkpoints(run: Run) -> bool:
+    from repa.engine.checkpoint import complete_checkpoints
+
+    return bool(complete_checkpoints(Path(run.run_dir) / "checkpoints"))
+
+
 def commands(run: Run, base: Path, launcher: Launcher, resume: bool, evaluate: bool) -> list[list[str]]:
+    """Train (resuming when a checkpoint exists), then evaluate every checkpoint."""
     sets = [a for o in run.overrides for a in ("--set", o)]
-    if launcher.kind == "accelerate":
+    if launcher.kind == "accelerate" or launcher.num_processes > 1:
         prefix = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launcher.num_processes),
                   "-m", "repa.cli"]
     else:
@@ -285,9 +289,24 @@ class SubmititRun:
         return execute(self.run, self.cmds, print)
 
 
+def still_queued(run: Run, folder: Path) -> bool:
+    """Whether this run's last Slurm job is pending or running (not to be submitted twice)."""
+    job_file = Path(run.run_dir) / "ablation_job.txt"
+    if not job_file.is_file():
+        return False
+    try:
+        from submitit.slurm.slurm import SlurmJob
+
+        state = SlurmJob(folder=str(folder), job_id=job_file.read_text().strip()).state
+    except Exception:  # not on a Slurm cluster (or sacct unavailable): nothing is queued there
+        return False
+    return state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED")
+
+
 def submit_slurm(jobs: list[tuple[Run, list[list[str]]]], launcher: Launcher, folder: Path, cluster: str | None = None):
     import submitit
 
+    jobs = [(run, cmds) for run, cmds in jobs if not still_queued(run, folder)]
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     executor.update_parameters(**launcher.slurm)
     submitted = []

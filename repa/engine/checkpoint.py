@@ -71,8 +71,17 @@ def begin(checkpoints: Path, step: int) -> Path:
     return tmp
 
 
-def write_rng(tmp: Path, rank: int) -> None:
-    torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+def parameter_fingerprint(model: torch.nn.Module) -> list[float]:
+    """(sum, sum of squares) of all parameters in float64: equal on every rank when DDP keeps them in sync."""
+    with torch.no_grad():
+        total = sum(p.double().sum() for p in model.parameters())
+        squares = sum(p.double().square().sum() for p in model.parameters())
+    return [float(total), float(squares)]
+
+
+def write_rank_state(tmp: Path, rank: int, model: torch.nn.Module) -> None:
+    """Each process's RNG states and a fingerprint of the weights it holds."""
+    torch.save({**rng_state(), "parameters": parameter_fingerprint(model)}, tmp / f"rng-{rank}.pt")
 
 
 def write_main(tmp: Path, model_state: dict, ema_state: dict, optimizer_state: dict, state: dict) -> None:

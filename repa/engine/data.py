@@ -3,6 +3,8 @@ this process's rows and then into accumulation micro-batches. Position = optimiz
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import torch
 
@@ -49,8 +51,16 @@ class StepBatchSampler(torch.utils.data.Sampler):
         return (self.max_steps - self.start_step) * self.accum
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """Ctrl-C / SIGTERM reach the whole process group: only the main process handles them (it
+    finishes the step and checkpoints); a worker dying mid-step would abort the run instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(dataset, sampler: StepBatchSampler, num_workers: int, pin_memory: bool):
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
         persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        worker_init_fn=_ignore_interrupts if num_workers else None,
     )

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from repa.errors import RepaError
 from repa.interfaces import Guidance, Path, Prediction
 
 
@@ -47,7 +48,7 @@ class Denoiser:
 
     def _null_labels(self, y):
         if not getattr(self.model, "has_null_label", True):
-            raise ValueError(
+            raise RepaError(
                 "guidance needs the null label, but this model was built without one (label_dropout = 0); "
                 "sample with cfg_scale = 1"
             )

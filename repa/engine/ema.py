@@ -17,7 +17,10 @@ def make_ema(model: torch.nn.Module) -> torch.nn.Module:
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema = decay * ema + (1 - decay) * model, over all parameters (pos_embed included, as official)."""
-    ema_params = [p for _, p in sorted(ema.named_parameters())]
-    params = [p.detach() for _, p in sorted(model.named_parameters())]
+    ema_named, named = dict(ema.named_parameters()), dict(model.named_parameters())
+    if ema_named.keys() != named.keys():
+        raise ValueError("the EMA and the model have different parameters")
+    ema_params = [ema_named[k] for k in named]
+    params = [p.detach() for p in named.values()]
     torch._foreach_mul_(ema_params, decay)
     torch._foreach_add_(ema_params, params, alpha=1 - decay)

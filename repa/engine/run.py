@@ -24,7 +24,13 @@ def attach_log_file(run_dir: Path) -> logging.Handler:
 def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, progress: bool = True) -> int:
     from repa.engine.trainer import Trainer
 
+    from repa.engine.checkpoint import complete_checkpoints
+    from repa.errors import RepaError
+
     run_dir = run_dir_of(config)
+    if not resume and complete_checkpoints(run_dir / "checkpoints"):  # before anything in it is overwritten
+        raise RepaError(f"{run_dir / 'checkpoints'}: this run already has checkpoints; pass --resume to continue it, "
+                        "or choose another experiment.name")
     trainer = Trainer(config, run_dir, resume=resume, progress=progress)
     handler = None
     if trainer.acc.is_main_process:

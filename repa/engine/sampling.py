@@ -24,7 +24,9 @@ from repa.engine.build import build_backbone, build_objective_parts, build_sampl
 from repa.engine.denoiser import Denoiser
 from repa.engine.generation import class_labels, generate, to_uint8
 from repa.errors import CheckpointError, MissingWeightsError
-from repa.weights import cache_dir, hub_offline, load_file, load_state_strict, reachable, strip_prefix, unwrap_state_dict
+from repa.weights import (
+    cache_dir, download, hub_offline, load_file, load_state_strict, reachable, strip_prefix, unwrap_state_dict,
+)
 
 log = logging.getLogger("repa")
 
@@ -53,15 +55,9 @@ def released_checkpoint() -> Path:
     if path.is_file():
         return path
     if not hub_offline() and reachable("www.dl.dropboxusercontent.com"):
-        import urllib.request
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
         log.info("repa: downloading the released SiT-XL/2 REPA checkpoint to %s", path)
         try:
-            urllib.request.urlretrieve(RELEASED_URL, tmp)
-            os.replace(tmp, path)
-            return path
+            return download(RELEASED_URL, path)
         except OSError as exc:
             log.warning("repa: download failed: %s", exc)
     raise MissingWeightsError(
@@ -123,7 +119,8 @@ class SampleRun:
         self.state = PartialState(cpu=not torch.cuda.is_available())  # CPU ranks need cpu=True
         self.config, self.out, self.num, self.seed = config, Path(out), num, seed
         self.batch_size, self.label_mode, self.progress = batch_size, labels, progress
-        weights, self.step, self.source = resolve_checkpoint(checkpoint)
+        with self.state.main_process_first():  # one download, then every rank reads the cached file
+            weights, self.step, self.source = resolve_checkpoint(checkpoint)
         self.model = load_model(config, weights, self.source).to(self.state.device)
         self.autoencoder = config.autoencoder.build().to(self.state.device)
         sampler, guidance = build_sampling(config)
@@ -160,9 +157,16 @@ class SampleRun:
         t = torch.full((len(x),), 0.5, device=self.state.device)
         with torch.no_grad():
             self.model(x, t, y)
+            _synchronize(self.state.device)
             started = time.perf_counter()
             self.model(x, t, y)
-        per_batch = (time.perf_counter() - started) * nfe_per_sample(self.config)
+            _synchronize(self.state.device)
+            forward = time.perf_counter() - started
+            started = time.perf_counter()
+            self.autoencoder.decode(x)
+            _synchronize(self.state.device)
+            decode = time.perf_counter() - started
+        per_batch = forward * nfe_per_sample(self.config) + decode
         return per_batch * math.ceil(self.num / (len(x) * self.state.num_processes))
 
     def run(self) -> Path:
@@ -204,6 +208,11 @@ class SampleRun:
                 "labels": self.label_mode, "sample": to_dict(self.config)["sample"],
                 "autoencoder": to_dict(self.config)["autoencoder"]}
         (self.out / "sample_info.json").write_text(json.dumps(info, indent=1))
+
+
+def _synchronize(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _duration(seconds: float) -> str:

@@ -42,19 +42,22 @@ class Counters:
 
 @dataclass
 class Window:
-    """Sums over the steps since the last log line."""
+    """Means over the steps since the last log line (skipped steps' non-finite values left out)."""
 
     steps: int = 0
     sums: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, values: dict) -> None:
         self.steps += 1
         for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            if math.isfinite(value):
+                self.sums[key] = self.sums.get(key, 0.0) + float(value)
+                self.counts[key] = self.counts.get(key, 0) + 1
 
     def means(self) -> dict:
-        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        return {k: v / self.counts[k] for k, v in self.sums.items()}
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -63,15 +66,20 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def make_accelerator(config: ExperimentConfig):
-    from accelerate import Accelerator
-
+def effective_precision(config: ExperimentConfig) -> tuple[str, bool]:
+    """(mixed precision actually used, on CPU?): fp16 autocast needs a GPU, so a CPU runs bf16."""
     device = config.train.device
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     precision = config.train.mixed_precision
-    if cpu and precision == "fp16":
+    return ("bf16" if cpu and precision == "fp16" else precision), cpu
+
+
+def make_accelerator(config: ExperimentConfig):
+    from accelerate import Accelerator
+
+    precision, cpu = effective_precision(config)
+    if precision != config.train.mixed_precision:
         log.warning("repa: fp16 autocast needs a GPU; using bf16 on this CPU (set train.mixed_precision to silence)")
-        precision = "bf16"
     if not cpu:
         torch.backends.cuda.matmul.allow_tf32 = config.train.allow_tf32
         torch.backends.cudnn.allow_tf32 = config.train.allow_tf32
@@ -85,7 +93,7 @@ class Trainer:
         self.acc = make_accelerator(config)
         self.device = self.acc.device
         self.counters = Counters()
-        self.stop_requested = False
+        self.stop_requested = self.stopped = False
         self.checkpoints = self.run_dir / "checkpoints"
 
     # ------------------------------------------------------------------ setup
@@ -131,18 +139,14 @@ class Trainer:
         return cache
 
     def _unwrapped(self):
-        return self.acc.unwrap_model(self.model)
+        """The plain SiT (no DDP or torch.compile wrapper): its names are the checkpoint's and the EMA's."""
+        return self.acc.unwrap_model(self.model, keep_torch_compile=False)
 
     # ---------------------------------------------------------- checkpoints
 
     def _restore(self) -> None:
         if not self.resume:
-            if ckpt.complete_checkpoints(self.checkpoints):
-                raise RepaError(
-                    f"{self.checkpoints}: this run already has checkpoints; pass --resume to continue it, or "
-                    "choose another experiment.name"
-                )
-            return
+            return  # run_experiment refuses to start a fresh run over existing checkpoints
         rank = self.acc.process_index
         if isinstance(self.resume, str):
             folder = Path(self.resume)
@@ -175,7 +179,7 @@ class Trainer:
         if acc.is_main_process:
             ckpt.begin(self.checkpoints, step) if not diagnostic else tmp.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
-        ckpt.write_rng(tmp, acc.process_index)
+        ckpt.write_rank_state(tmp, acc.process_index, self._unwrapped())
         acc.wait_for_everyone()
         final = self.checkpoints / name
         if acc.is_main_process:
@@ -344,7 +348,16 @@ class Trainer:
         loader = make_loader(self.dataset, sampler, config.train.num_workers, self.device.type == "cuda")
         restore_signals = self._install_signal_handlers()
         progress = TrainingProgress(config.train.max_steps, counters.step, enabled=self.show_progress and acc.is_main_process)
-        window, batches, stopped = Window(), iter(loader), False
+        try:
+            self._loop(Window(), iter(loader), sampler, progress)
+        finally:
+            restore_signals()
+            for tracker in self.trackers:
+                tracker.finish()
+        return counters.step
+
+    def _loop(self, window, batches, sampler, progress) -> None:
+        config, counters, stopped, values = self.config, self.counters, False, {}
         try:
             with progress:
                 while counters.step < config.train.max_steps:
@@ -363,14 +376,10 @@ class Trainer:
                         stopped = True
                         break
         finally:
-            restore_signals()
+            self.stopped = stopped
         if window.steps:
             self._log(window, values)
         if not self.checkpoints.joinpath(ckpt.checkpoint_name(counters.step)).is_dir():
             self.save_checkpoint()
         if not stopped and counters.step % config.train.sample_every:
             self.sample_grid()
-        for tracker in self.trackers:
-            tracker.finish()
-        self.stopped = stopped
-        return counters.step

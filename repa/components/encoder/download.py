@@ -7,7 +7,7 @@ from pathlib import Path
 
 from repa.components.encoder.specs import EncoderSpec, candidate_files, present_file, torch_home
 from repa.errors import MissingWeightsError
-from repa.weights import hub_offline, reachable
+from repa.weights import download, hub_offline, reachable
 
 
 def _fetch(spec: EncoderSpec) -> Path | None:
@@ -15,12 +15,7 @@ def _fetch(spec: EncoderSpec) -> Path | None:
     if hub_offline():
         return None
     if spec.hub_file and reachable("dl.fbaipublicfiles.com"):
-        import torch
-
-        target = torch_home() / "hub" / "checkpoints" / spec.hub_file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(spec.url, str(target), progress=True)
-        return target
+        return download(spec.url, torch_home() / "hub" / "checkpoints" / spec.hub_file)
     if spec.hf_repo and reachable("huggingface.co"):
         from huggingface_hub import hf_hub_download
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from repa.components.digits_models import TRAIN_RESOLUTION, DigitsCNN, cached_model, digits_split, normalise
 from repa.components.metric.frechet import frechet_distance, gaussian_stats
+from repa.errors import DataError
 
 
 @lru_cache(maxsize=2)
@@ -57,7 +58,8 @@ class DigitsFD(DigitsMetric):
 class DigitsAccuracy(DigitsMetric):
     def score(self, feats, ref, labels=None):
         if labels is None:
-            raise ValueError("digits-accuracy needs the class label of every sample")
+            raise DataError("digits-accuracy needs the class label of every sample: a `labels` array in the "
+                            "samples .npz (as `repa sample` writes it)")
         return {"digits-accuracy": float((feats["logits"].argmax(1) == np.asarray(labels)).mean())}
 
 
