@@ -123,6 +123,36 @@ def test_two_processes_equal_one(tiny_toml, tmp_path):
 
 
 @pytest.mark.parametrize("signum,workers", [(signal.SIGINT, 0), (signal.SIGTERM, 2)], ids=["ctrl-c", "sigterm-workers"])
+def torchrun(experiment, *sets):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "repa.cli",
+               "run", str(experiment), "--no-progress"]
+    for s in sets:
+        command += [s] if s.startswith("--") else ["--set", s]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_fsdp_over_two_processes_resumes_and_equals_one_process(tiny_toml, tmp_path):
+    experiment = tiny_toml()
+    train(experiment, "experiment.name=one", "train.max_steps=4", "train.checkpoint_every=2")
+    sets = ("experiment.name=fsdp", "train.distributed=fsdp", "train.checkpoint_every=2")
+    torchrun(experiment, *sets, "train.max_steps=2")
+    result = torchrun(experiment, *sets, "train.max_steps=4", "--resume")
+    assert "resumed from" in result.stderr
+    run = tmp_path / "exps" / "fsdp"
+    ranks = [load_file(run / "checkpoints" / "0000004" / f"rng-{r}.pt")["parameters"] for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    for which in ("model", "ema"):  # gathered full state dicts, the same names and values as DDP's
+        assert_same_weights(weights(tmp_path / "exps" / "one", 4, which), weights(run, 4, which), atol=1e-5)
+
+
+def test_fsdp_refuses_fp16(tiny_toml):
+    result = train(tiny_toml(), "train.distributed=fsdp", "train.mixed_precision=fp16", expect=2)
+    assert "train.distributed: fsdp runs in float32 or bf16" in result.stderr
+
+
 def test_interruption_finishes_the_step_and_leaves_a_resumable_checkpoint(tiny_toml, tmp_path, signum, workers):
     experiment = tiny_toml()
     run = tmp_path / "exps" / "tiny"

@@ -19,6 +19,9 @@ def _guidance_checks(config: ExperimentConfig) -> list[Issue]:
 
 def _batch_checks(config: ExperimentConfig) -> list[Issue]:
     train = config.train
+    if train.distributed == "fsdp" and train.mixed_precision == "fp16":
+        return [Issue(("train", "distributed"), 'fsdp runs in float32 or bf16 (fp16 would need a sharded grad '
+                      'scaler); set train.mixed_precision = "bf16"')]
     if train.global_batch_size % train.grad_accum_steps:
         return [
             Issue(

@@ -62,6 +62,9 @@ class TrainSection(Section):
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     num_workers: int = Field(4, ge=0, description="data loader worker processes")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description='"ddp": replicate the model; "fsdp": shard it per block (large backbones; no fp16)'
+    )
 
 
 class SampleSection(Section):

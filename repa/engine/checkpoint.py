@@ -73,9 +73,12 @@ def begin(checkpoints: Path, step: int) -> Path:
 
 def parameter_fingerprint(model: torch.nn.Module) -> list[float]:
     """(sum, sum of squares) of all parameters in float64: equal on every rank when DDP keeps them in sync."""
+    def full(x):  # an FSDP shard's sum is a distributed tensor: reduce it over the processes
+        return x.full_tensor() if hasattr(x, "full_tensor") else x
+
     with torch.no_grad():
-        total = sum(p.double().sum() for p in model.parameters())
-        squares = sum(p.double().square().sum() for p in model.parameters())
+        total = sum(full(p.double().sum()) for p in model.parameters())
+        squares = sum(full(p.double().square().sum()) for p in model.parameters())
     return [float(total), float(squares)]
 
 

@@ -22,9 +22,9 @@ from repa.engine.ema import make_ema, update_ema
 from repa.engine.features import FeatureCache, WithFeatures, describe
 from repa.engine.generation import class_labels, generate, image_grid, to_uint8
 from repa.engine.objective import AlignmentTerm, Objective
+from repa.engine.parallel import STRATEGIES
 from repa.engine.randomness import draw_step
 from repa.errors import CheckpointError, RepaError
-from repa.weights import load_state_strict, strip_prefix
 
 log = logging.getLogger("repa")
 
@@ -92,6 +92,7 @@ class Trainer:
         self.config, self.run_dir, self.resume, self.show_progress = config, Path(run_dir), resume, progress
         self.acc = make_accelerator(config)
         self.device = self.acc.device
+        self.parallel = STRATEGIES[config.train.distributed](self.acc)
         self.counters = Counters()
         self.stop_requested = self.stopped = False
         self.checkpoints = self.run_dir / "checkpoints"
@@ -114,12 +115,11 @@ class Trainer:
             self.dataset = WithFeatures(self.dataset, caches)
         torch.manual_seed(config.experiment.seed)
         model = build_backbone(config, self.dataset.num_classes).to(self.device)
-        self.ema = make_ema(model)
-        optimizer = config.optim.build(parameters=model.parameters())
         path, prediction, weighting = build_objective_parts(config)
         terms = [AlignmentTerm(a.loss.build(), a.coeff, a.stop_after) for a in config.alignment]
         self.objective = Objective(path, prediction, weighting, terms, config.train.alignment_reduction)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.model, self.ema, self.optimizer = self.parallel.wrap(
+            model, make_ema(model), lambda parameters: config.optim.build(parameters=parameters))
         if config.train.compile:
             self.model = torch.compile(self.model)
         self.geometry = input_geometry(config)
@@ -139,8 +139,8 @@ class Trainer:
         return cache
 
     def _unwrapped(self):
-        """The plain SiT (no DDP or torch.compile wrapper): its names are the checkpoint's and the EMA's."""
-        return self.acc.unwrap_model(self.model, keep_torch_compile=False)
+        """The SiT without DDP or torch.compile wrappers: its names are the checkpoint's and the EMA's."""
+        return self.parallel.unwrapped(self.model)
 
     # ---------------------------------------------------------- checkpoints
 
@@ -156,9 +156,7 @@ class Trainer:
             if found is None:
                 raise CheckpointError(f"{self.checkpoints}: no usable checkpoint to resume from")
             folder, saved = found
-        load_state_strict(self._unwrapped(), strip_prefix(saved.model), f"{folder}/model.safetensors")
-        load_state_strict(self.ema, strip_prefix(saved.ema), f"{folder}/ema.safetensors")
-        self.optimizer.load_state_dict(saved.optimizer["optimizer"])
+        self.parallel.load(self.model, self.ema, self.optimizer, saved, str(folder))
         if saved.optimizer.get("scaler") and self.acc.scaler is not None:
             self.acc.scaler.load_state_dict(saved.optimizer["scaler"])
         state = saved.state
@@ -182,13 +180,13 @@ class Trainer:
         ckpt.write_rank_state(tmp, acc.process_index, self._unwrapped())
         acc.wait_for_everyone()
         final = self.checkpoints / name
+        model_state, ema_state, optimizer_state = self.parallel.states(self.model, self.ema, self.optimizer)
         if acc.is_main_process:
-            scaler = acc.scaler.state_dict() if acc.scaler is not None else None
+            optimizer_state["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
             state = {"step": step, "nonfinite_total": self.counters.nonfinite_total,
                      "nonfinite_in_row": self.counters.nonfinite_in_row, "config_hash": config_hash(self.config),
-                     "processes": acc.num_processes}
-            ckpt.write_main(tmp, self._unwrapped().state_dict(), self.ema.state_dict(),
-                            {"optimizer": self.optimizer.state_dict(), "scaler": scaler}, state)
+                     "processes": acc.num_processes, "distributed": self.config.train.distributed}
+            ckpt.write_main(tmp, model_state, ema_state, optimizer_state, state)
             if diagnostic:
                 tmp.rename(final)
             else:
@@ -226,7 +224,7 @@ class Trainer:
         values = {"loss": 0.0, "denoising_loss": 0.0}
         for m, batch in enumerate(micro_batches):
             sync = m == accum - 1
-            with contextlib.nullcontext() if sync else acc.no_sync(self.model):
+            with contextlib.nullcontext() if sync else self.parallel.no_sync(self.model):
                 parts = self._micro_step(batch, draws.rows(*sampler.rows_of(m)))
                 finite = finite and bool(torch.isfinite(parts.total))
                 acc.backward(parts.total / accum)
@@ -242,7 +240,7 @@ class Trainer:
         acc, counters = self.acc, self.counters
         grad_norm = float("nan")
         if finite:
-            grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), self.config.optim.params.max_grad_norm))
+            grad_norm = self.parallel.clip(self.model, self.config.optim.params.max_grad_norm)
             self.optimizer.step()
             update_ema(self.ema, self._unwrapped(), self.config.train.ema_decay)
             counters.nonfinite_in_row = 0
@@ -266,8 +264,8 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self) -> None:
-        config = self.config
-        if not self.acc.is_main_process:
+        config, main = self.config, self.acc.is_main_process
+        if not (main or self.parallel.collective_sampling):
             self.acc.wait_for_everyone()
             return
         n = config.train.sample_images
@@ -278,9 +276,11 @@ class Trainer:
         with self.acc.autocast():
             x0 = generate(denoiser, sampler, range(n), labels, config.experiment.seed, shape, self.device,
                           config.sample.state_dtype)
-        images = to_uint8(self.autoencoder.decode(x0.float()))
-        for tracker in self.trackers:
-            tracker.log_images(self.counters.step, {"samples": image_grid(images)})
+        self.parallel.after_inference(self.ema)
+        if main:
+            images = to_uint8(self.autoencoder.decode(x0.float()))
+            for tracker in self.trackers:
+                tracker.log_images(self.counters.step, {"samples": image_grid(images)})
         self.acc.wait_for_everyone()
 
     def ground_truth_grid(self) -> None:
