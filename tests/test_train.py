@@ -122,7 +122,6 @@ def test_two_processes_equal_one(tiny_toml, tmp_path):
     assert_same_weights(weights(tmp_path / "exps" / "one", 3), weights(run, 3), atol=1e-5)
 
 
-@pytest.mark.parametrize("signum,workers", [(signal.SIGINT, 0), (signal.SIGTERM, 2)], ids=["ctrl-c", "sigterm-workers"])
 def torchrun(experiment, *sets):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "repa.cli",
                "run", str(experiment), "--no-progress"]
@@ -153,6 +152,7 @@ def test_fsdp_refuses_fp16(tiny_toml):
     assert "train.distributed: fsdp runs in float32 or bf16" in result.stderr
 
 
+@pytest.mark.parametrize("signum,workers", [(signal.SIGINT, 0), (signal.SIGTERM, 2)], ids=["ctrl-c", "sigterm-workers"])
 def test_interruption_finishes_the_step_and_leaves_a_resumable_checkpoint(tiny_toml, tmp_path, signum, workers):
     experiment = tiny_toml()
     run = tmp_path / "exps" / "tiny"
