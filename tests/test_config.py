@@ -117,6 +117,9 @@ BAD_FILES = {
     "unknown_component": ('[[alignment]]\nencoder = "dinov2-vit-bb"\n', 2,
                           "alignment[0].encoder: unknown encoder 'dinov2-vit-bb'; did you mean 'dinov2-vit-b'"),
     "missing_key": ('[data]\nkind = "folder"\n', 1, "data.path: missing required key of dataset 'folder'"),
+    "alignment_not_a_list": ("alignment = true\n", 1, "alignment: expected a list, got True"),
+    "empty_encoder_list": ('[[alignment]]\nencoder = []\n', 2, "alignment[0].encoder: names no encoder"),
+    "kind_of_wrong_type": ("[path]\nkind = 3\n", 2, "path.kind: expected a path name, got 3"),
 }
 
 BASE = '[backbone]\nkind = "sit"\ndepth = 2\nhidden_size = 32\nnum_heads = 2\npatch_size = 4\n'
@@ -150,6 +153,19 @@ def test_set_on_a_key_that_does_not_exist(tiny_toml):
     assert result.stderr.strip().splitlines() == [
         "--set train.max_stepz=5: train.max_stepz: unknown key 'max_stepz'; did you mean 'max_steps'?"
     ]
+
+
+def test_set_problems_are_located_at_the_set_argument(tiny_toml):
+    def only_line(*sets):
+        result = run_cli("validate", str(tiny_toml()), *[a for s in sets for a in ("--set", s)])
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        return line
+
+    assert only_line("trainn.max_steps=1") == "--set trainn.max_steps=1: trainn: unknown section [trainn]; did you mean [train]?"
+    assert only_line("train.max_steps=0") == "--set train.max_steps=0: train.max_steps: must be >= 1, got 0"
+    line = only_line("backbone.hidden_size=33")
+    assert line.startswith("--set backbone.hidden_size=33: backbone: ") and "not divisible" in line and "{" not in line
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "not_utf8"])

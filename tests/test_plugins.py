@@ -105,6 +105,34 @@ def test_missing_builtin_entry_points_say_reinstall(plugin_modules):
         load_components(entry_points=[fake_entry_point("good", good, "repa-good")])
 
 
+def test_one_missing_builtin_entry_point_says_reinstall_and_names_it():
+    eps = [ep for ep in builtin_entry_points() if ep.name != "optimizers"]
+    with pytest.raises(PluginError, match=r"entry points optimizers of group 'repa' are missing.*reinstall"):
+        load_components(entry_points=eps)
+
+
+def test_builtin_entry_point_list_matches_pyproject():
+    import tomli
+    from pathlib import Path
+
+    from repa.plugins.manager import BUILTIN_ENTRY_POINTS
+
+    pyproject = tomli.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert sorted(pyproject["project"]["entry-points"]["repa"]) == sorted(BUILTIN_ENTRY_POINTS)
+
+
+def test_plugins_may_reuse_an_entry_point_name(plugin_modules):
+    """Entry-point names are per distribution: `encoders` in a third-party package is fine."""
+    first = plugin_modules("same_name_a", GOOD.format(name="loss-a"))
+    second = plugin_modules("same_name_b", GOOD.format(name="loss-b"))
+    eps = builtin_entry_points() + [fake_entry_point("alignment_losses", first, "repa-a"),
+                                    fake_entry_point("alignment_losses", second, "repa-b")]
+    components = load_components(entry_points=eps)
+    assert components.warnings == []
+    assert components.get("alignment_loss", "loss-a").distribution == "repa-a"
+    assert components.get("alignment_loss", "loss-b").distribution == "repa-b"
+
+
 def test_autoload_disabled_loads_builtins_and_explicit_plugins_only(plugin_modules, monkeypatch):
     first = plugin_modules("first_plugin", GOOD.format(name="first-loss"))
     second = plugin_modules("second_plugin", GOOD.format(name="second-loss"))

@@ -50,6 +50,9 @@ class Source:
         for end in range(len(written), 0, -1):
             if written[:end] in self.overridden:
                 return f"--set {self.overridden[written[:end]]}"
+        below = [arg for key, arg in self.overridden.items() if key[: len(written)] == written]
+        if below:  # a section-level problem caused by --set on a key inside it
+            return "--set " + ", --set ".join(below)
         return f"{self.file}:{line_of(self.lines, written)}"
 
     def sort_key(self, path: KeyPath) -> int:
@@ -86,7 +89,7 @@ def validate_experiment(
     raw = copy.deepcopy(raw)
     issues: list[Issue] = []
     _apply_overrides(raw, overrides, source)
-    _expand_alignment_lists(raw, source)
+    issues += _expand_alignment_lists(raw, source)
     _resolve_components(ExperimentConfig, raw, (), components, issues)
     if not issues:
         try:
@@ -113,16 +116,20 @@ def _apply_overrides(raw: dict, overrides: Iterable[str], source: Source) -> Non
             raise ConfigError([f"--set {arg}: {dotted(path)}: {error}"])
 
 
-def _expand_alignment_lists(raw: dict, source: Source) -> None:
+def _expand_alignment_lists(raw: dict, source: Source) -> list[Issue]:
     """`encoder = "dinov2-vit-b,clip-vit-L"` (the seed's --enc-type) -> one entry per encoder."""
     entries = raw.get("alignment")
     if not isinstance(entries, list):
-        return
-    expanded = []
+        return []
+    expanded, issues = [], []
     for written, entry in enumerate(entries):
         encoders = entry.get("encoder") if isinstance(entry, dict) else None
         if isinstance(encoders, str) and "," in encoders:
             encoders = [e.strip() for e in encoders.split(",") if e.strip()]
+        if encoders == []:  # dropping the entry would silently turn a REPA run into the baseline
+            issues.append(Issue(("alignment", written, "encoder"), "names no encoder; give at least one "
+                                "encoder name, or remove the [[alignment]] entry for a run without alignment"))
+            continue
         if isinstance(encoders, list):
             for name in encoders:
                 source.aliases[("alignment", len(expanded))] = ("alignment", written)
@@ -131,6 +138,7 @@ def _expand_alignment_lists(raw: dict, source: Source) -> None:
             source.aliases[("alignment", len(expanded))] = ("alignment", written)
             expanded.append(entry)
     raw["alignment"] = expanded
+    return issues
 
 
 # ============================================================================
@@ -173,7 +181,8 @@ def _resolve_components(model: type[BaseModel], raw: dict, path: KeyPath, compon
             raw[name] = _component(raw.get(name, kind.default), kind, here, components, issues)
         elif isinstance(inner, type) and issubclass(inner, BaseModel):
             if is_list:
-                for i, item in enumerate(raw.get(name) or []):
+                items = raw.get(name)
+                for i, item in enumerate(items if isinstance(items, list) else []):  # the schema reports non-lists
                     if isinstance(item, dict):
                         _resolve_components(inner, item, here + (i,), components, issues)
                 continue
@@ -197,7 +206,8 @@ def _component(value: Any, kind: Kind, path: KeyPath, components: Components, is
         rest = dict(value)
         name, name_path = rest.pop("kind", kind.default), path + ("kind",)
         if not isinstance(name, str):
-            issues.append(Issue(name_path, f"missing required key 'kind': which {label} to use (`repa plugins {kind.kind}` lists them)"))
+            problem = "missing required key 'kind'" if name is None else f"expected a {label} name, got {name!r}"
+            issues.append(Issue(name_path, f"{problem}: which {label} to use (`repa plugins {kind.kind}` lists them)"))
             return value
     else:
         issues.append(Issue(path, f"expected a {label} name or a table with `kind`, got {value!r}"))
@@ -270,10 +280,13 @@ def _message(err: dict, model: type[BaseModel], path: KeyPath, loc: tuple, owner
         return f"missing required {'section' if len(path) == 1 else 'key'}{where}"
     if kind in _BOUNDS:
         bound = next(iter(err.get("ctx", {}).values()), "?")
-        return f"must be {_BOUNDS[kind]} {bound}, got {given!r}"
+        shown = given if isinstance(given, str) else repr(given)  # it parsed as a number: --set text
+        return f"must be {_BOUNDS[kind]} {bound}, got {shown}"
     if kind in _TYPES:
         return f"expected {_TYPES[kind]}, got {given!r}"
     if kind == "literal_error":
         return f"must be one of {err['ctx']['expected']}, got {given!r}"
     message = err["msg"].removeprefix("Value error, ")
+    if isinstance(given, dict):  # a check across keys: the message names them; the table adds nothing
+        return f"{message[0].lower()}{message[1:]}" if message else "invalid table"
     return f"{message[0].lower()}{message[1:]}, got {given!r}" if message else f"invalid value {given!r}"

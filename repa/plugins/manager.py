@@ -27,6 +27,12 @@ ENTRY_POINT_GROUP = "repa"
 BUILTIN_DISTRIBUTION = "repa"
 AUTOLOAD_ENV = "REPA_DISABLE_PLUGIN_AUTOLOAD"
 PLUGINS_ENV = "REPA_PLUGINS"
+# The entry points our own pyproject declares (tests/test_plugins.py keeps the two in step):
+# a partial list at run time means a stale install, not a missing feature.
+BUILTIN_ENTRY_POINTS = (
+    "alignment_losses", "autoencoders", "backbones", "datasets", "encoders", "guidances", "metrics",
+    "optimizers", "paths", "predictions", "samplers", "trackers", "weightings",
+)
 
 PARAMS_BASE = {
     "backbone": interfaces.BackboneParams,
@@ -42,6 +48,11 @@ class Plugin:
     name: str
     distribution: str
     module: ModuleType
+
+    @property
+    def key(self) -> str:
+        """Unique per distribution: two distributions may both call an entry point `encoders`."""
+        return f"{self.distribution}:{self.name}"
 
 
 @dataclass
@@ -81,15 +92,19 @@ def _warn(components: Components, message: str) -> None:
     log.warning("repa: warning: %s", message)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _import(components: Components, name: str, distribution: str, target: str, load) -> None:
     try:
         module = load()
     except Exception as exc:  # a broken plugin must not take the others down
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         _warn(
             components,
             f"plugin {name!r} from distribution {distribution!r} failed to import ({target}): "
-            f"{type(exc).__name__}: {first_line} -- skipped; the other plugins are loaded",
+            f"{type(exc).__name__}: {_first_line(exc)} -- skipped; the other plugins are loaded",
         )
         return
     components.plugins.append(Plugin(name, distribution, module))
@@ -100,10 +115,11 @@ def _select(
 ) -> tuple[list[metadata.EntryPoint], list[str]]:
     """Entry points to load, and explicit names that are module paths rather than entry points."""
     builtin = [ep for ep in eps if _dist_name(ep) == BUILTIN_DISTRIBUTION]
-    if not builtin:
+    missing = sorted(set(BUILTIN_ENTRY_POINTS) - {ep.name for ep in builtin})
+    if missing:
         raise PluginError(
-            "repa's built-in components are not registered: no entry points in group "
-            f"{ENTRY_POINT_GROUP!r} from distribution {BUILTIN_DISTRIBUTION!r} (stale or incomplete "
+            f"repa's built-in components are not all registered: entry points {', '.join(missing)} of group "
+            f"{ENTRY_POINT_GROUP!r} are missing from distribution {BUILTIN_DISTRIBUTION!r} (stale or incomplete "
             "install); reinstall with `pip install -e .` in the project directory (or `pip install repa`)"
         )
     third_party = [ep for ep in eps if _dist_name(ep) != BUILTIN_DISTRIBUTION]
@@ -154,9 +170,9 @@ def load_components(
         if plugin.module in [p.module for p in registered]:
             continue
         try:
-            pm.register(plugin.module, name=plugin.name)
+            pm.register(plugin.module, name=plugin.key)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            _warn(components, f"plugin {plugin.name!r} from {plugin.distribution!r} is invalid: {exc} -- skipped")
+            _warn(components, f"plugin {plugin.name!r} from {plugin.distribution!r} is invalid: {_first_line(exc)} -- skipped")
             continue
         registered.append(plugin)
     _report_unknown_hooks(components, pm, registered)
@@ -178,7 +194,7 @@ def _call_registration_hooks(components: Components, pm: pluggy.PluginManager, p
     """Call each plugin's hooks in load order (built-ins first), attributing entries to its distribution."""
     for plugin in plugins:
         for kind, hook_name in hookspecs.HOOKS.items():
-            impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name == plugin.name]
+            impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name == plugin.key]
             registry = components.registries[kind]
             for impl in impls:
                 with registry.provided_by(plugin.distribution):
@@ -190,7 +206,7 @@ def _call_registration_hooks(components: Components, pm: pluggy.PluginManager, p
                         _warn(
                             components,
                             f"plugin {plugin.name!r} from {plugin.distribution!r} failed in {hook_name}: "
-                            f"{type(exc).__name__}: {exc} -- its remaining {kind} components are skipped",
+                            f"{type(exc).__name__}: {_first_line(exc)} -- its remaining {kind} components are skipped",
                         )
 
 
