@@ -46,7 +46,8 @@ def cmd_run(args) -> int:
 
     config = _load(args)
     resume = True if args.resume == "latest" else args.resume
-    return run_experiment(config, args.experiment, resume=resume, progress=not args.no_progress)
+    return run_experiment(config, args.experiment, resume=resume, progress=not args.no_progress,
+                          overrides=args.overrides)
 
 
 def cmd_preprocess(args) -> int:

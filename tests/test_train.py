@@ -58,7 +58,9 @@ def test_run_writes_what_a_researcher_watches(tiny_toml, tmp_path):
 
     assert Image.open(run / "samples" / "0000002.png").size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
     assert (run / "config.resolved.toml").read_text().startswith("# config hash ")
-    assert "run tiny" in (run / "log.txt").read_text()
+    log_lines = (run / "log.txt").read_text().splitlines()
+    assert "run tiny" in log_lines[0] and "done at step 4" in log_lines[-1]
+    assert sum(" step 4: loss " in line for line in log_lines) == 1  # a metrics line per log_every
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000002", "0000004"]
     ema, model = weights(run, 4, "ema"), weights(run, 4, "model")
     assert not torch.equal(ema["final_layer.linear.weight"], model["final_layer.linear.weight"])
@@ -95,7 +97,15 @@ def test_existing_run_needs_resume(tiny_toml):
 
 def test_uneven_batch_split_is_an_error(tiny_toml):
     result = train(tiny_toml(), "train.global_batch_size=9", "train.grad_accum_steps=2", expect=2)
-    assert "train.global_batch_size: 9 is not divisible by train.grad_accum_steps=2" in result.stderr
+    assert ("train.global_batch_size: 9 does not split evenly over 1 process(es) x train.grad_accum_steps=2; "
+            "use a multiple of 2") in result.stderr
+
+
+def test_uneven_split_over_launched_processes_is_a_validation_error(tiny_toml, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # what torchrun / accelerate launch export
+    result = run_cli("validate", str(tiny_toml()), "--set", "train.global_batch_size=8")
+    assert result.returncode == 2
+    assert "does not split evenly over 3 process(es) x train.grad_accum_steps=1; use a multiple of 3" in result.stderr
 
 
 def test_gradient_accumulation_equals_the_full_batch(tiny_toml, tmp_path):
@@ -166,7 +176,10 @@ def test_interruption_finishes_the_step_and_leaves_a_resumable_checkpoint(tiny_t
     os.killpg(process.pid, signum)  # as a terminal's Ctrl-C or a scheduler does: the whole process group
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert "Resume with: repa run" in stderr and "--resume" in stderr
+    resume_line = next(line for line in stderr.splitlines() if "Resume with:" in line)
+    assert resume_line.endswith(f"repa run {experiment} --set train.max_steps=100000 --set train.checkpoint_every=100000 "
+                                f"--set train.num_workers={workers} --resume")
+    assert "Resume with:" in (run / "log.txt").read_text().splitlines()[-1]
     (checkpoint,) = (run / "checkpoints").iterdir()
     step = int(checkpoint.name)
     assert step >= 3 and json.loads((checkpoint / "state.json").read_text())["step"] == step
@@ -182,6 +195,11 @@ def test_non_finite_losses_stop_with_a_diagnostic_checkpoint(tiny_toml, tmp_path
     run = tmp_path / "exps" / "tiny"
     (diagnostic,) = (run / "checkpoints").glob("diagnostic-*")
     assert (diagnostic / "model.safetensors").is_file()
+    again = train(tiny_toml(), "optim.lr=1e30", "train.max_steps=50", "train.max_nonfinite_steps=3", "--resume", expect=1)
+    assert again.stderr.strip().splitlines()[-1] == last  # same divergence, the diagnostic replaced
+    from repa.engine.checkpoint import verify
+
+    verify(diagnostic)
 
 
 def test_missing_encoder_weights_are_reported_before_the_first_step(tiny_toml, tmp_path):

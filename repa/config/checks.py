@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from repa.config.loader import Issue
 from repa.config.schema import ExperimentConfig
 
@@ -22,14 +24,24 @@ def _batch_checks(config: ExperimentConfig) -> list[Issue]:
     if train.distributed == "fsdp" and train.mixed_precision == "fp16":
         return [Issue(("train", "distributed"), 'fsdp runs in float32 or bf16 (fp16 would need a sharded grad '
                       'scaler); set train.mixed_precision = "bf16"')]
-    if train.global_batch_size % train.grad_accum_steps:
+    processes = launched_processes()
+    if train.global_batch_size % (processes * train.grad_accum_steps):
         return [
             Issue(
                 ("train", "global_batch_size"),
-                f"{train.global_batch_size} is not divisible by train.grad_accum_steps={train.grad_accum_steps}",
+                f"{train.global_batch_size} does not split evenly over {processes} process(es) x "
+                f"train.grad_accum_steps={train.grad_accum_steps}; use a multiple of {processes * train.grad_accum_steps}",
             )
         ]
     return []
+
+
+def launched_processes() -> int:
+    """Processes of this launch: torchrun and accelerate export WORLD_SIZE to every process."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def _shape_checks(config: ExperimentConfig) -> list[Issue]:

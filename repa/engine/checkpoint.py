@@ -94,14 +94,22 @@ def write_main(tmp: Path, model_state: dict, ema_state: dict, optimizer_state: d
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
 
 
-def commit(tmp: Path, checkpoints: Path, step: int, keep: int) -> Path:
-    """Record digests, rename into place, prune to the last `keep`."""
+def write_manifest(tmp: Path) -> None:
     manifest = {f.name: {"bytes": f.stat().st_size, "blake2b": file_digest(f)} for f in sorted(tmp.iterdir())}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    final = checkpoints / checkpoint_name(step)
+
+
+def move_into_place(tmp: Path, final: Path) -> Path:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    return final
+
+
+def commit(tmp: Path, checkpoints: Path, step: int, keep: int) -> Path:
+    """Record digests, rename into place, prune to the last `keep`."""
+    write_manifest(tmp)
+    final = move_into_place(tmp, checkpoints / checkpoint_name(step))
     for old in complete_checkpoints(checkpoints)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -117,15 +125,19 @@ def verify(folder: Path) -> None:
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
         raise CheckpointError(f"{folder}: no manifest.json (incomplete checkpoint)")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = {name: (int(entry["bytes"]), str(entry["blake2b"])) for name, entry in manifest.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({type(exc).__name__}: {exc})") from None
     for name in FILES:
-        if name not in manifest:
+        if name not in expected:
             raise CheckpointError(f"{folder}: {name} is missing from the checkpoint")
-    for name, entry in manifest.items():
+    for name, (size, digest) in expected.items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != entry["bytes"]:
-            raise CheckpointError(f"{path}: missing or truncated ({entry['bytes']} bytes expected)")
-        if file_digest(path) != entry["blake2b"]:
+        if not path.is_file() or path.stat().st_size != size:
+            raise CheckpointError(f"{path}: missing or truncated ({size} bytes expected)")
+        if file_digest(path) != digest:
             raise CheckpointError(f"{path}: checksum mismatch (corrupt)")
 
 

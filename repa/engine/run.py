@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 
 from repa.config import ExperimentConfig, config_hash, to_toml
@@ -14,14 +15,32 @@ def run_dir_of(config: ExperimentConfig) -> Path:
     return Path(config.experiment.output_dir) / config.experiment.name
 
 
+LOGGERS = ("repa", "repa.record")  # messages (also on the console) and the periodic metric lines
+
+
 def attach_log_file(run_dir: Path) -> logging.Handler:
     handler = logging.FileHandler(run_dir / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logging.getLogger("repa").addHandler(handler)
+    for name in LOGGERS:
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
     return handler
 
 
-def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, progress: bool = True) -> int:
+def detach_log_file(handler: logging.Handler) -> None:
+    for name in LOGGERS:
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
+
+
+def resume_command(experiment_file: str, overrides: list[str]) -> str:
+    """The command that continues this very run (the --set arguments choose its folder and config)."""
+    sets = [f"--set {shlex.quote(o)}" for o in overrides]
+    return " ".join(["repa run", shlex.quote(experiment_file), *sets, "--resume"])
+
+
+def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, progress: bool = True,
+                   overrides: list[str] = ()) -> int:
     from repa.engine.trainer import Trainer
 
     from repa.engine.checkpoint import complete_checkpoints
@@ -41,15 +60,14 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
                  config_hash(config), run_dir, trainer.acc.num_processes, trainer.device)
     try:
         step = trainer.run()
+        if trainer.acc.is_main_process:
+            if trainer.stopped:
+                log.info("repa: stopped at step %d; checkpoint written. Resume with: %s",
+                         step, resume_command(experiment_file, list(overrides)))
+            else:
+                log.info("repa: done at step %d; samples in %s, metrics in %s", step, run_dir / "samples",
+                         run_dir / "metrics.jsonl")
     finally:
         if handler is not None:
-            logging.getLogger("repa").removeHandler(handler)
-            handler.close()
-    if trainer.acc.is_main_process:
-        if trainer.stopped:
-            log.info("repa: stopped at step %d; checkpoint written. Resume with: repa run %s --resume",
-                     step, experiment_file)
-        else:
-            log.info("repa: done at step %d; samples in %s, metrics in %s", step, run_dir / "samples",
-                     run_dir / "metrics.jsonl")
+            detach_log_file(handler)
     return 130 if trainer.stopped else 0

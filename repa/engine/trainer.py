@@ -27,6 +27,8 @@ from repa.engine.randomness import draw_step
 from repa.errors import CheckpointError, RepaError
 
 log = logging.getLogger("repa")
+record_log = logging.getLogger("repa.record")  # log.txt only (run.attach_log_file); the console has the bar
+record_log.propagate = False
 
 
 class TrainingStopped(RepaError):
@@ -51,13 +53,14 @@ class Window:
 
     def add(self, values: dict) -> None:
         self.steps += 1
-        for key, value in values.items():
-            if math.isfinite(value):
-                self.sums[key] = self.sums.get(key, 0.0) + float(value)
-                self.counts[key] = self.counts.get(key, 0) + 1
+        for key, value in values.items():  # every key on every rank, so the gathers line up
+            finite = math.isfinite(value)
+            self.sums[key] = self.sums.get(key, 0.0) + (float(value) if finite else 0.0)
+            self.counts[key] = self.counts.get(key, 0) + int(finite)
 
     def means(self) -> dict:
-        return {k: v / self.counts[k] for k, v in self.sums.items()}
+        """NaN for a key with no finite value in this window."""
+        return {k: v / self.counts[k] if self.counts[k] else float("nan") for k, v in self.sums.items()}
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -187,8 +190,9 @@ class Trainer:
                      "nonfinite_in_row": self.counters.nonfinite_in_row, "config_hash": config_hash(self.config),
                      "processes": acc.num_processes, "distributed": self.config.train.distributed}
             ckpt.write_main(tmp, model_state, ema_state, optimizer_state, state)
-            if diagnostic:
-                tmp.rename(final)
+            if diagnostic:  # a resumed run may diverge at the same step again: replace the old one
+                ckpt.write_manifest(tmp)
+                ckpt.move_into_place(tmp, final)
             else:
                 final = ckpt.commit(tmp, self.checkpoints, step, self.config.train.keep_checkpoints)
         acc.wait_for_everyone()
@@ -324,14 +328,18 @@ class Trainer:
     def _log(self, window: Window, values: dict) -> None:
         config, acc = self.config, self.acc
         elapsed = time.perf_counter() - window.started
-        means = {k: float(acc.gather(torch.tensor([v], device=self.device, dtype=torch.float64)).mean())
+        means = {k: float(acc.gather(torch.tensor([v], device=self.device, dtype=torch.float64)).nanmean())
                  for k, v in window.means().items()}
+        means = {k: v for k, v in means.items() if math.isfinite(v)}  # all skipped: leave the key out
         rate = window.steps / elapsed if elapsed > 0 else float("nan")
         record = {**means, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": rate,
                   "images_per_s": rate * config.train.global_batch_size,
                   "peak_memory_gb": peak_memory_gb(self.device), "nonfinite_steps": self.counters.nonfinite_total}
         for tracker in self.trackers:
             tracker.log(self.counters.step, record)
+        if acc.is_main_process:  # log.txt keeps the run's history next to metrics.jsonl
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
+            record_log.info("step %d: %s", self.counters.step, shown)
         return record
 
     def run(self) -> int:
