@@ -66,7 +66,7 @@ def _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type):
 
 def euler_sampler(
     model, latents, y, num_steps=20, heun=False, cfg_scale=1.0, guidance_low=0.0, guidance_high=1.0,
-    path_type="linear", **_unused,
+    path_type="linear",
 ):
     """The official ODE sampler's signature; returns x0 in float64 as the official does."""
     from repa.components.sampler.integrators import EulerSampler
@@ -77,7 +77,7 @@ def euler_sampler(
 
 def euler_maruyama_sampler(
     model, latents, y, num_steps=20, heun=False, cfg_scale=1.0, guidance_low=0.0, guidance_high=1.0,
-    path_type="linear", **_unused,
+    path_type="linear",
 ):
     """The official SDE sampler's signature; noise from torch's global RNG, as official."""
     from repa.components.sampler.integrators import EulerMaruyamaSampler

@@ -139,10 +139,27 @@ def test_torch_compile(official, official_model):
 
 
 def test_bad_inputs_are_named(official_model):
+    model = official_model.eval()  # called directly, as a migrating user does
     with pytest.raises(ValueError, match=r"expects inputs \[B, 4, 8, 8\], got \[2, 4, 16, 16\]"):
-        official_model.check_inputs(torch.randn(2, 4, 16, 16), torch.rand(2), torch.tensor([0, 1]))
+        model(torch.randn(2, 4, 16, 16), torch.rand(2), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"labels must lie in 0..1000"):
-        official_model.check_inputs(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([0, 1001]))
+        model(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([0, 1001]))
+    with pytest.raises(ValueError, match=r"labels must lie in 0..1000"):
+        model(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([-1, 0]))
+
+
+def test_width_must_divide_into_heads():
+    from repa.compat import official_sit
+
+    with pytest.raises(ValueError, match="hidden size 30 is not divisible by the number of heads 4"):
+        official_sit(input_size=8, patch_size=2, in_channels=4, hidden_size=30, depth=2, num_heads=4)
+
+
+def test_migration_samplers_reject_misspelt_arguments(official_model):
+    from repa.compat import euler_sampler
+
+    with pytest.raises(TypeError, match="cfg_scal"):
+        euler_sampler(official_model.eval(), torch.randn(1, 4, 8, 8), torch.tensor([0]), num_steps=2, cfg_scal=4.0)
 
 
 # ============================================================================

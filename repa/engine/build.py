@@ -16,11 +16,16 @@ def projections(config: ExperimentConfig) -> list[tuple[int, int, int]]:
     return [(a.depth, a.projector_dim, a.encoder.params.embed_dim()) for a in config.alignment]
 
 
-def build_backbone(config: ExperimentConfig, num_classes: int):
+def build_backbone(config: ExperimentConfig, num_classes: int, null_label: bool | None = None):
+    """null_label: whether the label embedding has the null row (default: when the experiment
+    drops labels); loading a checkpoint sets it from the weights."""
     side, channels = input_geometry(config)
+    dropout = config.train.label_dropout
+    if null_label is not None and null_label != (dropout > 0):
+        dropout = 0.1 if null_label else 0.0  # only the row count matters: a loaded model samples in eval mode
     return config.backbone.build(
         input_size=side, in_channels=channels, num_classes=num_classes, projections=projections(config),
-        label_dropout=config.train.label_dropout, grad_checkpointing=config.train.grad_checkpointing,
+        label_dropout=dropout, grad_checkpointing=config.train.grad_checkpointing,
     )
 
 

@@ -95,10 +95,23 @@ def load_model(config: ExperimentConfig, state: dict, source: str):
     rows = state.get("y_embedder.embedding_table.weight")
     if rows is None:
         raise CheckpointError(f"{source}: no y_embedder.embedding_table.weight; not a SiT checkpoint")
-    num_classes = rows.shape[0] - int(config.train.label_dropout > 0)
-    model = build_backbone(config, num_classes)
+    num_classes, null_label = label_rows(config, rows.shape[0], source)
+    model = build_backbone(config, num_classes, null_label=null_label)
     load_state_strict(model, state, source)
     return model.eval()
+
+
+def label_rows(config: ExperimentConfig, rows: int, source: str) -> tuple[int, bool]:
+    """(classes, has a null label) of a label embedding with `rows` rows: the dataset's class
+    count decides, so a checkpoint trained without label dropout is not misread as one class short."""
+    classes = getattr(config.data.params, "num_classes", None)
+    if classes is None:  # unknown until the dataset is read: trust the experiment's label dropout
+        classes = rows - int(config.train.label_dropout > 0)
+    if rows - classes not in (0, 1):
+        raise CheckpointError(
+            f"{source}: the label embedding has {rows} rows but data.num_classes is {classes} (expected {classes}, "
+            f"or {classes + 1} with the null label); set data.num_classes to the checkpoint's class count")
+    return classes, rows == classes + 1
 
 
 def nfe_per_sample(config: ExperimentConfig) -> float:

@@ -175,6 +175,8 @@ class SiT(nn.Module):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input size {input_size} is not a multiple of the patch size {patch_size}")
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden size {hidden_size} is not divisible by the number of heads {num_heads}")
         for depth_k, _, _ in projections:
             if not 1 <= depth_k <= depth:
                 raise ValueError(f"projector depth {depth_k} is outside 1..{depth}")
@@ -232,12 +234,14 @@ class SiT(nn.Module):
         x = x.reshape(x.shape[0], h, w, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
-    def check_inputs(self, x, t, y):
+    def check_inputs(self, x, t, y, labels: bool = True):
         expected = (self.in_channels, self.input_size, self.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"SiT expects inputs [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
         if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
             raise ValueError(f"t and y must be [B]={x.shape[0]}, got t {list(t.shape)} and y {list(y.shape)}")
+        if not labels:
+            return
         top = self.num_classes if self.has_null_label else self.num_classes - 1
         if y.numel() and (int(y.min()) < 0 or int(y.max()) > top):
             raise ValueError(f"labels must lie in 0..{top} ({self.num_classes} classes"
@@ -249,6 +253,9 @@ class SiT(nn.Module):
 
         In train mode without `drop_ids`, labels are dropped with probability `label_dropout`
         (torch's global RNG, as official); the engine passes `drop_ids` for reproducibility."""
+        # Shapes always; the label range only outside training and compilation (reading the
+        # labels' range syncs a GPU; the engine's data loader already guarantees it).
+        self.check_inputs(x, t, y, labels=not (self.training or torch.compiler.is_compiling()))
         if self.training and drop_ids is None and self.label_dropout > 0:
             drop_ids = torch.rand(y.shape[0], device=y.device) < self.label_dropout
         if not self.training:

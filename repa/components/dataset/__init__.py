@@ -34,6 +34,10 @@ class DigitsParams(DatasetParams):
     resolution: int = Field(32, ge=8, description="the 8x8 digits are upscaled (bilinear) to this size")
     heldout_fraction: float = Field(0.2, gt=0, lt=1, description="fixed held-out split (seed 0)")
 
+    @property
+    def num_classes(self) -> int:
+        return 10  # the ten digits
+
 
 def _build(module: str, cls: str):
     def factory(params, *, split: str = "train"):
