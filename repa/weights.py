@@ -79,6 +79,15 @@ def load_file(path: str | Path) -> Any:
 
     import torch
 
+    if _is_torchscript(path):  # e.g. OpenAI's CLIP release: TorchScript, not a pickle; keep its tensors only
+        import warnings
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": the file is what it is
+                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: unreadable TorchScript archive ({str(exc).strip().splitlines()[0][:200]})") from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -92,6 +101,16 @@ def load_file(path: str | Path) -> Any:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({reason})") from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with a code/ folder (torch.save files have none)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
 
 
 def unwrap_state_dict(obj: Any, keys: Iterable[str] = ("ema", "model", "state_dict")) -> dict:
@@ -145,9 +164,21 @@ def load_state_strict(model, state: Mapping[str, Any], source: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+# The code that defines the digits networks, their data and their training: a cached network
+# is reused only while these files are unchanged (the file name carries their digest).
+DIGITS_RECIPE = ("components/digits_models.py", "components/dataset/digits.py")
+
+
+def digits_recipe_digest() -> str:
+    digest = hashlib.blake2b(digest_size=4)
+    for name in DIGITS_RECIPE:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()
+
+
 def digits_model_path(name: str, seed: int, epochs: int) -> Path:
     """Where a network trained by repa on the embedded digits is cached."""
-    return cache_dir() / "digits" / f"{name}-seed{seed}-e{epochs}.safetensors"
+    return cache_dir() / "digits" / f"{name}-seed{seed}-e{epochs}-{digits_recipe_digest()}.safetensors"
 
 
 def file_digest(path: str | Path, quick: bool = False, quick_bytes: int = 1 << 20) -> str:

@@ -99,22 +99,25 @@ def test_encoder_loads_its_release_format(name, tmp_path):
     assert big.encode(torch.randint(0, 256, (1, 3, 512, 512), dtype=torch.uint8)).shape == (1, 1024, spec.embed_dim)
 
 
-@pytest.mark.parametrize("name", ["dinov2-vit-b", "clip-vit-L", "mocov3-vit-b", "jepa-vit-h"])
-def test_preprocessing_is_repas(name, tmp_path):
-    """REPA's preprocess_raw_image, written out per family."""
+@pytest.mark.parametrize("resolution", [256, 512])
+@pytest.mark.parametrize("name", PRETRAINED)
+def test_preprocessing_is_repas(name, resolution, tmp_path):
+    """REPA's preprocess_raw_image, written out per family (224 * resolution // 256 where it resizes)."""
     spec = SPECS[name]
-    encoder = build(name, 256, release_file(spec, tmp_path))
-    images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
+    encoder = build(name, resolution, release_file(spec, tmp_path))
+    images = torch.randint(0, 256, (2, 3, resolution, resolution), dtype=torch.uint8)
     x = images.float() / 255.0
     mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
-    if name.startswith("clip"):
-        expected = (F.interpolate(x, 224, mode="bicubic") - mean) / std
-    elif name.startswith("mocov3"):
+    size = 224 * (resolution // 256)
+    if spec.family == "clip":
+        expected = (F.interpolate(x, size, mode="bicubic") - mean) / std
+    elif spec.family in ("mocov3", "mae", "dinov1"):
         expected = (x - mean) / std
-    else:  # dinov2, jepa: normalise, then resize
-        expected = F.interpolate((x - mean) / std, 224, mode="bicubic")
+    else:  # dinov2 (with or without registers), jepa: normalise, then resize
+        assert spec.family in ("dinov2", "ijepa"), spec.family
+        expected = F.interpolate((x - mean) / std, size, mode="bicubic")
     torch.testing.assert_close(encoder.preprocess(images), expected)
-    if name.startswith("clip"):
+    if spec.family == "clip":
         assert spec.mean == (0.48145466, 0.4578275, 0.40821073)
     else:
         assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
@@ -178,6 +181,35 @@ def test_clip_is_found_in_the_hugging_face_cache(tmp_path, monkeypatch):
     assert encoder.weights_file.endswith("abc123/open_clip_model.safetensors")
 
 
+def test_clip_accepts_openais_torchscript_release_where_clip_load_puts_it(tmp_path, monkeypatch):
+    """The official code's clip.load("ViT-L/14") caches OpenAI's TorchScript archive in ~/.cache/clip."""
+    import warnings
+
+    from repa.components.encoder.clip import build_visual
+
+    class OpenAIRelease(torch.nn.Module):  # OpenAI's file holds the whole CLIP; its vision keys are visual.*
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)  # the same weights as release_file's open_clip file
+            self.visual = build_visual(depth=SMALL_DEPTH)
+
+        def forward(self, x):
+            return self.visual(x)
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    archive = tmp_path / "cache" / "clip" / "ViT-L-14.pt"
+    archive.parent.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated; OpenAI's file is TorchScript all the same
+        torch.jit.save(torch.jit.trace(OpenAIRelease().eval(), torch.randn(1, 3, 224, 224), check_trace=False), archive)
+    encoder = get_components().get("encoder", "clip-vit-L").build(resolution=256, depth=SMALL_DEPTH)
+    assert encoder.weights_file == str(archive)
+    reference = build("clip-vit-L", 256, release_file(SPECS["clip-vit-L"], tmp_path))
+    images = torch.randint(0, 256, (1, 3, 256, 256), dtype=torch.uint8)
+    torch.testing.assert_close(encoder.encode(images), reference.encode(images))
+
+
 @pytest.mark.parametrize("name", ["dinov2-vit-b", "mocov3-vit-l", "clip-vit-L", "jepa-vit-h"])
 def test_missing_weights_say_where_to_put_what(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -196,6 +228,17 @@ def test_missing_weights_say_where_to_put_what(name, tmp_path, monkeypatch):
         assert str(tmp_path / "torch" / "hub" / "checkpoints" / spec.hub_file) in message and spec.url in message
     if spec.family == "clip":
         assert "huggingface-cli download timm/vit_large_patch14_clip_224.openai" in message
+        assert str(Path.home() / ".cache" / "clip" / "ViT-L-14.pt") in message or "clip/ViT-L-14.pt" in message
+
+
+def test_a_missing_explicit_clip_file_names_the_file_to_fetch(tmp_path):
+    params = params_for(SPECS["clip-vit-L"])(weights=str(tmp_path / "clip.safetensors"))
+    with pytest.raises(MissingWeightsError) as info:
+        get_components().get("encoder", "clip-vit-L").build(params, resolution=256)
+    assert str(info.value) == (
+        f"clip-vit-L: weights file {tmp_path / 'clip.safetensors'} does not exist; save open_clip_model.safetensors "
+        "from the Hugging Face repo timm/vit_large_patch14_clip_224.openai (`huggingface-cli download "
+        "timm/vit_large_patch14_clip_224.openai open_clip_model.safetensors`) there")
 
 
 def test_network_probe_says_no_for_an_unreachable_host():
@@ -248,3 +291,37 @@ def test_offline_digits_encoder_is_useful_and_cached():
     accuracy = probe.score(features[1], heldout.labels.numpy())
     assert accuracy > 0.95, accuracy
     assert encoder.encode(train.images[:2]).shape == (2, 64, 128)
+
+
+def test_offline_digits_encoder_loads_an_explicit_weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    from repa.components.encoder import DigitsEncoderParams
+    from repa.errors import MissingWeightsError
+
+    cached = get_components().get("encoder", "digits-convnet").build(resolution=32)
+    path = tmp_path / "digits.safetensors"
+    save_file({k: v * 2 for k, v in cached.network.state_dict().items()}, str(path))
+    explicit = get_components().get("encoder", "digits-convnet").build(DigitsEncoderParams(weights=str(path)), resolution=32)
+    assert explicit.weights_file == str(path)
+    torch.testing.assert_close(explicit.network.head.weight, 2 * cached.network.head.weight)
+    with pytest.raises(MissingWeightsError, match="digits-convnet: weights file .*nope.safetensors does not exist"):
+        get_components().get("encoder", "digits-convnet").build(DigitsEncoderParams(weights="nope.safetensors"), resolution=32)
+
+
+def test_offline_digits_networks_are_deterministic_from_their_seed(tmp_path, monkeypatch):
+    """Two fresh trainings (separate caches) give the same weights; the caller's RNG is untouched."""
+    from repa.components.digits_models import DigitsConvEncoder, cached_model
+
+    trained = []
+    for cache in ("a", "b"):
+        monkeypatch.setenv("REPA_CACHE", str(tmp_path / cache))
+        torch.manual_seed(1234)
+        model, path = cached_model("digits-convnet", DigitsConvEncoder, seed=3, epochs=1)
+        after = torch.rand(1)
+        torch.manual_seed(1234)
+        assert torch.equal(after, torch.rand(1))
+        trained.append(model.state_dict())
+    for key in trained[0]:
+        torch.testing.assert_close(trained[0][key], trained[1][key], atol=0, rtol=0, msg=key)
+    assert "-seed3-e1-" in path.name  # the name carries the recipe digest

@@ -122,13 +122,16 @@ def cached_model(name: str, build, seed: int, epochs: int) -> tuple[nn.Module, P
     from safetensors.torch import load_file, save_file
 
     path = digits_model_path(name, seed, epochs)
-    model = build()
+    with torch.random.fork_rng():  # the initial weights come from the seed; the caller's RNG is untouched
+        torch.manual_seed(seed)
+        model = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent processes (DDP ranks, test workers) train it once
         if not path.is_file():
             log.info("repa: training the offline %s on the embedded digits (once; cached at %s)", name, path)
-            train_classifier(model, seed, epochs)
+            with torch.random.fork_rng():
+                train_classifier(model, seed, epochs)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
             os.replace(tmp, path)

@@ -39,7 +39,7 @@ def info(params: PretrainedEncoderParams) -> dict:
     return {
         "dim": spec.embed_dim,
         "patch": spec.patch_size,
-        "input px @256": spec.input_size(256),
+        "input px @256": spec.input_size(256) if spec.family != "digits" else "256 (trained at 32)",
         "weight source": spec.source,
         "weights here": f"yes ({found})" if found else "no",
     }

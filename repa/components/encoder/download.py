@@ -27,6 +27,9 @@ def missing_message(spec: EncoderSpec, weights: str | None) -> str:
     places = [str(p) for p in candidate_files(spec, weights)]
     target = places[0]
     where = f" (or set weights = \"/path/to/file\" in its table: encoder = {{ kind = \"{spec.name}\", weights = \"...\" }})"
+    if weights and spec.hf_repo and not spec.hub_file:
+        return (f"{spec.name}: weights file {weights} does not exist; save {spec.hf_files[0]} from the Hugging Face "
+                f"repo {spec.hf_repo} (`huggingface-cli download {spec.hf_repo} {spec.hf_files[0]}`) there")
     if weights:
         return f"{spec.name}: weights file {weights} does not exist; download {spec.url} and save it there"
     offline = " (HF_HUB_OFFLINE is set)" if hub_offline() else ""

@@ -32,6 +32,7 @@ class EncoderSpec:
     hub_file: str | None = None  # torch.hub cache file name (DINOv2)
     hf_repo: str | None = None  # Hugging Face repo in timm/open_clip format
     hf_files: tuple = ("model.safetensors",)
+    user_cache_file: str | None = None  # also accepted: a file under ~/.cache another tool downloads to
     source: str = "local file"
 
     def input_size(self, resolution: int) -> int:
@@ -48,8 +49,12 @@ class EncoderSpec:
         return (side // self.patch_size) ** 2
 
 
+def user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+
+
 def torch_home() -> Path:
-    return Path(os.environ.get("TORCH_HOME", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch"))
+    return Path(os.environ.get("TORCH_HOME", user_cache() / "torch"))
 
 
 def hf_hub_cache() -> Path:
@@ -78,6 +83,8 @@ def candidate_files(spec: EncoderSpec, weights: str | None) -> list[Path]:
     if spec.hf_repo:
         cached = hf_cached_file(spec.hf_repo, spec.hf_files)
         places.append(cached or hf_hub_cache() / f"models--{spec.hf_repo.replace('/', '--')}" / "snapshots" / "<rev>" / spec.hf_files[0])
+    if spec.user_cache_file:
+        places.append(user_cache() / spec.user_cache_file)
     if spec.default_file:  # the seed's ./ckpts paths, relative to the directory repa runs in
         places.append(Path.cwd() / spec.default_file.removeprefix("./"))
     return places
@@ -152,6 +159,7 @@ SPECS: dict[str, EncoderSpec] = {
         resize="resize", normalize_first=False, mean=CLIP_MEAN, std=CLIP_STD,
         hf_repo="timm/vit_large_patch14_clip_224.openai",
         hf_files=("open_clip_model.safetensors", "open_clip_pytorch_model.bin"),
+        user_cache_file="clip/ViT-L-14.pt",  # OpenAI's TorchScript release, where the official code's clip.load puts it
         url="https://huggingface.co/timm/vit_large_patch14_clip_224.openai", source="open_clip (OpenAI weights)",
     ),
 }
