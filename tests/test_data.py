@@ -281,3 +281,89 @@ def test_identity_autoencoder_is_pixel_space():
     x = ae.sample(ae.encode(images), torch.randn(1, 3, 1, 2))
     torch.testing.assert_close(x, images.float() / 127.5 - 1)
     assert torch.equal(ae.decode(x), x)
+
+
+def test_wide_greyscale_is_rescaled_and_alpha_dropped_as_the_official_tool_does(tmp_path):
+    from repa.components.dataset.crop import to_rgb
+
+    ramp16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024 + 512)  # 512 .. 65024
+    Image.fromarray(ramp16).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as image:
+        rgb = np.asarray(to_rgb(image))
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(ramp16 / 257.0).astype(np.uint8))
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    floats = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    rgb = np.asarray(to_rgb(Image.fromarray(floats, mode="F")))
+    np.testing.assert_array_equal(rgb[..., 1], np.rint(floats * 255.0).astype(np.uint8))
+    rgba = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 4), dtype=np.uint8), mode="RGBA")
+    np.testing.assert_array_equal(np.asarray(to_rgb(rgba)), np.asarray(rgba)[..., :3])
+
+
+def test_images_step_redoes_outputs_whose_source_changed_and_refuses_another_resolution(tmp_path):
+    from repa.errors import DataError
+
+    rng = np.random.default_rng(3)
+    src = tmp_path / "src"
+    for cls in ("a", "b"):
+        (src / cls).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(src / cls / "1.png")
+    dest = tmp_path / "dest"
+    first = preprocess.preprocess_images(src, dest, RES, workers=1, progress=False)
+    assert first.written == 2
+    # a new file sorts first in class a: every later output now comes from another source
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(src / "a" / "0.png")
+    again = preprocess.preprocess_images(src, dest, RES, workers=1, progress=False)
+    assert (again.written, again.kept) == (3, 0)
+    labels = dict(json.loads((dest / "images" / "dataset.json").read_text())["labels"])
+    assert labels == {"00000/img00000000.png": 0, "00000/img00000001.png": 0, "00000/img00000002.png": 1}
+    with Image.open(src / "b" / "1.png") as image:
+        expected = center_crop_arr(image.convert("RGB"), RES)
+    np.testing.assert_array_equal(np.asarray(Image.open(dest / "images" / "00000" / "img00000002.png")), expected)
+    assert preprocess.preprocess_images(src, dest, RES, workers=1, progress=False).kept == 3
+    with pytest.raises(DataError, match=rf"holds {RES} px images; use another DEST for --resolution {2 * RES}"):
+        preprocess.preprocess_images(src, dest, 2 * RES, workers=1, progress=False)
+
+
+def test_a_wrongly_sized_image_inside_a_folder_dataset_is_named(prepared):
+    from repa.components.dataset import FolderParams
+    from repa.components.dataset.folder import FolderDataset
+    from repa.errors import DataError
+
+    dest, _, _ = prepared
+    dataset = FolderDataset(FolderParams(path=str(dest), resolution=RES, latents=None, num_classes=2))
+    victim = dest / "images" / dataset.images[3]
+    original = victim.read_bytes()
+    try:
+        Image.fromarray(np.zeros((RES // 2, RES // 2, 3), dtype=np.uint8)).save(victim)
+        with pytest.raises(DataError, match=rf"{victim}: images are {RES // 2}x{RES // 2} but the experiment's data.resolution is {RES}"):
+            dataset[3]
+    finally:
+        victim.write_bytes(original)
+
+
+def test_stored_moments_of_another_autoencoder_are_refused_at_start(prepared, write_toml):
+    from repa.config import load_experiment
+    from repa.engine.trainer import check_stored_moments
+
+    dest, _, _ = prepared
+    path = write_toml(f"""
+        [data]
+        kind = "folder"
+        path = "{dest}"
+        resolution = {RES}
+        num_classes = 2
+        [autoencoder]
+        kind = "identity"
+        [backbone]
+        kind = "sit"
+        depth = 1
+        hidden_size = 32
+        num_heads = 2
+        patch_size = 8
+        """)
+    config = load_experiment(path)
+    with pytest.raises(DataError, match=rf"{dest}: stored latent moments are \[8, 8, 8\] but the identity autoencoder "
+                                        rf"at {RES} px needs \[6, {RES}, {RES}\]"):
+        check_stored_moments(config, config.data.build())
+    on_the_fly = load_experiment(path, ['data.latents=""'])
+    check_stored_moments(on_the_fly, on_the_fly.data.build())  # no stored moments: nothing to check

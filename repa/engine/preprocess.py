@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from repa.components.dataset.crop import center_crop_arr, to_rgb
 from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files, read_labels
@@ -111,7 +111,7 @@ def _crop_one(job: tuple[int, str, str, int]) -> tuple[int, str | None]:
         Image.fromarray(array).save(tmp, format="png", compress_level=0)
         os.replace(tmp, target_path)
         return index, None
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # Pillow raises many types (SyntaxError for broken PNG chunks): skip, never abort
         return index, f"{type(exc).__name__}: {exc}"
 
 
@@ -122,11 +122,38 @@ class Summary:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+RECORD = "preprocess.json"  # in DEST/images: the resolution and, per output, the source it was made from
+
+
+def source_signature(source: Path) -> list:
+    stat = source.stat()
+    return [str(source), stat.st_size, stat.st_mtime_ns]
+
+
+def _plan(out: Path, entries, resolution: int) -> dict[str, list]:
+    """Per output name, the source it must come from. Outputs made from anything else (an earlier
+    run over other files) are removed before the new record is written, so a kept file always
+    matches the record, even if this run is interrupted."""
+    previous = json.loads((out / RECORD).read_text()) if (out / RECORD).is_file() else {}
+    if previous and previous.get("resolution") != resolution:
+        raise DataError(f"{out}: holds {previous.get('resolution')} px images; use another DEST for "
+                        f"--resolution {resolution}, or --resolution {previous.get('resolution')} to resume")
+    plan = {official_image_name(i): source_signature(source) for i, (source, _) in enumerate(entries)}
+    old = previous.get("sources", {})
+    for existing in out.glob("*/img*.png"):
+        name = existing.relative_to(out).as_posix()
+        if plan.get(name) is None or old.get(name) != plan[name]:
+            existing.unlink()
+    write_json_atomic(out / RECORD, {"resolution": resolution, "sources": plan})
+    return plan
+
+
 def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
                       labels_file: Path | None = None, progress: bool = True) -> Summary:
     entries = scan_source(Path(src), labels_file)
     out = Path(dest) / "images"
     out.mkdir(parents=True, exist_ok=True)
+    _plan(out, entries, resolution)
     summary, labels = Summary(), {}
     jobs = []
     for index, (source, label) in enumerate(entries):
@@ -149,6 +176,8 @@ def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
     write_json_atomic(out / "dataset.json", {"labels": sorted([[k, v] for k, v in labels.items()])})
     if summary.skipped:
         (out / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in summary.skipped))
+    else:
+        (out / "skipped.txt").unlink(missing_ok=True)
     return summary
 
 

@@ -24,7 +24,7 @@ from repa.engine.generation import class_labels, generate, image_grid, to_uint8
 from repa.engine.objective import AlignmentTerm, Objective
 from repa.engine.parallel import STRATEGIES
 from repa.engine.randomness import draw_step
-from repa.errors import CheckpointError, RepaError
+from repa.errors import CheckpointError, DataError, RepaError
 
 log = logging.getLogger("repa")
 record_log = logging.getLogger("repa.record")  # log.txt only (run.attach_log_file); the console has the bar
@@ -61,6 +61,22 @@ class Window:
     def means(self) -> dict:
         """NaN for a key with no finite value in this window."""
         return {k: v / self.counts[k] if self.counts[k] else float("nan") for k, v in self.sums.items()}
+
+
+def check_stored_moments(config: ExperimentConfig, dataset) -> None:
+    """Moments stored with the data must be the configured autoencoder's (e.g. SD-VAE moments
+    under `autoencoder = "identity"` would fail at the first step)."""
+    moments = dataset[0].get("moments") if len(dataset) else None
+    if moments is None:
+        return
+    side, channels = input_geometry(config)
+    expected = [2 * channels, side, side]
+    if list(moments.shape) != expected:
+        kind, where = config.autoencoder.kind, getattr(config.data.params, "path", config.data.kind)
+        raise DataError(
+            f"{where}: stored latent moments are {list(moments.shape)} but the {kind} autoencoder at "
+            f"{config.data.params.resolution} px needs {expected}; prepare them with `repa preprocess latents "
+            f"--autoencoder {kind}`, or (folder datasets) set data.latents = \"\" to encode on the fly")
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -107,6 +123,7 @@ class Trainer:
         config, acc = self.config, self.acc
         self.dataset = config.data.build(split="train")
         self.autoencoder = config.autoencoder.build().to(self.device)
+        check_stored_moments(config, self.dataset)
         caches, self.encoders = {}, []
         with acc.main_process_first():
             for k, entry in enumerate(config.alignment):

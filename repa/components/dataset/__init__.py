@@ -21,7 +21,8 @@ class PackedParams(DatasetParams):
     path: str = Field(description="folder written by `repa preprocess pack` (manifest.json + shards)")
     num_classes: int = Field(1000, ge=1)
     verify: Literal["quick", "full", "none"] = Field(
-        "quick", description="checksums checked at start: quick (size + head/tail), full, or none"
+        "quick", description="checksums checked at start: quick (size + first/last MiB: truncation), full "
+        "(every byte), or none"
     )
 
 

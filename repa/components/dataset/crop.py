@@ -18,10 +18,22 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size]
 
 
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # 16/32-bit integer and float greyscale
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Greyscale, palette, CMYK and alpha images -> RGB (alpha composited on white)."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, image).convert("RGB")
+    """Greyscale, palette, CMYK and alpha images -> RGB as the official dataset tool's
+    `convert("RGB")` (alpha dropped, not composited); 16-bit and float greyscale are first
+    rescaled to 8 bits, which `convert` would clip (a 16-bit image would turn white)."""
+    if image.mode in WIDE_MODES:
+        image = Image.fromarray(_to_8bit(np.asarray(image), image.mode), mode="L")
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    values = values.astype(np.float64)
+    if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
+        values = values / 257.0  # 0..65535 -> 0..255
+    elif mode == "F" and values.max(initial=0) <= 1.0:
+        values = values * 255.0  # float images in [0, 1]
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from repa.errors import DataError
 
@@ -36,15 +36,24 @@ def read_labels(json_path: Path) -> dict[str, int]:
         raise DataError(f"{json_path}: not a dataset.json with a 'labels' list of [name, class] pairs ({exc})") from None
 
 
-def read_image(path: Path) -> np.ndarray:
-    """uint8 [3, H, W] RGB."""
+def read_image(path: Path, resolution: int | None = None) -> np.ndarray:
+    """uint8 [3, H, W] RGB; with `resolution`, every image is checked (not only the first)."""
     try:
         with Image.open(path) as image:
             image.load()
             array = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ... for damaged files
         raise DataError(f"{path}: unreadable or corrupt image ({exc}); re-run `repa preprocess images`") from None
+    if resolution is not None and array.shape[:2] != (resolution, resolution):
+        raise _wrong_size(path, (array.shape[1], array.shape[0]), resolution)
     return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _wrong_size(path: Path, size: tuple[int, int], resolution: int) -> DataError:
+    return DataError(
+        f"{path}: images are {size[0]}x{size[1]} but the experiment's data.resolution is {resolution}; "
+        f"set data.resolution = {size[0]} or preprocess the dataset at {resolution}"
+    )
 
 
 def read_npy(path: Path) -> np.ndarray:
@@ -58,10 +67,7 @@ def check_resolution(path: Path, resolution: int) -> None:
     try:
         with Image.open(path) as image:
             size = image.size
-    except (OSError, UnidentifiedImageError) as exc:
+    except Exception as exc:
         raise DataError(f"{path}: unreadable or corrupt image ({exc})") from None
     if size != (resolution, resolution):
-        raise DataError(
-            f"{path}: images are {size[0]}x{size[1]} but the experiment's data.resolution is {resolution}; "
-            f"set data.resolution = {size[0]} or preprocess the dataset at {resolution}"
-        )
+        raise _wrong_size(path, size, resolution)

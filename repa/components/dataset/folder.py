@@ -42,8 +42,6 @@ class FolderDataset(torch.utils.data.Dataset):
         self.latents = self._check_latents() if self.latents_dir else None
         self.labels = self._labels()
         check_resolution(self.images_dir / self.images[0], params.resolution)
-        if self.latents is not None:
-            self._check_latent_shape(params.resolution)
 
     def _check_latents(self) -> list[str]:
         if not self.latents_dir.is_dir():
@@ -76,19 +74,12 @@ class FolderDataset(torch.utils.data.Dataset):
             raise DataError(f"{json_path}: lists {len(table)} files but the folder has {len(names)}")
         return labels
 
-    def _check_latent_shape(self, resolution: int) -> None:
-        first = self.latents_dir / self.latents[0]
-        shape = tuple(read_npy(first).shape)
-        side = resolution // 8
-        if shape not in ((8, side, side), (1, 8, side, side)):
-            raise DataError(f"{first}: latent moments of shape {list(shape)}, expected [8, {side}, {side}] for "
-                            f"{resolution} px (mean and std of the SD-VAE)")
-
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"image": torch.from_numpy(read_image(self.images_dir / self.images[i])), "y": self.labels[i]}
+        image = read_image(self.images_dir / self.images[i], self.resolution)
+        item = {"image": torch.from_numpy(image), "y": self.labels[i]}
         if self.latents is not None:
             moments = read_npy(self.latents_dir / self.latents[i])
             item["moments"] = torch.from_numpy(moments.reshape(moments.shape[-3:]).astype("float32"))

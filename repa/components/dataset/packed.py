@@ -4,9 +4,15 @@
                                  "fields": {name: {"dtype", "shape"}}, "shards": [{"count", "files":
                                  {field: {"name", "bytes", "blake2b", "quick"}}}]}
     DEST/<field>-00000.npy      [shard_count, *shape] per field: images (uint8 [3,R,R]),
-                                labels (int64), moments (float32 [8,h,w]), features.<encoder>
+                                labels (int64), moments (float32 [2C,h,w])
+
+Encoder features live in the same format in a folder of their own (`repa preprocess features`,
+field `features`), attached per [[alignment]] entry: one dataset serves several encoders and
+a cache can be added or dropped without repacking.
 
 Reading a sample is a slice of a page-cached memory map: no decode, no per-file open.
+Checksums at start: `quick` hashes each file's size, first and last MiB (catches truncation
+and partial copies, not a flipped byte inside a shard); `full` hashes every byte.
 """
 
 from __future__ import annotations
