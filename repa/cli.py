@@ -72,6 +72,14 @@ def cmd_preprocess(args) -> int:
         written = preprocess.encode_latents(Path(args.src), Path(args.dest), entry.build(params), args.batch_size)
         print(f"{args.dest}/vae-sd: {written} latents written by this process")
         return 0
+    if args.step == "reference":
+        from repa.components.metric.adm import write_reference_batch
+
+        count = write_reference_batch(Path(args.src), Path(args.out), args.resolution, args.keep, args.weights,
+                                      args.batch_size)
+        print(f"{args.out}: statistics of {count} images, {min(count, args.keep)} of them kept as arr_0; "
+              f"use it as eval.reference or --reference")
+        return 0
     if args.step == "pack":
         written = preprocess.pack(Path(args.src), Path(args.dest), args.resolution, args.shard_size, args.workers,
                                   num_classes=args.num_classes)
@@ -92,17 +100,17 @@ def cmd_preprocess(args) -> int:
 def cmd_sample(args) -> int:
     from pathlib import Path
 
-    from repa.engine.sampling import PAPER_PRESET, RELEASED_EXPERIMENT, SampleRun
+    from repa.engine.sampling import PAPER_PRESET, RELEASED_EXPERIMENT, SampleRun, default_out
 
     overrides = (PAPER_PRESET if args.preset == "paper" else []) + args.overrides
     if args.backbone:
-        overrides.append(f"backbone.kind={args.backbone}")
+        overrides.append(f'backbone="{args.backbone}"')  # the named preset as released, not the file's table
     config = _sampling_config(args.experiment, overrides, RELEASED_EXPERIMENT)
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    out = Path(args.out or f"samples/{config.experiment.name}-{config.sample.sampler.kind}-{config.sample.steps}"
-               f"-cfg{config.sample.cfg_scale}-seed{args.seed}")
+    labels = args.labels or config.sample.label_sampling
+    out = Path(args.out) if args.out else default_out(config, checkpoint, args.seed, labels)
     npz = SampleRun(config, checkpoint, out, args.num_samples, args.seed, args.batch_size or config.sample.batch_size,
-                    args.labels or config.sample.label_sampling, progress=not args.no_progress).run()
+                    labels, progress=not args.no_progress).run()
     print(f"{npz}: {args.num_samples} samples (PNGs in {out / 'images'})")
     return 0
 
@@ -210,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=cmd_run)
 
-    pre = sub.add_parser("preprocess", help="prepare datasets: images, latents, pack, features")
+    pre = sub.add_parser("preprocess", help="prepare datasets: images, latents, pack, features, reference")
     steps = pre.add_subparsers(dest="step", metavar="STEP", required=True)
     p = steps.add_parser("images", help="class folders -> ADM center crop -> official layout (images/ + dataset.json)")
     p.add_argument("src")
@@ -234,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--shard-size", type=int, default=8192)
     p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_preprocess)
+    p = steps.add_parser("reference", help="a folder of real images -> an ADM-format reference batch (.npz)")
+    p.add_argument("src")
+    p.add_argument("out", help="the .npz to write (arr_0, mu, sigma, mu_s, sigma_s)")
+    p.add_argument("--resolution", type=int, default=256, help="ADM center crop size (the samples' resolution)")
+    p.add_argument("--keep", type=int, default=10_000, help="images stored as arr_0 for precision/recall (ADM: 10,000)")
+    p.add_argument("--weights", help="FID Inception weights file (default: the usual places)")
+    p.add_argument("--batch-size", type=int, default=100)
     p.set_defaults(func=cmd_preprocess)
     p = steps.add_parser("features", help="cache an alignment encoder's tokens for an experiment's dataset")
     _add_config_args(p)

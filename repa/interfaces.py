@@ -253,9 +253,20 @@ class Dataset(Protocol):
 
 
 class Metric(Protocol):
-    """(samples uint8 [N,H,W,3], reference) -> {name: value}."""
+    """Scores samples (uint8 [N,H,W,3]) against a reference, in three parts so that metrics with
+    the same `feature_key` (FID, sFID, IS, precision, recall: one Inception pass) share the
+    feature pass over the samples and over the reference."""
 
-    def __call__(self, samples: Any, reference: Any) -> dict[str, float]: ...
+    feature_key: str
+
+    def features(self, images: Any) -> dict[str, Any]:
+        """uint8 [N,H,W,3] -> named feature arrays."""
+
+    def reference(self, source: str | None) -> dict[str, Any]:
+        """The reference's features/statistics (`eval.reference`: a file or folder; None if unused)."""
+
+    def score(self, features: dict[str, Any], reference: dict[str, Any], labels: Any = None) -> dict[str, float]:
+        """-> {metric name: value}; `labels` are the samples' classes when the .npz has them."""
 
 
 class Tracker(Protocol):

@@ -191,6 +191,42 @@ def test_adm_metrics_end_to_end_with_a_reference_batch(inception_weights, tmp_pa
                                    rel=1e-3)  # the file's mu_s/sigma_s were used, not arr_0's
 
 
+def test_a_folder_of_real_images_becomes_an_adm_reference_batch(inception_weights, tmp_path):
+    """Mixed sizes are ADM-center-cropped; the .npz holds statistics over all images and a subset."""
+    from PIL import Image
+
+    from repa.components.dataset.crop import center_crop_arr
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "real"
+    folder.mkdir()
+    sizes = [(40, 48), (32, 32), (70, 35), (36, 60), (50, 50)]
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "ref.npz"
+    result = run_cli("preprocess", "reference", str(folder), str(out), "--resolution", "32", "--keep", "3",
+                     "--weights", str(inception_weights))
+    assert result.returncode == 0, result.stderr
+    crops = np.stack([center_crop_arr(Image.open(folder / f"{i}.png").convert("RGB"), 32) for i in range(5)])
+    feats = InceptionFeatures(inception_weights, device="cpu")(crops)
+    with np.load(out) as ref:
+        assert ref["arr_0"].shape == (3, 32, 32, 3)
+        assert all(any((kept == crop).all() for crop in crops) for kept in ref["arr_0"])
+        np.testing.assert_allclose(ref["mu"], feats["pool"].mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(ref["sigma"], np.cov(feats["pool"], rowvar=False), rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(ref["mu_s"], feats["spatial"].mean(0), rtol=1e-4, atol=1e-5)
+    # the folder itself is a reference too: FID against it equals FID against the batch's statistics
+    from repa.components.metric.adm import reference_features
+
+    streamed = reference_features(folder, lambda images: InceptionFeatures(inception_weights, device="cpu")(images), 32)
+    np.testing.assert_allclose(streamed["pool"], feats["pool"], rtol=1e-5, atol=1e-6)
+    (folder / "broken.png").write_bytes(b"\x89PNG not an image")
+    result = run_cli("preprocess", "reference", str(folder), str(out), "--resolution", "32",
+                     "--weights", str(inception_weights))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {folder / 'broken.png'}: unreadable image")
+
+
 # ============================================================================
 # Sampling
 # ============================================================================
@@ -235,6 +271,12 @@ def test_sampling_resumes_and_is_deterministic(trained_run, tmp_path):
         (tmp_path / "s" / "images" / f"{i:06d}.png").unlink()
     again, _ = sample(experiment, tmp_path / "s", "--checkpoint", str(run))
     np.testing.assert_array_equal(first, again)
+    other = run_cli("sample", str(experiment), "--checkpoint", str(run), "--out", str(tmp_path / "s"),
+                    "--num-samples", "10", "--labels", "balanced", "--no-progress")
+    assert other.returncode == 1
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 's'}: holds samples drawn with other settings (labels differ); choose another --out, "
+        "or delete the folder to redraw them")
 
 
 def test_one_and_two_processes_give_identical_images(trained_run, tmp_path):
@@ -289,6 +331,13 @@ def test_evaluate_a_run_appends_results_once(trained_run):
     again = run_cli("evaluate", str(run), "--no-progress")
     assert again.returncode == 0
     assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]) == 1
+    folders = sorted((run / "eval").iterdir())
+    other_metric = run_cli("evaluate", str(run), "--no-progress", "--set", 'eval.metrics=["digits-accuracy"]')
+    assert other_metric.returncode == 0, other_metric.stderr
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert len(evals) == 2 and list(evals[1]["eval"]) == ["digits-accuracy"]
+    assert evals[1]["eval"]["digits-accuracy"] == evals[0]["eval"]["digits-accuracy"]  # the same samples, rescored
+    assert sorted((run / "eval").iterdir()) == folders
 
 
 def test_class_count_of_a_checkpoint_comes_from_the_dataset_not_the_label_dropout(tiny_toml):

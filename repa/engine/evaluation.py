@@ -45,28 +45,42 @@ def read_samples(npz: Path) -> tuple[np.ndarray, np.ndarray | None]:
     return images, labels
 
 
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def settings_key(config: ExperimentConfig) -> str:
-    """Identifies how samples were drawn (sampler, guidance, autoencoder, count)."""
+    """Identifies how samples were drawn (sampler, guidance, autoencoder, count, seed, labels)."""
     data = to_dict(config)
-    blob = json.dumps({"sample": data["sample"], "autoencoder": data["autoencoder"],
-                       "num": config.eval.num_samples}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+    sample = {k: v for k, v in data["sample"].items() if k != "batch_size"}
+    return _digest({"sample": sample, "autoencoder": data["autoencoder"], "num": config.eval.num_samples,
+                    "seed": config.experiment.seed})
 
 
-def evaluated_steps(run_dir: Path, key: str) -> set[int]:
+def metrics_key(config: ExperimentConfig) -> str:
+    """Identifies how samples were scored: the metrics, their parameters and the reference."""
+    data = to_dict(config)
+    return _digest({"metrics": data["eval"]["metrics"], "reference": config.eval.reference})
+
+
+def evaluated_steps(run_dir: Path, key: str, scored_by: str) -> set[int]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return set()
     steps = set()
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        if record.get("eval_settings") == key:
+        if record.get("eval_settings") == key and record.get("eval_metrics") == scored_by:
             steps.add(record["step"])
     return steps
 
 
 def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dict]:
-    """Sample and score each checkpoint of a run that has no result for these settings yet."""
+    """Sample and score each checkpoint of a run that has no result for these settings and metrics
+    yet (samples already drawn with these settings are reused). Sampling is shared by every
+    process; scoring and the record are the main process's."""
+    from accelerate import PartialState
+
     from repa.components.tracker.trackers import JsonlTracker
     from repa.engine.sampling import SampleRun
 
@@ -76,8 +90,9 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
     config = load_experiment(config_file, overrides)
     if not config.eval.metrics:
         raise DataError(f"{config_file}: [eval] metrics is empty; set eval.metrics (e.g. --set eval.metrics=[\"fid\"])")
-    key = settings_key(config)
-    done = evaluated_steps(run_dir, key)
+    key, scored_by = settings_key(config), metrics_key(config)
+    done = evaluated_steps(run_dir, key, scored_by)
+    state = PartialState(cpu=not _cuda())
     results = []
     for folder in ckpt.complete_checkpoints(run_dir / "checkpoints"):
         step = int(folder.name)
@@ -86,11 +101,20 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
         out = run_dir / "eval" / f"{folder.name}-{key}"
         npz = SampleRun(config, folder, out, config.eval.num_samples, config.experiment.seed,
                         config.sample.batch_size, config.sample.label_sampling, progress).run()
-        images, labels = read_samples(npz)
-        scores = evaluate_images(config.eval.metrics, images, labels, config.eval.reference)
-        record = {"eval": scores, "eval_settings": key, "num_samples": config.eval.num_samples,
-                  "sampler": config.sample.sampler.kind, "steps": config.sample.steps,
-                  "cfg_scale": config.sample.cfg_scale, "guidance_interval": list(config.sample.guidance_interval)}
-        JsonlTracker(run_dir).log(step, record)
-        results.append({"step": step, **scores})
+        if state.is_main_process:
+            images, labels = read_samples(npz)
+            scores = evaluate_images(config.eval.metrics, images, labels, config.eval.reference)
+            record = {"eval": scores, "eval_settings": key, "eval_metrics": scored_by,
+                      "num_samples": config.eval.num_samples, "sampler": config.sample.sampler.kind,
+                      "steps": config.sample.steps, "cfg_scale": config.sample.cfg_scale,
+                      "guidance_interval": list(config.sample.guidance_interval)}
+            JsonlTracker(run_dir).log(step, record)
+            results.append({"step": step, **scores})
+        state.wait_for_everyone()
     return results
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

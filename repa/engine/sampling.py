@@ -23,9 +23,10 @@ from repa.engine import checkpoint as ckpt
 from repa.engine.build import build_backbone, build_objective_parts, build_sampling, input_geometry
 from repa.engine.denoiser import Denoiser
 from repa.engine.generation import class_labels, generate, to_uint8
-from repa.errors import CheckpointError, MissingWeightsError
+from repa.errors import CheckpointError, MissingWeightsError, RepaError
 from repa.weights import (
-    cache_dir, download, hub_offline, load_file, load_state_strict, reachable, strip_prefix, unwrap_state_dict,
+    cache_dir, download, file_digest, hub_offline, load_file, load_state_strict, reachable, strip_prefix,
+    unwrap_state_dict,
 )
 
 log = logging.getLogger("repa")
@@ -124,6 +125,18 @@ def nfe_per_sample(config: ExperimentConfig) -> float:
     return evals * (1 + guided)
 
 
+def default_out(config: ExperimentConfig, checkpoint: Path | None, seed: int, labels: str) -> Path:
+    """samples/<name>-<sampler>-<steps>-cfg<scale>-seed<seed>-<digest of everything else>."""
+    import hashlib
+
+    data = to_dict(config)
+    sample = {k: v for k, v in data["sample"].items() if k != "batch_size"}
+    blob = json.dumps([str(checkpoint), labels, sample, data["autoencoder"], data["backbone"]], sort_keys=True)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:6]
+    return Path(f"samples/{config.experiment.name}-{config.sample.sampler.kind}-{config.sample.steps}"
+                f"-cfg{config.sample.cfg_scale}-seed{seed}-{digest}")
+
+
 class SampleRun:
     def __init__(self, config: ExperimentConfig, checkpoint: Path | None, out: Path, num: int, seed: int,
                  batch_size: int, labels: str = "uniform", progress: bool = True):
@@ -141,6 +154,40 @@ class SampleRun:
         self.sampler, self.denoiser = sampler, Denoiser(self.model, prediction, path, guidance)
         side, channels = input_geometry(config)
         self.shape = (channels, side, side)
+
+    def settings(self) -> dict:
+        """What the images depend on (besides their index): a resumed folder must match it."""
+        data = to_dict(self.config)
+        source = Path(self.source)
+        digest = file_digest(source, quick=True) if source.is_file() else None
+        if source.is_dir():  # one of our checkpoint folders: its manifest holds the digests
+            digest = file_digest(source / "ema.safetensors", quick=True)
+        sample = {k: v for k, v in data["sample"].items() if k not in ("batch_size", "label_sampling")}  # no effect
+        return {"checkpoint": self.source, "checkpoint_digest": digest, "seed": self.seed, "labels": self.label_mode,
+                "backbone": data["backbone"], "sample": sample, "autoencoder": data["autoencoder"],
+                "resolution": self.config.data.params.resolution}
+
+    def check_folder(self) -> None:
+        """Refuse a folder holding samples drawn with other settings (every process checks)."""
+        record, mine = self.out / "settings.json", self.settings()
+        if record.is_file():
+            theirs = json.loads(record.read_text())
+            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            if changed:
+                raise RepaError(f"{self.out}: holds samples drawn with other settings ({', '.join(changed)} differ); "
+                                "choose another --out, or delete the folder to redraw them")
+        elif any((self.out / "images").glob("*.png")):
+            raise RepaError(f"{self.out}: holds images without a settings.json (drawn by another tool or an older "
+                            "repa); choose another --out, or delete the folder to redraw them")
+
+    def claim_folder(self) -> None:
+        """Write the settings before the first image (main process)."""
+        record = self.out / "settings.json"
+        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        if not record.is_file():
+            tmp = record.with_name(".settings.tmp.json")
+            tmp.write_text(json.dumps(self.settings(), indent=1))
+            os.replace(tmp, record)
 
     def png(self, i: int) -> Path:
         return self.out / "images" / f"{i:06d}.png"
@@ -185,7 +232,11 @@ class SampleRun:
     def run(self) -> Path:
         from repa.engine.preprocess import progress_bar
 
-        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        self.check_folder()
+        self.state.wait_for_everyone()
+        if self.state.is_main_process:
+            self.claim_folder()
+        self.state.wait_for_everyone()
         todo = self.my_batches()
         if self.state.is_main_process:
             estimate = self.estimate()

@@ -13,6 +13,8 @@ from repa.plugins import hookimpl
 class InceptionParams(Params):
     weights: str | None = Field(None, description="FID Inception weights file (pytorch-fid or torch-fidelity port)")
     batch_size: int = Field(100, ge=1)
+    reference_resolution: int = Field(256, ge=8, description="a folder reference is ADM-center-cropped to this "
+                                      "(the ADM reference batches are 256 px)")
 
 
 class PrecisionRecallParams(InceptionParams):

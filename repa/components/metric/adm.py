@@ -2,7 +2,8 @@
 (openai/guided-diffusion evaluations/evaluator.py), on Inception features from `inception.py`.
 
 Reference batches are ADM .npz files (`arr_0` uint8 [N,H,W,3], and optionally precomputed
-`mu`, `sigma`, `mu_s`, `sigma_s`), any .npz with `arr_0`, or a folder of images.
+`mu`, `sigma`, `mu_s`, `sigma_s`), any .npz with `arr_0`, or a folder of images (ADM center
+crop to `reference_resolution`); `repa preprocess reference` writes an ADM-format batch.
 """
 
 from __future__ import annotations
@@ -28,28 +29,77 @@ def _extractor(weights: str | None):
     return InceptionFeatures(path)
 
 
-def load_images(source: str | Path) -> np.ndarray:
-    """uint8 [N,H,W,3] from an .npz (`arr_0`) or a folder of images (sorted by name)."""
+def missing_reference(source: Path) -> DataError:
+    return DataError(f"{source}: no such reference batch; download it (ADM reference batches: "
+                     "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/), point "
+                     "eval.reference at an image folder, or make one with `repa preprocess reference`")
+
+
+def folder_images(source: Path, resolution: int, chunk: int = 1000):
+    """uint8 [n,R,R,3] chunks of a folder's images (sorted by name), each ADM-center-cropped to
+    `resolution` as the training data is, so any folder of real images is a reference."""
+    from PIL import Image
+
+    from repa.components.dataset.crop import center_crop_arr, to_rgb
+    from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files
+
+    files = list_files(source, IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"{source}: no images")
+    for start in range(0, len(files), chunk):
+        batch = []
+        for name in files[start : start + chunk]:
+            try:
+                with Image.open(source / name) as image:
+                    image.load()
+                    batch.append(center_crop_arr(to_rgb(image), resolution))
+            except Exception as exc:  # one clear line naming the file, whatever Pillow raised
+                raise DataError(f"{source / name}: unreadable image ({type(exc).__name__}: {exc}); remove it "
+                                "from the reference folder") from None
+        yield np.stack(batch)
+
+
+def reference_features(source: str | Path, extract, resolution: int) -> dict:
+    """Inception features of a reference: an .npz's `arr_0`, or a folder streamed in chunks."""
     source = Path(source)
     if source.suffix == ".npz":
         if not source.is_file():
-            raise DataError(f"{source}: no such reference batch; download it (ADM reference batches: "
-                            "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/) or "
-                            "point eval.reference at an image folder")
+            raise missing_reference(source)
         with np.load(source) as data:
             if "arr_0" not in data:
                 raise DataError(f"{source}: no 'arr_0' array of uint8 [N,H,W,3] images")
-            return data["arr_0"]
+            return extract(data["arr_0"])
     if source.is_dir():
-        from PIL import Image
-
-        from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files
-
-        files = list_files(source, IMAGE_EXTENSIONS)
-        if not files:
-            raise DataError(f"{source}: no images")
-        return np.stack([np.asarray(Image.open(source / f).convert("RGB")) for f in files])
+        parts = [extract(images) for images in folder_images(source, resolution)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     raise DataError(f"{source}: not an .npz reference batch nor an image folder")
+
+
+def write_reference_batch(source: Path, out: Path, resolution: int = 256, keep: int = 10_000,
+                          weights: str | None = None, batch_size: int = 100, seed: int = 0) -> int:
+    """An ADM-format reference batch from a folder: statistics (mu, sigma, mu_s, sigma_s) over
+    every image, and `arr_0` holding `keep` of them (a seeded random subset, as ADM's 10,000)
+    for precision and recall. Returns the number of images."""
+    import os
+
+    from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files
+
+    total = len(list_files(Path(source), IMAGE_EXTENSIONS))
+    chosen = set(np.random.default_rng(seed).choice(total, min(keep, total), replace=False).tolist()) if total else set()
+    extract = _extractor(weights)
+    pool, spatial, kept, seen = [], [], [], 0
+    for images in folder_images(Path(source), resolution):
+        feats = extract(images, batch_size)
+        pool.append(feats["pool"])
+        spatial.append(feats["spatial"])
+        kept.extend(images[i] for i in range(len(images)) if seen + i in chosen)
+        seen += len(images)
+    mu, sigma = gaussian_stats(np.concatenate(pool))
+    mu_s, sigma_s = gaussian_stats(np.concatenate(spatial))
+    tmp = Path(out).with_name(f".{Path(out).stem}.tmp.npz")
+    np.savez(tmp, arr_0=np.stack(kept), mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
+    os.replace(tmp, out)
+    return seen
 
 
 # ============================================================================
@@ -121,12 +171,12 @@ class ADMMetric:
         if not source:
             raise DataError("eval.reference is not set: give the ADM reference batch (e.g. "
                             "VIRTUAL_imagenet256_labeled.npz) or an image folder")
-        return _reference(str(source), self.params.weights, self.params.batch_size)
+        return _reference(str(source), self.params.weights, self.params.batch_size, self.params.reference_resolution)
 
 
 @lru_cache(maxsize=4)
-def _reference(source: str, weights: str | None, batch_size: int) -> dict:
-    feats = _extractor(weights)(load_images(source), batch_size)
+def _reference(source: str, weights: str | None, batch_size: int, resolution: int) -> dict:
+    feats = reference_features(source, lambda images: _extractor(weights)(images, batch_size), resolution)
     ref = {"pool": feats["pool"]}
     stats = {}
     if source.endswith(".npz"):
@@ -157,14 +207,23 @@ class InceptionScore(ADMMetric):
         return {}
 
 
+def _precision_recall(ref: dict, feats: dict, k: int) -> tuple[float, float]:
+    """Both numbers come from one k-NN pass; the pair is kept with the sample features, so
+    precision and recall in one evaluation pay for it once."""
+    cached = feats.setdefault("_precision_recall", {})
+    if k not in cached:
+        cached[k] = precision_recall(ref["pool"], feats["pool"], k)
+    return cached[k]
+
+
 class Precision(ADMMetric):
     def score(self, feats, ref, labels=None):
-        return {"precision": precision_recall(ref["pool"], feats["pool"], self.params.k)[0]}
+        return {"precision": _precision_recall(ref, feats, self.params.k)[0]}
 
 
 class Recall(ADMMetric):
     def score(self, feats, ref, labels=None):
-        return {"recall": precision_recall(ref["pool"], feats["pool"], self.params.k)[1]}
+        return {"recall": _precision_recall(ref, feats, self.params.k)[1]}
 
 
 METRICS = {"fid": FID, "sfid": SFID, "is": InceptionScore, "precision": Precision, "recall": Recall}

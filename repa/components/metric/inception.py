@@ -12,6 +12,8 @@ to 299 with TF1 `ResizeBilinear` (align_corners=False, no half-pixel centres), t
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,18 @@ def resize_bilinear_tf1(x: torch.Tensor, size: int = 299) -> torch.Tensor:
     return top + (bottom - top) * fy[:, None]
 
 
+@contextlib.contextmanager
+def full_float32():
+    """TF32 off for the scoring network (PyTorch enables it for cuDNN convolutions by default);
+    the TF evaluator computes in float32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class InceptionFeatures:
     """uint8 [N,H,W,3] -> {"pool", "spatial", "logits"} as numpy float32."""
 
@@ -114,6 +128,10 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        with full_float32():
+            return self._batch(images)
+
+    def _batch(self, images: np.ndarray) -> dict[str, np.ndarray]:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float()
         x = (resize_bilinear_tf1(x) - 128.0) / 128.0
         net = self.net
