@@ -79,6 +79,16 @@ def test_resolved_toml_round_trips_with_the_same_hash(tiny_toml, tmp_path):
     assert config_hash(load_experiment(resolved, ["train.max_steps=8"])) != config_hash(config)
 
 
+def test_run_identity_ignores_defaults_written_out_and_checkpoint_frequency(tiny_toml):
+    """A release that adds a key with a default (or a file that spells a default out) keeps run ids."""
+    base = config_hash(load_experiment(tiny_toml()))
+    for same in (["train.distributed=ddp"], ["path=linear"], ['weighting={ kind = "uniform" }'],
+                 ["train.checkpoint_every=3"], ["sample.guidance=cfg"]):
+        assert config_hash(load_experiment(tiny_toml(), same)) == base, same
+    for different in (["path=cosine"], ["train.max_steps=5"], ["alignment.coeff=0.25"]):
+        assert config_hash(load_experiment(tiny_toml(), different)) != base, different
+
+
 def test_shorthand_and_table_forms_are_equal(tiny_toml):
     a = load_experiment(tiny_toml(), ["path=cosine"])
     b = load_experiment(tiny_toml(), ['path={ kind = "cosine" }'])

@@ -8,10 +8,13 @@ from typing import Any
 
 import tomli_w
 
+from pydantic import BaseModel
+
+from repa.config.component import Component, Kind
 from repa.config.schema import ExperimentConfig
 
-# Keys that cannot change what a run computes; they do not enter the hash, so renaming a run
-# or moving its folder keeps its identity in ablation tables.
+# Keys that cannot change what a run computes; they do not enter the hash, so renaming a run,
+# moving its folder or checkpointing it more often keeps its identity in ablation tables.
 UNHASHED = (
     ("experiment", "name"),
     ("experiment", "output_dir"),
@@ -19,6 +22,7 @@ UNHASHED = (
     ("train", "log_every"),
     ("train", "num_workers"),
     ("train", "keep_checkpoints"),
+    ("train", "checkpoint_every"),  # resuming is exact: checkpoints do not change the weights
 )
 
 
@@ -31,7 +35,10 @@ def to_toml(config: ExperimentConfig) -> str:
 
 
 def config_hash(config: ExperimentConfig, length: int = 12) -> str:
-    data = to_dict(config)
+    """The run's identity: the values that differ from the defaults (so a release that adds a
+    key with a default keeps every earlier run id), minus UNHASHED. Changing a default is
+    therefore a breaking change for run ids, made on purpose or not at all."""
+    data = _non_default(config)
     for path in UNHASHED:
         node = data
         for key in path[:-1]:
@@ -39,3 +46,31 @@ def config_hash(config: ExperimentConfig, length: int = 12) -> str:
         node.pop(path[-1], None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _non_default(model: BaseModel) -> dict[str, Any]:
+    out = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if value is None:
+            continue
+        rendered = _render(value)
+        if not info.is_required() and rendered == _render(info.get_default(call_default_factory=True)):
+            continue
+        shorthand = next((m.default for m in info.metadata if isinstance(m, Kind)), None)
+        if shorthand is not None and rendered == {"kind": shorthand}:
+            continue  # the loader's default component, e.g. path = "linear"
+        out[name] = rendered
+    return out
+
+
+def _render(value: Any) -> Any:
+    if isinstance(value, Component):
+        return {"kind": value.kind, **_non_default(value.params)}
+    if isinstance(value, BaseModel):
+        return _non_default(value)
+    if isinstance(value, (list, tuple)):
+        return [_render(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _render(v) for k, v in value.items()}
+    return value

@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from repa.engine.ablation import (
-    commands, execute, expand, has_checkpoints, load_ablation, measured_flops_per_second, status_of, submit_slurm,
-    training_flops,
+    commands, execute, expand, has_checkpoints, load_ablation, measured_flops_per_second, status_of, still_queued,
+    submit_slurm, training_flops,
 )
 from repa.engine.ablation_report import collect, write_reports
 
@@ -37,13 +37,17 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
     todo = [r for r in runs if statuses[r.run_id] != "done"]
     jobs = [(r, commands(r, base, ablation.launcher, has_checkpoints(r), evaluate)) for r in todo]
     if ablation.launcher.kind == "slurm":
-        submitted = submit_slurm(jobs, ablation.launcher, root / ablation.launcher.folder, slurm_cluster)
-        console.print(f"submitted {len(submitted)} runs ({', '.join(j.job_id for j in submitted)}); run "
-                      f"`repa ablate {path}` again to collect the table once they finish")
-        if slurm_cluster != "local":
-            return 0
-        for job in submitted:
-            job.result()
+        folder = root / ablation.launcher.folder
+        queued = [r for r, _ in jobs if still_queued(r, folder)]
+        submitted = submit_slurm(jobs, ablation.launcher, folder, slurm_cluster)
+        if submitted or queued:
+            console.print(f"submitted {len(submitted)} runs ({', '.join(j.job_id for j in submitted)}), "
+                          f"{len(queued)} still queued from before; run `repa ablate {path}` again to collect the "
+                          "table once they finish")
+            if slurm_cluster != "local":
+                return 0
+            for job in submitted:
+                job.result()
     else:
         for i, (run, cmds) in enumerate(jobs, 1):
             console.print(f"[{i}/{len(jobs)}] run {run.run_id} {run.labels} seed {run.seed}"

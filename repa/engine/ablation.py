@@ -158,8 +158,9 @@ def expand(ablation: Ablation, ablation_file: Path) -> tuple[list[Run], list[Exp
     for combo in combos:
         for seed in ablation.seeds:
             overrides = list(ablation.set) + [o for _, axis_overrides in combo for o in axis_overrides]
-            overrides += [f"experiment.seed={seed}"] + _report_overrides(ablation)
+            overrides += [f"experiment.seed={seed}"]
             try:
+                overrides += _report_overrides(ablation, load_experiment(base, overrides))
                 config = load_experiment(base, overrides)
             except ConfigError as exc:
                 errors += [f"run {dict(zip([a.label for a in ablation.axes], [c[0] for c in combo]))}: {line}"
@@ -175,14 +176,51 @@ def expand(ablation: Ablation, ablation_file: Path) -> tuple[list[Run], list[Exp
     duplicates = {r.run_id for r in runs if sum(s.run_id == r.run_id for s in runs) > 1}
     if duplicates:
         raise ConfigError([f"{ablation_file}: runs {sorted(duplicates)} have identical configs; an axis changes nothing"])
+    layout = check_layout(ablation, configs)
+    if layout:
+        raise ConfigError([f"{ablation_file}: {line}" for line in layout])
     return runs, configs
 
 
-def _report_overrides(ablation: Ablation) -> list[str]:
-    """A checkpoint at every report step, none pruned before it is evaluated."""
+def _report_overrides(ablation: Ablation, config: ExperimentConfig) -> list[str]:
+    """A checkpoint at every report step (and still at least as often as the base asks, so long
+    runs stay resumable), none pruned before it is evaluated."""
     if not ablation.steps:
         return []
-    return [f"train.checkpoint_every={math.gcd(*ablation.steps)}", "train.keep_checkpoints=1000000000"]
+    every = math.gcd(config.train.checkpoint_every, *ablation.steps)
+    return [f"train.checkpoint_every={every}", "train.keep_checkpoints=1000000000"]
+
+
+# What training logs (metrics.jsonl) besides the alignment losses align_loss_<k>.
+TRAINING_SCALARS = ("loss", "denoising_loss", "grad_norm", "lr", "steps_per_s", "images_per_s", "peak_memory_gb",
+                    "nonfinite_steps")
+
+
+def check_layout(ablation: Ablation, configs: list[ExperimentConfig]) -> list[str]:
+    """The table must name axes, report steps must be reached, metrics must be produced: found
+    by --dry-run, not after every run has finished."""
+    problems = []
+    dims = [a.label for a in ablation.axes] + ["step", "seed"]
+    for where in ("rows", "columns"):
+        for name in getattr(ablation.table, where):
+            if name not in dims:
+                problems.append(f"ablation.table.{where}: {name!r} is not an axis; choose from {dims}")
+    shortest = min(c.train.max_steps for c in configs)
+    late = [s for s in ablation.steps if s > shortest]
+    if late:
+        problems.append(f"ablation.steps: {late} lie beyond train.max_steps = {shortest}; those runs would never finish")
+    for metric in ablation.table.metrics:
+        lacking = [i for i, c in enumerate(configs) if not _produces(c, metric)]
+        if lacking:
+            problems.append(f"ablation.table.metrics: {metric!r} is neither in eval.metrics of every run "
+                            f"({len(lacking)} lack it) nor a training scalar {list(TRAINING_SCALARS)}")
+    return problems
+
+
+def _produces(config: ExperimentConfig, metric: str) -> bool:
+    if metric in TRAINING_SCALARS or metric.startswith("align_loss_"):
+        return True
+    return metric in {m.kind for m in config.eval.metrics}  # each built-in metric logs under its own name
 
 
 # ============================================================================
@@ -250,15 +288,17 @@ def has_checkpoints(run: Run) -> bool:
 def commands(run: Run, base: Path, launcher: Launcher, resume: bool, evaluate: bool) -> list[list[str]]:
     """Train (resuming when a checkpoint exists), then evaluate every checkpoint."""
     sets = [a for o in run.overrides for a in ("--set", o)]
+    prefix = [sys.executable, "-m", "repa.cli"]
     if launcher.kind == "accelerate" or launcher.num_processes > 1:
-        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launcher.num_processes),
-                  "-m", "repa.cli"]
-    else:
-        prefix = [sys.executable, "-m", "repa.cli"]
+        # --multi_gpu starts the processes (without it accelerate silently runs one); on a machine
+        # without GPUs they run on the CPU over gloo.
+        several = ["--multi_gpu", "--num_machines", "1"] if launcher.num_processes > 1 else []
+        prefix = [sys.executable, "-m", "accelerate.commands.launch", *several, "--num_processes",
+                  str(launcher.num_processes), "--dynamo_backend", "no", "-m", "repa.cli"]
     train = prefix + ["run", str(base), "--no-progress", *sets] + (["--resume"] if resume else [])
     steps = []
-    if evaluate:
-        steps.append([sys.executable, "-m", "repa.cli", "evaluate", run.run_dir, "--no-progress"])
+    if evaluate:  # sampling is shared by the same processes; scoring happens on the main one
+        steps.append(prefix + ["evaluate", run.run_dir, "--no-progress"])
     return [train] + steps
 
 

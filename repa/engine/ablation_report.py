@@ -50,6 +50,19 @@ def _fmt(m, s) -> str:
     return f"{m:.4g} ± {s:.2g}" if s is not None else f"{m:.4g}"
 
 
+def _cell_text(m, s, n: int, group: list[dict]) -> str:
+    """The value, or why it is missing; a mean over fewer runs than the cell holds says so."""
+    failed = [r for r in group if r["status"] == "failed"]
+    reason = f"failed: {failed[0]['reason'][:60]}" if failed else ""
+    if m is None:
+        return reason or "-"
+    if n < len(group):
+        waiting = len(group) - n - len(failed)
+        notes = [f"{n}/{len(group)} runs"] + ([reason] if reason else []) + ([f"{waiting} not done"] if waiting else [])
+        return f"{_fmt(m, s)} ({'; '.join(notes)})"
+    return _fmt(m, s)
+
+
 def pivot(ablation: Ablation, rows: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
     """(header, body, long-form cells): rows x columns x metrics, mean ± std over the rest (seeds)."""
     row_dims, col_dims = ablation.table.rows, ablation.table.columns
@@ -60,13 +73,11 @@ def pivot(ablation: Ablation, rows: list[dict]) -> tuple[list[str], list[list[st
     for rk in row_keys:
         line = list(rk)
         members = [r for r in rows if tuple(r[d] for d in row_dims) == rk]
-        failed = [r for r in members if r["status"] == "failed"]
         for metric in ablation.table.metrics:
             for ck in col_keys:
                 group = [r for r in members if tuple(r[d] for d in col_dims) == ck]
                 m, s, n = _cell([r[metric] for r in group])
-                text = _fmt(m, s) if not (failed and m is None) else f"failed: {failed[0]['reason'][:60]}"
-                line.append(text)
+                line.append(_cell_text(m, s, n, group))
                 cells.append({**dict(zip(row_dims, rk)), **dict(zip(col_dims, ck)), "metric": metric,
                               "mean": m, "std": s, "n": n})
         body.append(line)
