@@ -43,3 +43,20 @@ def test_missing_weights_are_one_line(tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         entry.build(entry.params(model=MODEL, weights=str(tmp_path / "nope.pth")), resolution=256)
     assert "\n" not in str(info.value) and "nope.pth" in str(info.value)
+
+
+def test_the_readme_example_validates_in_the_paper_recipe():
+    import re
+    from pathlib import Path
+
+    import tomli
+
+    from repa.config import load_experiment
+
+    here = Path(__file__).parents[1]
+    block = re.search(r"```toml\n(.*?)```", (here / "README.md").read_text(), re.S).group(1)
+    entry = tomli.loads(block)["alignment"][0]
+    encoder = "{ " + ", ".join(f'{k} = "{v}"' for k, v in entry["encoder"].items()) + " }"
+    config = load_experiment(here.parents[1] / "experiments" / "sit_xl_repa.toml",
+                             [f"alignment.encoder={encoder}", f"alignment.depth={entry['depth']}"])
+    assert config.alignment[0].encoder.kind == "timm-vit" and config.alignment[0].encoder.params.tokens_for(256) == 256
