@@ -157,6 +157,23 @@ def test_sample_i_depends_only_on_seed_and_i(official_model):
     assert not torch.allclose(part, other)
 
 
+def test_sampling_precision_autocasts_the_network_only(official_model):
+    """bf16 runs the SiT's matmuls in bf16; the sampler state stays float64 and the result is close."""
+    seen = []
+    hook = official_model.blocks[0].attn.qkv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    try:
+        args = ([0, 1], torch.tensor([3, 7]), 0, (4, 8, 8), "cpu")
+        exact = generate(Denoiser(official_model, VelocityPrediction(), LinearPath()), EulerSampler(8), *args)
+        fast = generate(Denoiser(official_model, VelocityPrediction(), LinearPath(), autocast_dtype=torch.bfloat16),
+                        EulerSampler(8), *args)
+    finally:
+        hook.remove()
+    assert seen[0] == torch.float32 and seen[-1] == torch.bfloat16
+    assert exact.dtype == fast.dtype == torch.float64
+    assert not torch.equal(exact, fast)
+    torch.testing.assert_close(fast, exact, atol=0.05, rtol=0)
+
+
 class Oracle(torch.nn.Module):
     """Outputs the exact Gaussian-toy prediction in the requested target's parametrisation."""
 

@@ -74,6 +74,8 @@ class SampleSection(Section):
     cfg_scale: float = Field(1.0, ge=0, description="1 = no guidance")
     guidance_interval: tuple[float, float] = Field((0.0, 1.0), description="[low, high] on t")
     state_dtype: Literal["float64", "model"] = Field("float64", description="dtype of the sampler state")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="the network's autocast while sampling (fp16 needs a GPU; bf16 on a CPU)")
     batch_size: int = Field(64, ge=1, description="samples per process per forward")
     label_sampling: Literal["uniform", "balanced"] = "uniform"
 

@@ -40,11 +40,14 @@ def sample_generators(seed: int, indices: Sequence[int], device="cpu") -> list[t
 class Denoiser:
     """velocity(x, t, step_t) for labels y, with guidance decided per step by `step_t`.
 
-    The state x may be float64 (official default); the model sees its own dtype."""
+    The state x may be float64 (official default); the model sees its own dtype, under
+    autocast to `autocast_dtype` when given (the network only: the integration stays in x's dtype)."""
 
-    def __init__(self, model, prediction: Prediction, path: Path, guidance: Guidance | None = None):
+    def __init__(self, model, prediction: Prediction, path: Path, guidance: Guidance | None = None,
+                 autocast_dtype: torch.dtype | None = None):
         self.model, self.prediction, self.path, self.guidance = model, prediction, path, guidance
         self.model_dtype = next(model.parameters()).dtype
+        self.autocast_dtype = autocast_dtype
 
     def _null_labels(self, y):
         if not getattr(self.model, "has_null_label", True):
@@ -63,7 +66,9 @@ class Denoiser:
             x_in, t_in, y_in = (x, t, y)
             if guided:
                 x_in, t_in, y_in = torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, self._null_labels(y)])
-            out = self.model(x_in.to(self.model_dtype), t_in.to(self.model_dtype), y_in)[0]
+            with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                enabled=self.autocast_dtype is not None):
+                out = self.model(x_in.to(self.model_dtype), t_in.to(self.model_dtype), y_in)[0]
             out = out.to(x.dtype)
             if guided:
                 cond, uncond = out.chunk(2)

@@ -125,6 +125,15 @@ def nfe_per_sample(config: ExperimentConfig) -> float:
     return evals * (1 + guided)
 
 
+def sampling_autocast(config: ExperimentConfig, device) -> torch.dtype | None:
+    """The network's autocast dtype for `sample.precision` (fp16 autocast needs a GPU: bf16 on a CPU)."""
+    precision = config.sample.precision
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        log.warning("repa: fp16 autocast needs a GPU; sampling in bf16 on this CPU")
+        precision = "bf16"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def default_out(config: ExperimentConfig, checkpoint: Path | None, seed: int, labels: str) -> Path:
     """samples/<name>-<sampler>-<steps>-cfg<scale>-seed<seed>-<digest of everything else>."""
     import hashlib
@@ -151,7 +160,8 @@ class SampleRun:
         self.autoencoder = config.autoencoder.build().to(self.state.device)
         sampler, guidance = build_sampling(config)
         path, prediction, _ = build_objective_parts(config)
-        self.sampler, self.denoiser = sampler, Denoiser(self.model, prediction, path, guidance)
+        self.sampler = sampler
+        self.denoiser = Denoiser(self.model, prediction, path, guidance, sampling_autocast(config, self.state.device))
         side, channels = input_geometry(config)
         self.shape = (channels, side, side)
 

@@ -121,13 +121,15 @@ def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
 
 def pairwise_sq_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Squared L2 distances computed in float16 (as ADM's DistanceBlock), float32 when that overflows."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # 50K x 50K blocks: the GPU when there is one
+
     def compute(dtype):
-        a, b = torch.from_numpy(u).to(dtype), torch.from_numpy(v).to(dtype)
+        a, b = torch.from_numpy(u).to(device, dtype), torch.from_numpy(v).to(device, dtype)
         d = (a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1)[None]
         return d.clamp_min(0).float()
 
     d = compute(torch.float16)
-    return (d if torch.isfinite(d).all() else compute(torch.float32)).numpy()
+    return (d if torch.isfinite(d).all() else compute(torch.float32)).cpu().numpy()
 
 
 def manifold_radii(features: np.ndarray, k: int = 3, batch: int = 10000) -> np.ndarray:
