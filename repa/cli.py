@@ -22,9 +22,11 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
+    """The experiment as `repa run` trains it: on the processes this command was launched with."""
     from repa.config import load_experiment
+    from repa.config.checks import launched_processes
 
-    return load_experiment(args.experiment, args.overrides)
+    return load_experiment(args.experiment, args.overrides, processes=launched_processes())
 
 
 # ============================================================================

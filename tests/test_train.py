@@ -106,6 +106,10 @@ def test_uneven_split_over_launched_processes_is_a_validation_error(tiny_toml, m
     result = run_cli("validate", str(tiny_toml()), "--set", "train.global_batch_size=8")
     assert result.returncode == 2
     assert "does not split evenly over 3 process(es) x train.grad_accum_steps=1; use a multiple of 3" in result.stderr
+    from repa.config import load_experiment
+
+    # sampling and evaluation on 3 processes do not care how training split its batch
+    assert load_experiment(tiny_toml(), ["train.global_batch_size=8"]).train.global_batch_size == 8
 
 
 def test_gradient_accumulation_equals_the_full_batch(tiny_toml, tmp_path):

@@ -8,8 +8,8 @@ from repa.config.loader import Issue
 from repa.config.schema import ExperimentConfig
 
 
-def cross_checks(config: ExperimentConfig) -> list[Issue]:
-    return _batch_checks(config) + _guidance_checks(config) + _shape_checks(config)
+def cross_checks(config: ExperimentConfig, processes: int = 1) -> list[Issue]:
+    return _batch_checks(config, processes) + _guidance_checks(config) + _shape_checks(config)
 
 
 def _guidance_checks(config: ExperimentConfig) -> list[Issue]:
@@ -19,12 +19,11 @@ def _guidance_checks(config: ExperimentConfig) -> list[Issue]:
     return []
 
 
-def _batch_checks(config: ExperimentConfig) -> list[Issue]:
+def _batch_checks(config: ExperimentConfig, processes: int) -> list[Issue]:
     train = config.train
     if train.distributed == "fsdp" and train.mixed_precision == "fp16":
         return [Issue(("train", "distributed"), 'fsdp runs in float32 or bf16 (fp16 would need a sharded grad '
                       'scaler); set train.mixed_precision = "bf16"')]
-    processes = launched_processes()
     if train.global_batch_size % (processes * train.grad_accum_steps):
         return [
             Issue(

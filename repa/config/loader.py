@@ -76,14 +76,17 @@ def dotted(path: KeyPath) -> str:
 
 
 def load_experiment(
-    path: str | Path, overrides: Iterable[str] = (), components: Components | None = None
+    path: str | Path, overrides: Iterable[str] = (), components: Components | None = None,
+    processes: int | None = None,
 ) -> ExperimentConfig:
+    """processes: when training on this many processes, the global batch must split evenly over them."""
     raw, text = read_toml(path)
-    return validate_experiment(raw, Source(str(path), key_lines(text)), overrides, components)
+    return validate_experiment(raw, Source(str(path), key_lines(text)), overrides, components, processes)
 
 
 def validate_experiment(
-    raw: dict, source: Source, overrides: Iterable[str] = (), components: Components | None = None
+    raw: dict, source: Source, overrides: Iterable[str] = (), components: Components | None = None,
+    processes: int | None = None,
 ) -> ExperimentConfig:
     components = components or get_components()
     raw = copy.deepcopy(raw)
@@ -99,7 +102,7 @@ def validate_experiment(
         else:
             from repa.config.checks import cross_checks
 
-            issues += cross_checks(config)
+            issues += cross_checks(config, processes or 1)
             if not issues:
                 return config
     raise ConfigError(source.format(issues))
