@@ -191,6 +191,28 @@ def test_interruption_finishes_the_step_and_leaves_a_resumable_checkpoint(tiny_t
     assert f"resumed from {checkpoint} at step {step}" in result.stderr
 
 
+def test_ctrl_c_under_torchrun_checkpoints_every_process(tiny_toml, tmp_path):
+    """torchrun forwards the signal to both workers; they agree to stop after the same step."""
+    experiment = tiny_toml()
+    run = tmp_path / "exps" / "tiny"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "repa.cli", "run",
+         str(experiment), "--no-progress", "--set", "train.max_steps=100000", "--set", "train.checkpoint_every=100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 180
+    while time.time() < deadline and not ((run / "metrics.jsonl").is_file() and len(metrics(run)) >= 3):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=180)
+    (checkpoint,) = (run / "checkpoints").iterdir()
+    assert sorted(p.name for p in checkpoint.glob("rng-*.pt")) == ["rng-0.pt", "rng-1.pt"], stderr[-2000:]
+    step = int(checkpoint.name)
+    assert step >= 3 and "Resume with: repa run" in stderr
+    ranks = [load_file(checkpoint / f"rng-{r}.pt")["parameters"] for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+
+
 def test_non_finite_losses_stop_with_a_diagnostic_checkpoint(tiny_toml, tmp_path):
     result = train(tiny_toml(), "optim.lr=1e30", "train.max_steps=50", "train.max_nonfinite_steps=3", expect=1)
     assert "non-finite losses in a row" in result.stderr
