@@ -42,7 +42,8 @@ class DDPStrategy:
         return _as_float(self.acc.clip_grad_norm_(model.parameters(), max_norm))
 
     def after_inference(self, module) -> None:
-        pass
+        """Nothing to do: a replicated module holds its whole parameters at all times (FSDP's
+        counterpart reshards what sampling gathered)."""
 
     def states(self, model, ema, optimizer) -> tuple[dict, dict, dict]:
         """(model, EMA, optimizer) state dicts; meaningful on the main process."""

@@ -169,9 +169,8 @@ class SampleRun:
         """What the images depend on (besides their index): a resumed folder must match it."""
         data = to_dict(self.config)
         source = Path(self.source)
-        digest = file_digest(source, quick=True) if source.is_file() else None
-        if source.is_dir():  # one of our checkpoint folders: its manifest holds the digests
-            digest = file_digest(source / "ema.safetensors", quick=True)
+        weights = source / "ema.safetensors" if source.is_dir() else source  # our checkpoint folders: the EMA
+        digest = file_digest(weights, quick=True) if weights.is_file() else None
         sample = {k: v for k, v in data["sample"].items() if k not in ("batch_size", "label_sampling")}  # no effect
         return {"checkpoint": self.source, "checkpoint_digest": digest, "seed": self.seed, "labels": self.label_mode,
                 "backbone": data["backbone"], "sample": sample, "autoencoder": data["autoencoder"],
