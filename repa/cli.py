@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from typing import Callable
+import traceback
 
 from repa import __version__
 from repa.errors import ConfigError, RepaError
 
-COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+TRACEBACK_ENV = "REPA_TRACEBACK"
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +25,16 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def _load(args):
     """The experiment as `repa run` trains it: on the processes this command was launched with."""
     from repa.config import load_experiment
-    from repa.config.checks import launched_processes
 
     return load_experiment(args.experiment, args.overrides, processes=launched_processes())
+
+
+def launched_processes() -> int:
+    """Processes of this launch: torchrun and accelerate export WORLD_SIZE to every process."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 # ============================================================================
@@ -66,12 +74,7 @@ def cmd_preprocess(args) -> int:
             print(f"  skipped {path}: {reason}")
         return 0
     if args.step == "latents":
-        from repa.components.autoencoder import SDVAEParams
-        from repa.plugins import get_components
-
-        entry = get_components().get("autoencoder", args.autoencoder)
-        params = SDVAEParams(variant=args.variant, path=args.vae_path) if entry.name == "sd-vae" else entry.params()
-        written = preprocess.encode_latents(Path(args.src), Path(args.dest), entry.build(params), args.batch_size)
+        written = preprocess.encode_latents(Path(args.src), Path(args.dest), _autoencoder(args), args.batch_size)
         print(f"{args.dest}/vae-sd: {written} latents written by this process")
         return 0
     if args.step == "reference":
@@ -88,15 +91,25 @@ def cmd_preprocess(args) -> int:
         print(f"{args.dest}: {written} samples packed")
         return 0
     from repa.engine.features import cache_features
-    from repa.engine.trainer import effective_precision
+    from repa.precision import effective_precision, on_cpu
 
     config = load_experiment_args(args)
-    precision, cpu = effective_precision(config)  # the precision training will run the encoder in
+    # The precision training will run the encoder in.
+    precision = effective_precision(config.train.mixed_precision, config.train.device)
     written = cache_features(config, args.encoder, Path(args.dest), args.batch_size, precision,
-                             device="cpu" if cpu else "cuda")
+                             device="cpu" if on_cpu(config.train.device) else "cuda")
     print(f"{args.dest}: {written} samples of {args.encoder} features; use features = \"{args.dest}\" "
           f"in its [[alignment]] entry")
     return 0
+
+
+def _autoencoder(args):
+    """The --autoencoder component, with --variant / --vae-path as its `variant` / `path` parameters."""
+    from repa.config import validate_component
+
+    given = {"variant": args.variant, "path": args.vae_path}
+    return validate_component("autoencoder", args.autoencoder, {k: v for k, v in given.items() if v is not None},
+                              "--autoencoder").build()
 
 
 def cmd_sample(args) -> int:
@@ -119,7 +132,7 @@ def cmd_sample(args) -> int:
 
 def _sampling_config(experiment, overrides, default_raw):
     from repa.config import load_experiment, validate_experiment
-    from repa.config.loader import Source
+    from repa.config import Source
 
     if experiment:
         return load_experiment(experiment, overrides)
@@ -138,8 +151,6 @@ def cmd_evaluate(args) -> int:
         print_results(f"{target}: checkpoints evaluated now", results)
         return 0
     if not args.experiment and not args.metrics:
-        from repa.errors import ConfigError, RepaError
-
         raise RepaError(f"{target}: say which metrics: --metrics fid,sfid,is,precision,recall or --experiment FILE")
     config = _sampling_config(args.experiment, args.overrides + ([f"eval.metrics={_toml_list(args.metrics)}"]
                                                                   if args.metrics else []),
@@ -186,6 +197,10 @@ def load_experiment_args(args):
 def cmd_plugins(args) -> int:
     from repa.cli_tables import print_plugins
 
+    if args.check:
+        from repa.cli_tables import print_check
+
+        return print_check(args.kind)
     return print_plugins(args.kind)
 
 
@@ -206,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-autoload", action="store_true",
         help="load only built-ins and --plugin ones (same as REPA_DISABLE_PLUGIN_AUTOLOAD=1)",
+    )
+    parser.add_argument(
+        "--traceback", action="store_true",
+        help=f"on an error, print the Python traceback too (same as {TRACEBACK_ENV}=1)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -232,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = steps.add_parser("latents", help="images/ -> autoencoder moments in vae-sd/ (official layout)")
     p.add_argument("src")
     p.add_argument("dest")
-    p.add_argument("--autoencoder", default="sd-vae")
-    p.add_argument("--variant", default="ft-mse", choices=["ft-mse", "ft-ema"])
-    p.add_argument("--vae-path", help="local AutoencoderKL directory (save_pretrained); default: HF cache")
+    p.add_argument("--autoencoder", default="sd-vae", help="autoencoder component (`repa plugins autoencoder`)")
+    p.add_argument("--variant", help="its `variant` parameter (sd-vae: ft-mse, the default, or ft-ema)")
+    p.add_argument("--vae-path", help="its `path` parameter (sd-vae: a local AutoencoderKL directory; default: HF cache)")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=cmd_preprocess)
     p = steps.add_parser("pack", help="official layout -> packed memory-mapped shards + manifest")
@@ -303,21 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list registered components, their parameters and providers")
     p.add_argument("kind", nargs="?", help="only this kind (backbone, encoder, sampler, ...)")
+    p.add_argument("--check", action="store_true",
+                   help="build every component on tiny inputs and check it against its contract (repa.testing)")
     p.set_defaults(func=cmd_plugins)
-
-    for register in COMMANDS.values():
-        register(sub)
     return parser
 
 
 def _configure_plugins(args) -> None:
     if not (args.plugins or args.no_autoload):
         return
-    from repa.plugins import manager
+    from repa.plugins import load_components, set_components
 
-    manager._default = manager.load_components(
-        autoload=False if args.no_autoload else None, plugins=args.plugins
-    )
+    set_components(load_components(autoload=False if args.no_autoload else None, plugins=args.plugins))
 
 
 def _user_lines(exc: Exception) -> list[str]:
@@ -340,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         _configure_plugins(args)
         return args.func(args) or 0
     except RepaError as exc:
+        if args.traceback or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+            traceback.print_exc()
         # Config errors are already located lines (FILE:LINE: key: message); others get a prefix.
         prefix = "" if isinstance(exc, ConfigError) else "error: "
         for line in _user_lines(exc):

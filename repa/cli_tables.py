@@ -46,8 +46,44 @@ def print_plugins(kind_name: str | None) -> int:
         for entry in components[kind]:
             extra = [str(infos.get(entry.name, {}).get(c, "")) for c in info_columns]
             table.add_row(kind, entry.name, describe_params(entry), entry.distribution, entry.description, *extra)
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    for line in components.failed:
+        console.print(f"failed: {line}", markup=False, highlight=False)
     return 0
+
+
+def check_outcome(kind: str, entry: Entry) -> tuple[str, str]:
+    """("ok" | "not checked" | "FAIL", reason) of the contract kit on one registered component."""
+    from repa.errors import ContractError
+    from repa.testing import check_component
+
+    try:
+        check_component(kind, entry.name)
+    except ContractError as exc:
+        return "FAIL", str(exc)
+    except RepaError as exc:  # weights or data this machine does not have; required parameters
+        return "not checked", str(exc).splitlines()[0]
+    return "ok", ""
+
+
+def print_check(kind_name: str | None) -> int:
+    """`repa plugins --check`: every component built on tiny inputs and checked (repa.testing);
+    exit 2 when one breaks its contract or a plugin failed to load."""
+    components = get_components()
+    console = Console(width=200)
+    failures = 0
+    for kind in _kind(kind_name):
+        for entry in components[kind]:
+            outcome, reason = check_outcome(kind, entry)
+            failures += outcome == "FAIL"
+            console.print(f"{outcome:11s} {kind} {entry.name} ({entry.distribution}){': ' + reason if reason else ''}",
+                          markup=False, highlight=False)
+    for line in components.failed:
+        failures += 1
+        console.print(f"{'FAIL':11s} {line}", markup=False, highlight=False)
+    console.print(f"{failures} contract failure(s)", markup=False, highlight=False)
+    return 2 if failures else 0
 
 
 def print_results(title: str, rows: list[dict]) -> None:

@@ -1,4 +1,5 @@
-"""Migration layer for users of the official REPA scripts: same call signatures, our code.
+"""Migration layer for users of the official REPA scripts (sihyun-yu/REPA @ 67f7145: models/sit.py,
+samplers.py, utils.py): same call signatures, our code.
 
     from repa.compat import official_sit, euler_sampler
     model = official_sit(input_size=32, hidden_size=1152, depth=28, num_heads=16, z_dims=[768], ...)
@@ -10,6 +11,11 @@ Thin adapters: everything delegates to `repa.components` and `repa.engine`.
 from __future__ import annotations
 
 from typing import Sequence
+
+from repa.components.backbone.sit import legacy_to_blocks
+from repa.engine.alignment import AlignedNetwork, checkpoint_layout, network_layout
+
+__all__ = ["OfficialLayoutNetwork", "euler_maruyama_sampler", "euler_sampler", "legacy_to_blocks", "official_sit"]
 
 
 def official_sit(
@@ -31,23 +37,36 @@ def official_sit(
     qk_norm: bool = False,
     path_type: str = "linear",
 ):
-    """Our SiT from the official `SiT(...)` keyword arguments; forward(x, t, y) -> (out, zs).
+    """Our SiT and MLP projectors from the official `SiT(...)` keyword arguments; forward(x, t, y)
+    -> (out, zs), and state dicts in the official layout (`projectors.N.*` beside the SiT's keys).
 
     `fused_attn` and `path_type` do not change the model (attention is always SDPA);
     `use_cfg` is implied by class_dropout_prob > 0, as in the official label embedder."""
     from repa.components.backbone.sit import SiT
+    from repa.components.projector.mlp import MLPProjector
 
     if decoder_hidden_size is not None and decoder_hidden_size != hidden_size:
         raise ValueError(
             f"decoder_hidden_size={decoder_hidden_size} differs from hidden_size={hidden_size}: the official "
             "model cannot run that way (its final layer would not match the blocks); leave it unset"
         )
-    return SiT(
+    backbone = SiT(
         input_size=input_size, patch_size=patch_size, in_channels=in_channels, hidden_size=hidden_size,
         depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, label_dropout=class_dropout_prob,
         num_classes=num_classes, qk_norm=qk_norm,
-        projections=[(encoder_depth, projector_dim, z) for z in z_dims],
     )
+    projectors = [MLPProjector(hidden_size, projector_dim, z) for z in z_dims]
+    return OfficialLayoutNetwork(backbone, projectors, [encoder_depth] * len(z_dims))
+
+
+class OfficialLayoutNetwork(AlignedNetwork):
+    """An AlignedNetwork whose state_dict / load_state_dict use the official checkpoint keys."""
+
+    def state_dict(self, *args, **kwargs):
+        return checkpoint_layout(super().state_dict(*args, **kwargs))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return super().load_state_dict(network_layout(state_dict), strict=strict, assign=assign)
 
 
 def _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type):
@@ -84,15 +103,3 @@ def euler_maruyama_sampler(
 
     denoiser = _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type)
     return denoiser.sample(EulerMaruyamaSampler(num_steps), latents, y)
-
-
-def legacy_to_blocks(state: dict, encoder_depth: int) -> dict:
-    """Early official checkpoints split the blocks into `blocks` and `decoder_blocks`
-    (utils.load_legacy_checkpoints): decoder block i is block i + encoder_depth."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("decoder_blocks."):
-            _, index, rest = key.split(".", 2)
-            key = f"blocks.{int(index) + encoder_depth}.{rest}"
-        out[key] = value
-    return out

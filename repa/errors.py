@@ -22,6 +22,13 @@ class ConfigError(RepaError):
 class PluginError(RepaError):
     """The plugin set is inconsistent (a name registered twice, built-ins missing)."""
 
+    exit_code = 2
+
+
+class ContractError(PluginError):
+    """A component breaks its kind's contract (repa.interfaces): a factory's signature, a params
+    model, or the built object. One line naming distribution, kind, name and what is expected."""
+
 
 class MissingWeightsError(RepaError):
     """Pretrained weights are not on this machine; the message says what to download and where."""

@@ -1,20 +1,25 @@
-"""The contracts between the engine and the components, one per kind.
+"""The contracts between the engine and the components: exactly what the engine calls, one per kind.
 
 Time runs from t=0 (data) to t=1 (noise): x_t = alpha(t) x_0 + sigma(t) eps (SiT/REPA
 convention). Shapes: B batch, C channels, H/W spatial, T tokens, D feature dims.
 
-Two things per kind live here:
-- the runtime contract (a typing.Protocol or a small ABC) that the built object satisfies;
-- where the engine needs facts about a component *before* building it (validation time,
-  no torch import), the base class of its params model declaring those facts.
+Per kind, two things live here:
+- the base class of the built object. Abstract methods are required; every other method is an
+  optional capability with the default written here, which the engine calls without probing.
+  Objects that satisfy the required part without subclassing (plugins written before contract
+  1.0) are given these defaults when built (`repa.plugins.contract.conform`);
+- where the engine needs facts about a component *before* building it (validation, no torch
+  import), the base class of its params model declaring those facts.
 
+`repa.plugins.contract.CONTRACTS` adds, per kind, the keyword arguments the factory receives and
+when the engine calls it; `repa.testing` checks a component against all of it on tiny inputs.
 This module imports only pydantic; torch appears in annotations only.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
@@ -48,6 +53,20 @@ class BackboneParams(Params):
         """The input side must be a multiple of this (the patch size)."""
         return 1
 
+    def label_rows(self, state: Mapping[str, Any]) -> int | None:
+        """Rows of the label embedding in a checkpoint's state dict (classes, plus one with the null
+        label), so a checkpoint loads whatever the experiment's label dropout; None: not known."""
+        return None
+
+    def upgrade_state(self, state: Mapping[str, Any], alignment_depths: Sequence[int]) -> dict:
+        """An older checkpoint format of this backbone -> today's keys (default: unchanged)."""
+        return dict(state)
+
+    def token_grid(self, input_size: int) -> tuple[int, int]:
+        """(rows, columns) of the token grid; projectors that use the grid (iREPA's conv) get it."""
+        side = int(round(self.num_tokens(input_size) ** 0.5))
+        return side, side
+
 
 class EncoderParams(Params):
     """Static facts about a frozen vision encoder."""
@@ -78,23 +97,39 @@ class DatasetParams(Params):
 
     resolution: int = 256
 
+    def known_classes(self) -> int | None:
+        """The class count when the params fix it (a checkpoint's label table is read with it);
+        None: only the data knows."""
+        return None
+
 
 class OptimizerParams(Params):
     lr: float = 1e-4
     max_grad_norm: float = 1.0
 
 
+class MetricParams(Params):
+    """Optional base of a metric's params: which names its scores are reported under.
+
+    Ablation tables check at validation that every metric they tabulate is produced; a metric
+    whose params do not derive from this class reports under its registered name."""
+
+    def outputs(self, registered_name: str) -> tuple[str, ...]:
+        return (registered_name,)
+
+
 # ============================================================================
-# Training objective: path, prediction target, weighting, alignment loss
+# Training objective: path, prediction target, weighting, alignment loss, target transform
 # ============================================================================
 
 
 class Path(abc.ABC):
-    """Interpolant x_t = alpha(t) x_0 + sigma(t) eps, with t=0 data and t=1 noise."""
+    """Interpolant x_t = alpha(t) x_0 + sigma(t) eps, with t=0 data and t=1 noise.
+    Called every training step and every sampler step."""
 
     @abc.abstractmethod
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Return (alpha, sigma, d_alpha/dt, d_sigma/dt), each shaped like t."""
+        """Return (alpha, sigma, d_alpha/dt, d_sigma/dt), each shaped like t and in its dtype."""
 
     @abc.abstractmethod
     def t_from_noise_ratio(self, ratio: torch.Tensor) -> torch.Tensor:
@@ -109,7 +144,8 @@ class Path(abc.ABC):
 
 
 class Prediction(abc.ABC):
-    """What the network outputs, and how to read velocity / x0 / eps from it."""
+    """What the network outputs, and how to read velocity / x0 / eps from it.
+    `target` is called every training step, `to_velocity` every sampler evaluation."""
 
     # Times at which the output determines the velocity. eps-prediction cannot give x0 at t=1
     # (alpha = 0) nor x0-prediction eps at t=0 (sigma = 0); samplers evaluate the model at t
@@ -118,7 +154,7 @@ class Prediction(abc.ABC):
 
     @abc.abstractmethod
     def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, path: Path) -> torch.Tensor:
-        """The regression target for clean data x0 and noise eps at time t[B]."""
+        """The regression target [B,C,H,W] for clean data x0 and noise eps at time t[B]."""
 
     @abc.abstractmethod
     def to_x0_eps(
@@ -134,74 +170,133 @@ class Prediction(abc.ABC):
 
 
 class Weighting(abc.ABC):
-    """The training distribution of t and the per-sample loss weight."""
+    """The training distribution of t and the per-sample loss weight (every training step)."""
 
     @abc.abstractmethod
     def sample_t(self, batch: int, generator: torch.Generator, path: Path, device=None) -> torch.Tensor:
-        """Draw t[batch] in (0, 1) using only `generator` (reproducible)."""
+        """Draw t[batch] in (0, 1), float32, using only `generator` (reproducible)."""
 
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-sample weight of the denoising loss; REPA uses 1."""
+        """Per-sample weight [B] of the denoising loss; REPA uses 1."""
         return t.new_ones(t.shape)
 
 
 class AlignmentLoss(abc.ABC):
-    """(projected[B,T,D], target[B,T,D]) -> per-sample loss[B], computed in float32."""
+    """(projected[B,T,D], target[B,T,D]) -> per-sample loss[B], float32, differentiable in
+    `projected` (the target carries no gradient). Called every training step, under autocast."""
 
     @abc.abstractmethod
     def __call__(self, projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
 
+class TargetTransform(abc.ABC):
+    """(tokens[B,T,D]) -> tokens[B,T,D]: applied to the encoder's tokens (online or cached) before
+    the alignment loss, every training step, without gradients (e.g. iREPA's spatial normalisation)."""
+
+    @abc.abstractmethod
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
 # ============================================================================
-# Models: backbone, encoder, autoencoder
+# Models: backbone, projector, encoder, autoencoder (torch.nn.Module subclasses)
 # ============================================================================
 
 
-@runtime_checkable
-class Backbone(Protocol):
-    """forward(x_t[B,C,H,W], t[B], y[B]) -> (out[B,C,H,W], feats: list[B,T,D_enc]).
+class Backbone(abc.ABC):
+    """A denoising network; subclass it together with torch.nn.Module: `class B(nn.Module, Backbone)`.
 
-    `feats[i]` is alignment entry i's projector applied to the hidden state after its block.
-    Label dropout for classifier-free guidance happens inside in train mode; the null
-    label is `num_classes`."""
+    Built once per run (train, sample, evaluate); `forward` runs every step. It does not own
+    REPA's projectors: it returns the hidden states the alignment entries ask for, and the engine
+    projects them (`repa.engine.alignment.AlignedNetwork`).
+
+    Attributes: `num_classes` (labels 0..num_classes-1; the null label, for classifier-free
+    guidance, is `num_classes`) and `hidden_size` (width of the hidden states)."""
 
     num_classes: int
+    hidden_size: int
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list]: ...
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                drop_ids: torch.Tensor | None = None,
+                hidden_depths: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x_t[B,C,H,W], t[B] float, y[B] int64 -> (out[B,C,H,W], hidden states).
+
+        hidden states: one [B,T,hidden_size] tensor per entry of `hidden_depths` (1-based block
+        index: the output of that block), in that order. drop_ids[B] bool (train mode only):
+        labels to replace by the null label; None keeps them all. The engine always passes it."""
+
+    @property
+    def has_null_label(self) -> bool:
+        """Whether the label embedding has the null row (needed for guidance)."""
+        return True
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
+        """Raise ValueError with a readable reason for inputs this backbone cannot take (called
+        once per sampling run, before the first step). Default: accept everything."""
+
+    def shard_units(self) -> list:
+        """Submodules to shard one by one under train.distributed = "fsdp" (e.g. the blocks);
+        default: none (the whole model is one unit)."""
+        return []
 
 
-@runtime_checkable
-class Encoder(Protocol):
+class Projector(abc.ABC):
+    """h_phi of REPA Sec. 3.2: hidden[B,T,in_dim] -> projected[B,T,out_dim], trained with the
+    backbone; one per [[alignment]] entry, built with the backbone, called every training step.
+    Subclass it together with torch.nn.Module."""
+
+    @abc.abstractmethod
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+class Encoder(abc.ABC):
     """A frozen, eval-mode vision encoder: uint8 images -> patch tokens.
 
-    preprocess(images uint8 [B,3,H,W]) -> model input; forward(input) -> tokens[B,T,D] in float32,
-    computed without gradients and under autocast to `autocast_dtype` (set by the engine; None =
-    full precision). `weights_file` names the loaded weights (recorded by feature caches)."""
+    Built once per run; `preprocess` and `forward` run every training step (online features) or
+    once per image (`repa preprocess features`). Required: `embed_dim` (int), `preprocess`,
+    `forward` (through torch.nn.Module's call), `tokens_for`. `autocast_dtype` is set by the engine
+    before the first call (None = full precision) and must be honoured inside `forward`."""
 
     embed_dim: int
-    autocast_dtype: Any
-    weights_file: str
+    autocast_dtype: Any = None
+    weights_file: str = ""  # the loaded weights' path, recorded by feature caches ("" = none/unknown)
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor: ...
+    @abc.abstractmethod
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,3,R,R] in [0,255] (R = the resolution it was built for) -> the network's input."""
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed input -> tokens[B, tokens_for(R), embed_dim], float32, without gradients."""
 
+    @abc.abstractmethod
     def tokens_for(self, resolution: int) -> int: ...
 
+    def preprocessing(self) -> dict | None:
+        """What `preprocess` depends on (e.g. mean, std, resize), recorded by feature caches so that a
+        cache made with another preprocessing is refused; None: nothing to record."""
+        return None
 
-@runtime_checkable
-class Autoencoder(Protocol):
-    """Maps images to the backbone's input space and back.
+
+class Autoencoder(abc.ABC):
+    """Maps images to the backbone's input space and back (built once per run).
 
     encode(images uint8 [B,3,H,W]) -> moments [B,2C,h,w] (mean and std of the posterior);
-    sample(moments, noise [B,C,h,w]) -> model input z [B,C,h,w] (scaled and shifted);
-    decode(z) -> images float in [-1, 1]."""
+    sample(moments, noise [B,C,h,w]) -> model input z [B,C,h,w] (scaled and shifted), every
+    training step; decode(z) -> images float in [-1, 1], for sample grids and `repa sample`."""
 
+    @abc.abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
+    @abc.abstractmethod
     def sample(self, moments: torch.Tensor, noise: torch.Tensor) -> torch.Tensor: ...
 
+    @abc.abstractmethod
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device) -> "Autoencoder":
+        """Move to `device` (called once after building); returns self. Default: nothing to move."""
+        return self
 
 
 # ============================================================================
@@ -210,25 +305,21 @@ class Autoencoder(Protocol):
 
 
 class Guidance(abc.ABC):
-    """How conditional and unconditional outputs combine, and at which t."""
+    """How conditional and unconditional outputs combine, and at which t (every sampler step)."""
 
     @abc.abstractmethod
     def active(self, t: float) -> bool:
         """Whether the unconditional pass is needed at time t."""
 
     @abc.abstractmethod
-    def combine(self, cond: torch.Tensor, uncond: torch.Tensor, t: float) -> torch.Tensor: ...
+    def combine(self, cond: torch.Tensor, uncond: torch.Tensor, t: float) -> torch.Tensor:
+        """Guided output, shaped like `cond`."""
 
 
-VelocityFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
-"""(x_t[B,...], t[B]) -> velocity[B,...]; labels and guidance are already bound."""
-
-
-class Sampler(abc.ABC):
-    """Integrates from noise x_1 (t=1) to data x_0 (t=0)."""
-
-    @abc.abstractmethod
-    def sample(self, velocity: VelocityFn, x1: torch.Tensor, path: Path, noise: "NoiseSource") -> torch.Tensor: ...
+VelocityFn = Callable[["torch.Tensor", "torch.Tensor", float], "torch.Tensor"]
+"""velocity(x[B,...], t[B], step_t) -> dx/dt [B,...] at model time t. `step_t` is the time at
+which the current sampler step began: guidance is switched on or off per step by it (as the
+official samplers do, Heun's corrector included). Labels and guidance are already bound."""
 
 
 class NoiseSource(Protocol):
@@ -237,50 +328,79 @@ class NoiseSource(Protocol):
     def randn_like(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
+class Sampler(abc.ABC):
+    """Integrates from noise x_1 (t=1) to data x_0 (t=0); built per sampling run."""
+
+    steps: int
+
+    @abc.abstractmethod
+    def sample(self, velocity: VelocityFn, x1: torch.Tensor, path: Path, noise: NoiseSource) -> torch.Tensor:
+        """x1 [B,...] -> x0 [B,...] in x1's dtype; stochastic samplers draw from `noise` only."""
+
+    def function_evaluations(self) -> int:
+        """Calls of `velocity` per sample over the whole trajectory (cost estimates); default one
+        per step."""
+        return self.steps
+
+
 # ============================================================================
-# Data, metrics, trackers
+# Data, metrics, trackers, optimizers
 # ============================================================================
 
 
-class Dataset(Protocol):
-    """Map-style dataset. Item i -> dict(image=uint8[3,H,W], x=model input or moments, y=int)."""
+class Dataset(abc.ABC):
+    """Map-style dataset, built once per run. Item i -> dict with:
+    `image` uint8 [3,R,R] (R = params.resolution), `y` int (0..num_classes-1), and optionally
+    `moments` [2C,h,w] (the autoencoder's posterior, when stored with the data: then the trainer
+    does not encode the image)."""
 
     num_classes: int
 
+    @abc.abstractmethod
     def __len__(self) -> int: ...
 
+    @abc.abstractmethod
     def __getitem__(self, i: int) -> dict[str, Any]: ...
 
 
-class Metric(Protocol):
+class Metric(abc.ABC):
     """Scores samples (uint8 [N,H,W,3]) against a reference, in three parts so that metrics with
     the same `feature_key` (FID, sFID, IS, precision, recall: one Inception pass) share the
-    feature pass over the samples and over the reference."""
+    feature pass over the samples and over the reference. Built per evaluation."""
 
     feature_key: str
 
+    @abc.abstractmethod
     def features(self, images: Any) -> dict[str, Any]:
         """uint8 [N,H,W,3] -> named feature arrays."""
 
+    @abc.abstractmethod
     def reference(self, source: str | None) -> dict[str, Any]:
         """The reference's features/statistics (`eval.reference`: a file or folder; None if unused)."""
 
+    @abc.abstractmethod
     def score(self, features: dict[str, Any], reference: dict[str, Any], labels: Any = None) -> dict[str, float]:
         """-> {metric name: value}; `labels` are the samples' classes when the .npz has them."""
 
 
-class Tracker(Protocol):
-    """Where a run's scalars and images go."""
+class Tracker(abc.ABC):
+    """Where a run's scalars and images go (main process only; `log` every train.log_every steps)."""
 
+    @abc.abstractmethod
     def log(self, step: int, scalars: dict[str, float]) -> None: ...
 
-    def log_images(self, step: int, images: dict[str, Any]) -> None: ...
+    @abc.abstractmethod
+    def log_images(self, step: int, images: dict[str, Any]) -> None:
+        """images: name -> uint8 [H,W,3] array."""
 
-    def finish(self) -> None: ...
+    def finish(self) -> None:
+        """Flush and close; called once when training ends (also on errors)."""
 
 
 class Optimizer(Protocol):
-    """A torch.optim.Optimizer built from (parameters, params)."""
+    """A torch.optim.Optimizer built from (params, parameters=...); `param_groups[0]["lr"]` is logged."""
+
+    param_groups: list
 
     def step(self) -> None: ...
 
@@ -289,4 +409,3 @@ class Optimizer(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
-

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"  # copies of ../shared/fixtures; see its README.md
 
 
 @pytest.fixture(scope="session")
@@ -19,8 +19,6 @@ def official():
     """(tiny SiT checkpoint, io tensors) computed with the official REPA code."""
     import torch
 
-    if not (FIXTURES / "official_tiny_sit.pt").is_file():
-        pytest.skip(f"reference fixtures not found at {FIXTURES}")
     model = torch.load(FIXTURES / "official_tiny_sit.pt", weights_only=True)
     io = torch.load(FIXTURES / "official_tiny_sit_io.pt", weights_only=True)
     return model, io

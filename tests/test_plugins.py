@@ -55,17 +55,29 @@ def repa_register_alignment_losses(registry):
 """
 
 
-def test_registry_add_get_names_filter():
+def test_registry_add_get_names():
     registry = Registry("alignment_loss")
     with registry.provided_by("dist-a"):
         registry.add("cosine", lambda p: "c")
         registry.add("nt-xent", lambda p: "n")
     assert registry.names() == ["cosine", "nt-xent"]
     assert registry.get("cosine").distribution == "dist-a"
-    assert registry.get("COSINE").name == "cosine"  # unique case-insensitive match
-    assert [e.name for e in registry.filter("nt-*")] == ["nt-xent"]
+    assert registry.get("COSINE").name == "cosine"  # lookup ignores case
     with pytest.raises(UnknownComponentError, match="did you mean 'cosine'"):
         registry.get("cosin")
+
+
+def test_a_name_differing_only_in_case_is_a_clash_that_says_how_to_keep_one():
+    """Lookup ignores case, so registration must too: `COSINE` would make `loss = "Cosine"` ambiguous."""
+    registry = Registry("alignment_loss")
+    with registry.provided_by("repa"):
+        registry.add("cosine", lambda p: "c")
+    with registry.provided_by("repa-shout"), pytest.raises(PluginError) as info:
+        registry.add("COSINE", lambda p: "C")
+    message = str(info.value)
+    assert "'COSINE' is registered twice: as 'cosine' by distribution 'repa' and by 'repa-shout'" in message
+    assert "pip uninstall" in message and "REPA_DISABLE_PLUGIN_AUTOLOAD=1 REPA_PLUGINS=" in message
+    assert registry.get("Cosine").distribution == "repa"
 
 
 def test_every_kind_has_builtins_attributed_to_repa():

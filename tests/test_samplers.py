@@ -10,8 +10,10 @@ from repa.components.guidance.cfg import ClassifierFreeGuidance
 from repa.components.path.interpolants import CosinePath, LinearPath
 from repa.components.prediction.targets import DataPrediction, NoisePrediction, VelocityPrediction
 from repa.components.sampler.integrators import EulerMaruyamaSampler, EulerSampler
+from repa.engine.alignment import AlignedNetwork
 from repa.engine.denoiser import Denoiser, PerSampleNoise, sample_generators
 from repa.engine.generation import generate
+from repa.interfaces import Backbone
 
 FIXTURE_CASES = {
     "ode_euler_cfg4_high07_10steps": dict(cfg_scale=4.0, guidance_high=0.7),
@@ -107,24 +109,29 @@ def test_samplers_recover_a_gaussian(sampler, path):
 # ============================================================================
 
 
-class Recorder(torch.nn.Module):
+class Recorder(torch.nn.Module, Backbone):
     """A fake backbone that records the batch size and time of every call."""
 
-    num_classes, has_null_label = 10, True
+    num_classes, hidden_size = 10, 1
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones((), dtype=torch.float64))  # model sees float64 times
         self.calls = []
 
-    def forward(self, x, t, y):
+    def forward(self, x, t, y, drop_ids=None, hidden_depths=()):
         self.calls.append((len(x), float(t[0])))
         return -x * self.w + 0.1 * (y.float() - 5).view(-1, *[1] * (x.ndim - 1)), []
 
 
+def network(backbone):
+    """The network the engine samples: the backbone with no alignment entries."""
+    return AlignedNetwork(backbone, [], [])
+
+
 def test_guidance_runs_the_doubled_batch_only_inside_the_interval():
     model = Recorder()
-    denoiser = Denoiser(model, VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(2.0, 0.3, 0.6))
+    denoiser = Denoiser(network(model), VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(2.0, 0.3, 0.6))
     denoiser.sample(EulerSampler(10), torch.randn(3, 2, 4, 4), torch.tensor([1, 2, 3]))
     for batch, t in model.calls:
         inside = 0.3 <= t <= 0.6
@@ -135,7 +142,7 @@ def test_guidance_runs_the_doubled_batch_only_inside_the_interval():
 
 def test_guidance_scale_one_never_runs_the_unconditional_pass():
     model = Recorder()
-    Denoiser(model, VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(1.0)).sample(
+    Denoiser(network(model), VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(1.0)).sample(
         EulerSampler(5), torch.randn(2, 2, 4, 4), torch.tensor([1, 2]))
     assert {b for b, _ in model.calls} == {2}
 
@@ -160,7 +167,7 @@ def test_sample_i_depends_only_on_seed_and_i(official_model):
 def test_sampling_precision_autocasts_the_network_only(official_model):
     """bf16 runs the SiT's matmuls in bf16; the sampler state stays float64 and the result is close."""
     seen = []
-    hook = official_model.blocks[0].attn.qkv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    hook = official_model.backbone.blocks[0].attn.qkv.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     try:
         args = ([0, 1], torch.tensor([3, 7]), 0, (4, 8, 8), "cpu")
         exact = generate(Denoiser(official_model, VelocityPrediction(), LinearPath()), EulerSampler(8), *args)
@@ -174,17 +181,17 @@ def test_sampling_precision_autocasts_the_network_only(official_model):
     torch.testing.assert_close(fast, exact, atol=0.05, rtol=0)
 
 
-class Oracle(torch.nn.Module):
+class Oracle(torch.nn.Module, Backbone):
     """Outputs the exact Gaussian-toy prediction in the requested target's parametrisation."""
 
-    num_classes, has_null_label = 1, True
+    num_classes, hidden_size = 1, 1
 
     def __init__(self, target, path):
         super().__init__()
         self.target, self.path = target, path
         self.w = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
 
-    def forward(self, x, t, y):
+    def forward(self, x, t, y, drop_ids=None, hidden_depths=()):
         x, t = x.double(), t.double()
         v = gaussian_velocity(x, t, self.path)
         x0, eps = VelocityPrediction().to_x0_eps(v, x, t, self.path)
@@ -198,7 +205,7 @@ def test_every_prediction_target_works_with_every_sampler(target, sampler):
     """A network predicting eps or x0 (exactly) samples the Gaussian toy through the target's
     conversion to velocity, as well as a velocity network does."""
     path, n = LinearPath(), 3000
-    denoiser = Denoiser(Oracle(target, path), target, path)
+    denoiser = Denoiser(network(Oracle(target, path)), target, path)
     x1 = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     x0 = denoiser.sample(sampler, x1, torch.zeros(n, dtype=torch.long), SeededNoise(3))
     assert (x0.mean(0) - MEAN).abs().max() < 0.06
@@ -215,7 +222,7 @@ def test_guidance_needs_a_null_label():
     from repa.components.backbone.sit import SiT
 
     model = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, label_dropout=0.0)
-    denoiser = Denoiser(model.eval(), VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(2.0))
+    denoiser = Denoiser(network(model).eval(), VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(2.0))
     from repa.errors import RepaError
 
     with pytest.raises(RepaError, match="null label"):

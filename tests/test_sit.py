@@ -60,30 +60,65 @@ def test_every_preset_builds_with_the_official_parameter_count(name):
     assert params.num_tokens(32) == model.x_embedder.num_patches and params.num_blocks() == depth
 
 
+def aligned(backbone, projections):
+    """backbone + MLP projectors: (depth, projector_dim, out_dim) per alignment entry."""
+    from repa.components.projector.mlp import MLPProjector
+    from repa.engine.alignment import AlignedNetwork
+
+    return AlignedNetwork(backbone, [MLPProjector(backbone.hidden_size, p, z) for _, p, z in projections],
+                          [d for d, _, _ in projections])
+
+
 def test_xl2_with_one_768d_projector_has_the_official_count():
     with torch.device("meta"):
-        model = build_preset("SiT-XL/2", projections=[(8, 2048, 768)])
+        model = aligned(build_preset("SiT-XL/2"), [(8, 2048, 768)])
     assert sum(p.numel() for p in model.parameters()) == 683_242_512
 
 
 def test_small_presets_and_qk_norm_run():
     """Both crash in the official code (decoder width 768; timm's qk-norm assert)."""
-    model = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=384, depth=1, num_heads=6, qk_norm=True,
-                projections=[(1, 64, 16)]).eval()
+    backbone = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=384, depth=1, num_heads=6, qk_norm=True)
+    model = aligned(backbone, [(1, 64, 16)]).eval()
     out, feats = model(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([0, 1000]))
     assert out.shape == (2, 4, 8, 8) and feats[0].shape == (2, 16, 16)
-    assert "blocks.0.attn.q_norm.weight" in model.state_dict()
+    assert "blocks.0.attn.q_norm.weight" in backbone.state_dict()
 
 
 def test_projectors_at_different_depths():
-    model = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=2,
-                projections=[(1, 16, 8), (3, 16, 12)]).eval()
+    backbone = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=2)
+    model = aligned(backbone, [(1, 16, 8), (3, 16, 12)]).eval()
     hidden = {}
     for i in (0, 2):
-        model.blocks[i].register_forward_hook(lambda m, inp, out, i=i: hidden.__setitem__(i, out))
+        backbone.blocks[i].register_forward_hook(lambda m, inp, out, i=i: hidden.__setitem__(i, out))
     _, (f1, f3) = model(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2]))
     torch.testing.assert_close(f1, model.projectors[0](hidden[0]))
     torch.testing.assert_close(f3, model.projectors[1](hidden[2]))
+
+
+def test_backbone_returns_the_hidden_states_asked_for_in_that_order():
+    backbone = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=2).eval()
+    hidden = {}
+    for i in range(3):
+        backbone.blocks[i].register_forward_hook(lambda m, inp, out, i=i: hidden.__setitem__(i + 1, out))
+    x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2])
+    out, states = backbone(x, t, y, hidden_depths=[3, 1])
+    assert [s.shape for s in states] == [(2, 16, 32)] * 2
+    torch.testing.assert_close(states[0], hidden[3])
+    torch.testing.assert_close(states[1], hidden[1])
+    torch.testing.assert_close(backbone(x, t, y)[0], out)
+    assert backbone(x, t, y)[1] == []
+    with pytest.raises(ValueError, match=r"block 4 requested; SiT has blocks 1..3"):
+        backbone(x, t, y, hidden_depths=[4])
+
+
+def test_official_layout_round_trips_through_the_aligned_network(official):
+    from repa.engine.alignment import checkpoint_layout, network_layout
+
+    checkpoint, _ = official
+    nested = network_layout(checkpoint["ema"])
+    assert "backbone.blocks.0.attn.qkv.weight" in nested and "projectors.1.4.weight" in nested
+    assert checkpoint_layout(nested).keys() == checkpoint["ema"].keys()
+    assert network_layout(nested) == nested  # already nested: unchanged
 
 
 def test_label_dropout_replaces_labels_by_the_null_class():
@@ -113,11 +148,11 @@ def test_activation_checkpointing_gives_the_same_gradients(official):
     for flag in (False, True):
         model = official_sit(**checkpoint["config"])
         model.load_state_dict(checkpoint["ema"])
-        model.grad_checkpointing = flag
+        model.backbone.grad_checkpointing = flag
         model.train()
         out, zs = model(io["x"], io["t"], io["y"], drop_ids=torch.zeros(3, dtype=torch.bool))
         (out.square().mean() + zs[0].mean()).backward()
-        grads.append(model.blocks[0].attn.qkv.weight.grad.clone())
+        grads.append(model.backbone.blocks[0].attn.qkv.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
 
 

@@ -10,12 +10,15 @@ from repa.bench.timing import autocast, default_device, device_name, isolated, p
 
 
 def sit_b2(device, compile_model: bool = False, size: str = "B"):
+    """SiT-<size>/2 with one 768-d MLP projector (at block 8 for L/XL, 4 otherwise), as REPA trains it."""
     from repa.components.backbone import SIZES
     from repa.components.backbone.sit import SiT
+    from repa.components.projector.mlp import MLPProjector
+    from repa.engine.alignment import AlignedNetwork
 
     depth, width, heads = SIZES[size]
-    model = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads,
-                projections=[(8 if size in ("L", "XL") else 4, 2048, 768)]).to(device)
+    backbone = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads)
+    model = AlignedNetwork(backbone, [MLPProjector(width, 2048, 768)], [8 if size in ("L", "XL") else 4]).to(device)
     return torch.compile(model) if compile_model else model
 
 
@@ -55,10 +58,12 @@ def bench_sampler(device: str | None = None, steps: int = 50, batch: int = 16, *
     from repa.components.path.interpolants import LinearPath
     from repa.components.prediction.targets import VelocityPrediction
     from repa.components.sampler.integrators import EulerSampler
+    from repa.engine.alignment import AlignedNetwork
     from repa.engine.denoiser import Denoiser
 
     device = device or default_device()
-    model = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=384, depth=12, num_heads=6).to(device).eval()
+    backbone = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=384, depth=12, num_heads=6)
+    model = AlignedNetwork(backbone, [], []).to(device).eval()
     denoiser = Denoiser(model, VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(4.0))
     x1 = torch.randn(batch, 4, 32, 32, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
@@ -74,8 +79,9 @@ def bench_sample(device: str | None = None, num: int = 64, **_) -> dict:
     from pathlib import Path
 
     from repa.config import validate_experiment
-    from repa.config.loader import Source
-    from repa.engine.build import build_backbone
+    from repa.config import Source
+    from repa.engine.alignment import checkpoint_layout
+    from repa.engine.build import build_network
     from repa.engine.sampling import PAPER_PRESET, SampleRun
 
     device = device or default_device()
@@ -97,9 +103,9 @@ def bench_sample(device: str | None = None, num: int = 64, **_) -> dict:
     for name, (config_raw, overrides) in cases.items():
         config = validate_experiment(config_raw, Source("<bench>"), overrides)
         with tempfile.TemporaryDirectory() as tmp:
-            model = build_backbone(config, 1000 if device != "cpu" else 10)
+            model = build_network(config, 1000 if device != "cpu" else 10)
             ckpt = Path(tmp) / "weights.pt"
-            torch.save(model.state_dict(), ckpt)
+            torch.save(checkpoint_layout(model.state_dict()), ckpt)
             run = SampleRun(config, ckpt, Path(tmp) / "out", num, 0, config.sample.batch_size, progress=False)
             started = time.perf_counter()
             run.run()

@@ -8,6 +8,8 @@ import time
 
 import torch
 
+from repa.precision import autocast as precision_autocast
+
 
 def sync(device) -> None:
     if torch.device(device).type == "cuda":
@@ -41,8 +43,7 @@ def peak_gib(device) -> float:
 
 
 def autocast(device, precision: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    return precision_autocast(torch.device(device).type, precision)
 
 
 def default_device() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from repa.bench.timing import autocast, default_device, device_name, peak_gib, reset_peak, timed
+from repa.precision import autocast_dtype
 
 
 def _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, precision, device):
@@ -60,7 +61,7 @@ def train_case(device: str, size: str, batch: int, precision: str, compiled: boo
     from repa.engine.objective import AlignmentTerm, Objective
 
     encoder = build_vit_encoder(SPECS["dinov2-vit-b"], 256, None).to(device)  # architecture, random weights
-    encoder.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    encoder.autocast_dtype = autocast_dtype(precision)
     images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8, device=device)
     x0 = torch.randn(batch, 4, 32, 32, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)

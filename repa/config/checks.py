@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-from repa.config.loader import Issue
 from repa.config.schema import ExperimentConfig
+from repa.config.source import Issue
 
 
 def cross_checks(config: ExperimentConfig, processes: int = 1) -> list[Issue]:
@@ -33,14 +31,6 @@ def _batch_checks(config: ExperimentConfig, processes: int) -> list[Issue]:
             )
         ]
     return []
-
-
-def launched_processes() -> int:
-    """Processes of this launch: torchrun and accelerate export WORLD_SIZE to every process."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
 
 
 def _shape_checks(config: ExperimentConfig) -> list[Issue]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import difflib
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,55 +18,10 @@ from pydantic import BaseModel, ValidationError
 from repa.config.component import Component, Kind
 from repa.config.overrides import apply_override, parse_override
 from repa.config.schema import ExperimentConfig
-from repa.config.source import KeyPath, key_lines, line_of, read_toml
+from repa.config.checks import cross_checks
+from repa.config.source import Issue, KeyPath, Source, dotted, key_lines, read_toml
 from repa.errors import ConfigError
 from repa.plugins import Components, UnknownComponentError, get_components
-
-
-@dataclass
-class Issue:
-    path: KeyPath
-    message: str
-
-
-@dataclass
-class Source:
-    """Where each key came from: a line of the file, or a --set argument."""
-
-    file: str
-    lines: dict[KeyPath, int] = field(default_factory=dict)
-    overridden: dict[KeyPath, str] = field(default_factory=dict)
-    aliases: dict[KeyPath, KeyPath] = field(default_factory=dict)  # expanded entry -> written entry
-
-    def _written(self, path: KeyPath) -> KeyPath:
-        for end in range(len(path), 0, -1):
-            if path[:end] in self.aliases:
-                return self.aliases[path[:end]] + path[end:]
-        return path
-
-    def locate(self, path: KeyPath) -> str:
-        written = self._written(path)
-        for end in range(len(written), 0, -1):
-            if written[:end] in self.overridden:
-                return f"--set {self.overridden[written[:end]]}"
-        below = [arg for key, arg in self.overridden.items() if key[: len(written)] == written]
-        if below:  # a section-level problem caused by --set on a key inside it
-            return "--set " + ", --set ".join(below)
-        return f"{self.file}:{line_of(self.lines, written)}"
-
-    def sort_key(self, path: KeyPath) -> int:
-        return line_of(self.lines, self._written(path))
-
-    def format(self, issues: Iterable[Issue]) -> list[str]:
-        ordered = sorted(issues, key=lambda i: self.sort_key(i.path))
-        return [f"{self.locate(i.path)}: {dotted(i.path) or '<file>'}: {i.message}" for i in ordered]
-
-
-def dotted(path: KeyPath) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 # ============================================================================
@@ -100,12 +54,24 @@ def validate_experiment(
         except ValidationError as exc:
             issues += _translate(exc, ExperimentConfig, ())
         else:
-            from repa.config.checks import cross_checks
-
             issues += cross_checks(config, processes or 1)
             if not issues:
                 return config
     raise ConfigError(source.format(issues))
+
+
+def validate_component(kind: str, name: str, params: dict, where: str) -> Component:
+    """One component outside an experiment file (a command-line option): `where` locates errors."""
+    issues: list[Issue] = []
+    component = _component({"kind": name, **params}, Kind(kind), (), get_components(), issues)
+    if issues:
+        raise ConfigError([f"{where}: {issue.message}" for issue in issues])
+    return component
+
+
+def translate_errors(exc: ValidationError, model: type[BaseModel], path: KeyPath) -> list[Issue]:
+    """A pydantic ValidationError of `model` (at `path`) as located issues."""
+    return _translate(exc, model, path)
 
 
 def _apply_overrides(raw: dict, overrides: Iterable[str], source: Source) -> None:

@@ -27,9 +27,11 @@ class ExperimentSection(Section):
 class AlignmentEntry(Section):
     encoder: Annotated[Component, Kind("encoder")]
     loss: Annotated[Component, Kind("alignment_loss", default="cosine")]
+    projector: Annotated[Component, Kind("projector", default="mlp")]
+    target_transform: Annotated[Component, Kind("target_transform", default="identity")]
     depth: int = Field(8, ge=1, description="align the output of this block (1-based)")
     coeff: float = Field(0.5, ge=0, description="lambda: weight of this alignment loss")
-    projector_dim: int = Field(2048, ge=1, description="width of the 3-layer SiLU MLP projector")
+    projector_dim: int = Field(2048, ge=1, description="width of the projector's hidden layers (mlp: 3-layer SiLU MLP)")
     stop_after: int | None = Field(
         None, ge=0, description="switch this alignment off after this many steps (HASTE); none = never"
     )

@@ -7,7 +7,9 @@ tomli gives values, not positions; `key_lines` scans the text once to map every 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import tomli
 
@@ -143,3 +145,54 @@ def line_of(lines: dict[KeyPath, int], path: KeyPath) -> int:
         if tuple(path[:end]) in lines:
             return lines[tuple(path[:end])]
     return 1
+
+
+# ============================================================================
+# Where a key came from, and located issues
+# ============================================================================
+
+
+@dataclass
+class Issue:
+    path: KeyPath
+    message: str
+
+
+@dataclass
+class Source:
+    """Where each key came from: a line of the file, or a --set argument."""
+
+    file: str
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    overridden: dict[KeyPath, str] = field(default_factory=dict)
+    aliases: dict[KeyPath, KeyPath] = field(default_factory=dict)  # expanded entry -> written entry
+
+    def _written(self, path: KeyPath) -> KeyPath:
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.aliases:
+                return self.aliases[path[:end]] + path[end:]
+        return path
+
+    def locate(self, path: KeyPath) -> str:
+        written = self._written(path)
+        for end in range(len(written), 0, -1):
+            if written[:end] in self.overridden:
+                return f"--set {self.overridden[written[:end]]}"
+        below = [arg for key, arg in self.overridden.items() if key[: len(written)] == written]
+        if below:  # a section-level problem caused by --set on a key inside it
+            return "--set " + ", --set ".join(below)
+        return f"{self.file}:{line_of(self.lines, written)}"
+
+    def sort_key(self, path: KeyPath) -> int:
+        return line_of(self.lines, self._written(path))
+
+    def format(self, issues: Iterable[Issue]) -> list[str]:
+        ordered = sorted(issues, key=lambda i: self.sort_key(i.path))
+        return [f"{self.locate(i.path)}: {dotted(i.path) or '<file>'}: {i.message}" for i in ordered]
+
+
+def dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

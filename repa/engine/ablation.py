@@ -40,9 +40,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from repa.config import ExperimentConfig, config_hash, load_experiment
-from repa.config.overrides import parse_value
 from repa.config.source import key_lines, read_toml
-from repa.errors import ConfigError, RepaError
+from repa.errors import ConfigError
+from repa.plugins.contract import metric_outputs
 
 # ============================================================================
 # The ablation file
@@ -117,7 +117,7 @@ def _show(value) -> str:
 def load_ablation(path: Path) -> Ablation:
     from pydantic import ValidationError
 
-    from repa.config.loader import Source, _translate
+    from repa.config import Source, translate_errors
 
     raw, text = read_toml(path)
     if "ablation" not in raw:
@@ -126,7 +126,7 @@ def load_ablation(path: Path) -> Ablation:
         return Ablation.model_validate(raw["ablation"])
     except ValidationError as exc:
         source = Source(str(path), key_lines(text))
-        raise ConfigError(source.format(_translate(exc, Ablation, ("ablation",)))) from None
+        raise ConfigError(source.format(translate_errors(exc, Ablation, ("ablation",)))) from None
 
 
 # ============================================================================
@@ -220,7 +220,8 @@ def check_layout(ablation: Ablation, configs: list[ExperimentConfig]) -> list[st
 def _produces(config: ExperimentConfig, metric: str) -> bool:
     if metric in TRAINING_SCALARS or metric.startswith("align_loss_"):
         return True
-    return metric in {m.kind for m in config.eval.metrics}  # each built-in metric logs under its own name
+    return metric in {name for m in config.eval.metrics for name in metric_outputs(m.kind, m.params)}
+
 
 
 # ============================================================================
@@ -232,10 +233,10 @@ def training_flops(config: ExperimentConfig) -> float:
     """~6 x parameters x tokens x samples (forward + backward of the backbone)."""
     import torch
 
-    from repa.engine.build import build_backbone, input_geometry
+    from repa.engine.build import build_network, input_geometry
 
     with torch.device("meta"):
-        model = build_backbone(config, 1000)
+        model = build_network(config, 1000)
     params = sum(p.numel() for p in model.parameters())
     side, _ = input_geometry(config)
     tokens = config.backbone.params.num_tokens(side)
@@ -356,7 +357,3 @@ def submit_slurm(jobs: list[tuple[Run, list[list[str]]]], launcher: Launcher, fo
         (Path(run.run_dir) / "ablation_job.txt").write_text(str(job.job_id))
         submitted.append(job)
     return submitted
-
-
-class AblationError(RepaError):
-    pass

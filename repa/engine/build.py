@@ -1,8 +1,11 @@
-"""Building the configured components (one place for train, sample and evaluate)."""
+"""Building the configured components (one place for train, sample and evaluate), and checking
+them on tiny inputs before anything is written (`repa.plugins.contract` probes)."""
 
 from __future__ import annotations
 
 from repa.config import ExperimentConfig
+from repa.engine.alignment import AlignedNetwork, AlignmentTerm
+from repa.plugins import contract
 
 
 def input_geometry(config: ExperimentConfig) -> tuple[int, int]:
@@ -11,22 +14,26 @@ def input_geometry(config: ExperimentConfig) -> tuple[int, int]:
     return config.data.params.resolution // ae.downsample_factor(), ae.latent_channels()
 
 
-def projections(config: ExperimentConfig) -> list[tuple[int, int, int]]:
-    """(depth, projector_dim, encoder width) per alignment entry, from static encoder facts."""
-    return [(a.depth, a.projector_dim, a.encoder.params.embed_dim()) for a in config.alignment]
-
-
-def build_backbone(config: ExperimentConfig, num_classes: int, null_label: bool | None = None):
-    """null_label: whether the label embedding has the null row (default: when the experiment
-    drops labels); loading a checkpoint sets it from the weights."""
+def build_network(config: ExperimentConfig, num_classes: int, null_label: bool | None = None) -> AlignedNetwork:
+    """The backbone plus one projector per [[alignment]] entry. null_label: whether the label table
+    has the null row (default: when the experiment drops labels); a loaded checkpoint decides it."""
     side, channels = input_geometry(config)
     dropout = config.train.label_dropout
-    if null_label is not None and null_label != (dropout > 0):
-        dropout = 0.1 if null_label else 0.0  # only the row count matters: a loaded model samples in eval mode
-    return config.backbone.build(
-        input_size=side, in_channels=channels, num_classes=num_classes, projections=projections(config),
-        label_dropout=dropout, grad_checkpointing=config.train.grad_checkpointing,
+    backbone = config.backbone.build(
+        input_size=side, in_channels=channels, num_classes=num_classes, label_dropout=dropout,
+        null_label=dropout > 0 if null_label is None else null_label,
+        grad_checkpointing=config.train.grad_checkpointing,
     )
+    grid = config.backbone.params.token_grid(side)
+    projectors = [entry.projector.build(in_dim=backbone.hidden_size, out_dim=entry.encoder.params.embed_dim(),
+                                        projector_dim=entry.projector_dim, grid=grid) for entry in config.alignment]
+    return AlignedNetwork(backbone, projectors, [entry.depth for entry in config.alignment])
+
+
+def build_terms(config: ExperimentConfig) -> list[AlignmentTerm]:
+    """Each [[alignment]] entry's loss, coefficient, early stop and target transform."""
+    return [AlignmentTerm(entry.loss.build(), entry.coeff, entry.stop_after, entry.target_transform.build())
+            for entry in config.alignment]
 
 
 def build_sampling(config: ExperimentConfig):
@@ -39,3 +46,30 @@ def build_sampling(config: ExperimentConfig):
 
 def build_objective_parts(config: ExperimentConfig):
     return config.path.build(), config.prediction.build(), config.weighting.build()
+
+
+# ============================================================================
+# Probes: every built part on a tiny input, before the run writes anything
+# ============================================================================
+
+
+def probe_network(config: ExperimentConfig, network: AlignedNetwork, device=None) -> None:
+    """The backbone's output and hidden states, and each projector's output width."""
+    side, channels = input_geometry(config)
+    tokens = config.backbone.params.num_tokens(side)
+    contract.probe_backbone(config.backbone.entry.label, network.backbone, side, channels,
+                            sorted(set(network.depths)), tokens, device)
+    for entry, projector in zip(config.alignment, network.projectors):
+        contract.probe_projector(entry.projector.entry.label, projector, tokens, network.backbone.hidden_size,
+                                 entry.encoder.params.embed_dim(), device)
+
+
+def probe_alignment(config: ExperimentConfig, terms: list[AlignmentTerm], encoders: list, device=None) -> None:
+    """Each entry's encoder (when online), target transform and loss on tokens of the run's shape."""
+    resolution = config.data.params.resolution
+    for entry, term, encoder in zip(config.alignment, terms, encoders):
+        tokens, dim = entry.encoder.params.tokens_for(resolution), entry.encoder.params.embed_dim()
+        if encoder is not None:
+            contract.probe_encoder(entry.encoder.entry.label, encoder, resolution, tokens, dim, device)
+        contract.probe_target_transform(entry.target_transform.entry.label, term.transform, tokens, dim, device)
+        contract.probe_alignment_loss(entry.loss.entry.label, term.loss, tokens, dim, device)

@@ -1,5 +1,6 @@
-"""Binding a backbone, its prediction target, the path, labels and guidance into the
-velocity field that samplers integrate."""
+"""Binding a network (`repa.engine.alignment.AlignedNetwork`), its prediction target, the path,
+labels and guidance into the velocity field that samplers integrate (as the official samplers.py,
+sihyun-yu/REPA @ 67f7145)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from repa.errors import RepaError
 from repa.interfaces import Guidance, Path, Prediction
+from repa.precision import autocast_to
 
 
 class GlobalNoise:
@@ -50,7 +52,7 @@ class Denoiser:
         self.autocast_dtype = autocast_dtype
 
     def _null_labels(self, y):
-        if not getattr(self.model, "has_null_label", True):
+        if not self.model.has_null_label:
             raise RepaError(
                 "guidance needs the null label, but this model was built without one (label_dropout = 0); "
                 "sample with cfg_scale = 1"
@@ -66,9 +68,8 @@ class Denoiser:
             x_in, t_in, y_in = (x, t, y)
             if guided:
                 x_in, t_in, y_in = torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, self._null_labels(y)])
-            with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                                enabled=self.autocast_dtype is not None):
-                out = self.model(x_in.to(self.model_dtype), t_in.to(self.model_dtype), y_in)[0]
+            with autocast_to(x.device.type, self.autocast_dtype):
+                out = self.model(x_in.to(self.model_dtype), t_in.to(self.model_dtype), y_in, align=False)[0]
             out = out.to(x.dtype)
             if guided:
                 cond, uncond = out.chunk(2)
@@ -80,8 +81,6 @@ class Denoiser:
     @torch.no_grad()
     def sample(self, sampler, x1, y, noise=None, state_dtype=torch.float64):
         """x1 [B,C,H,W] noise, y [B] labels -> x0 in `state_dtype`."""
-        check = getattr(self.model, "check_inputs", None)
-        if check is not None:
-            check(x1, torch.zeros(x1.shape[0], device=x1.device), y)
+        self.model.check_inputs(x1, torch.zeros(x1.shape[0], device=x1.device), y)
         dtype = self.model_dtype if state_dtype == "model" else state_dtype
         return sampler.sample(self.velocity_for(y), x1.to(dtype), self.path, noise or GlobalNoise())

@@ -81,7 +81,7 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
     process; scoring and the record are the main process's."""
     from accelerate import PartialState
 
-    from repa.components.tracker.trackers import JsonlTracker
+    from repa.engine.record import RunRecord
     from repa.engine.sampling import SampleRun
 
     config_file = run_dir / "config.resolved.toml"
@@ -108,7 +108,7 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
                       "num_samples": config.eval.num_samples, "sampler": config.sample.sampler.kind,
                       "steps": config.sample.steps, "cfg_scale": config.sample.cfg_scale,
                       "guidance_interval": list(config.sample.guidance_interval)}
-            JsonlTracker(run_dir).log(step, record)
+            RunRecord(run_dir).log(step, record)
             results.append({"step": step, **scores})
         state.wait_for_everyone()
     return results

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from repa.components.dataset.packed import PackWriter, read_manifest, verify
+from repa.precision import autocast_dtype
 from repa.errors import DataError
 from repa.weights import file_digest
 
@@ -22,14 +23,12 @@ RECORD = "features.json"
 
 def describe(config, entry, encoder, dataset, precision: str) -> dict:
     """Everything the tokens depend on."""
-    spec = getattr(encoder, "spec", None)
     return {
         "encoder": entry.encoder.kind,
         "encoder_params": entry.encoder.params.model_dump(mode="json"),
-        "weights_blake2b": file_digest(encoder.weights_file) if getattr(encoder, "weights_file", "") else None,
+        "weights_blake2b": file_digest(encoder.weights_file) if encoder.weights_file else None,
         "resolution": config.data.params.resolution,
-        "preprocessing": {"mean": list(spec.mean), "std": list(spec.std), "resize": spec.resize,
-                          "input_size": spec.input_size(config.data.params.resolution)} if spec else None,
+        "preprocessing": encoder.preprocessing(),
         "precision": precision,
         "dataset": {"kind": config.data.kind, **config.data.params.model_dump(mode="json"), "count": len(dataset)},
     }
@@ -51,7 +50,7 @@ def cache_features(config, encoder_name: str, dest: Path, batch_size: int = 64, 
     entry = config.alignment[_entry_index(config, encoder_name)]
     dataset = config.data.build(split="train")
     encoder = entry.encoder.build(resolution=config.data.params.resolution).to(device)
-    encoder.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    encoder.autocast_dtype = autocast_dtype(precision)
     tokens = encoder.tokens_for(config.data.params.resolution)
     writer = PackWriter(Path(dest), len(dataset), config.data.params.resolution,
                         {"tokens": ("float32", (tokens, encoder.embed_dim))}, shard_size)

@@ -3,8 +3,9 @@
     L = E_t[ w(t) |f(x_t, t, y) - target|^2 ] + sum_k coeff_k * align_k(h_phi_k(h_t), y*_k) / n
 
 The weighting gives t, the path x_t, the prediction target what to regress, each alignment
-entry its loss on its projector's output. With reduction "mean" the alignment sum is divided
-by the number of entries, the official normalisation (sum over encoders and batch / (n * B)).
+entry (`repa.engine.alignment.AlignmentTerm`) its loss on its projector's output. With
+reduction "mean" the alignment sum is divided by the number of entries, the official
+normalisation (sihyun-yu/REPA @ 67f7145, loss.py: sum over encoders and batch / (n * B)).
 """
 
 from __future__ import annotations
@@ -13,22 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from repa.interfaces import AlignmentLoss, Path, Prediction, Weighting
+from repa.engine.alignment import AlignmentTerm
+from repa.interfaces import Path, Prediction, Weighting
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=list(range(1, x.ndim)))
-
-
-@dataclass
-class AlignmentTerm:
-    loss: AlignmentLoss
-    coeff: float
-    stop_after: int | None = None
-
-    def active(self, step: int) -> bool:
-        """HASTE-style early stop: the term is switched off after `stop_after` steps."""
-        return self.coeff > 0 and (self.stop_after is None or step < self.stop_after)
 
 
 @dataclass
@@ -55,7 +46,7 @@ class Objective:
         denoising = mean_flat((out.float() - target.float()) ** 2) * self.weighting.loss_weight(t).float()
         per_entry, total = [], denoising.mean()
         for term, z_tilde, z in zip(self.terms, projected, targets):
-            loss = term.loss(z_tilde, z)
+            loss = term(z_tilde, z)
             per_entry.append(loss.detach())
             # An inactive term still enters with weight 0, so every projector gets a gradient
             # (DDP requires it) and switching a term off changes nothing else.

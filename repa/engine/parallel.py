@@ -57,7 +57,7 @@ class DDPStrategy:
 
 class FSDPStrategy:
     """Parameters, gradients and optimizer state sharded over processes (FSDP2 `fully_shard`, one
-    unit per transformer block). The EMA is sharded the same way, so its update stays local."""
+    unit per `Backbone.shard_units()`, e.g. per transformer block). The EMA is sharded the same way, so its update stays local."""
 
     collective_sampling = True  # a sharded model's forward needs every process
 
@@ -68,8 +68,8 @@ class FSDPStrategy:
     def _shard(module):
         from torch.distributed.fsdp import fully_shard
 
-        for block in getattr(module, "blocks", []):
-            fully_shard(block)
+        for unit in module.backbone.shard_units():  # e.g. SiT's blocks; the rest is the root unit
+            fully_shard(unit)
         fully_shard(module)
         return module
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from repa.components.dataset.crop import center_crop_arr, to_rgb
 from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files, read_labels
+from repa.engine.progress import progress_bar
 from repa.errors import DataError
 
 log = logging.getLogger("repa")
@@ -43,13 +44,6 @@ def write_json_atomic(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
-
-
-def progress_bar(description: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn(description), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn())
 
 
 # ============================================================================

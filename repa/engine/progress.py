@@ -1,4 +1,5 @@
-"""The progress bar a researcher watches: step, loss, alignment loss, steps/s, ETA."""
+"""The progress bars a researcher watches: training (step, loss, alignment loss, steps/s, ETA) and
+item counts (preprocessing, sampling)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+def progress_bar(description: str) -> Progress:
+    """Items done of a known total, with a `rate` field the caller updates."""
+    return Progress(TextColumn(description), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[rate]}"),
+                    TimeElapsedColumn(), TimeRemainingColumn())
 
 
 class TrainingProgress:

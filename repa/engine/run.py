@@ -51,6 +51,7 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
         raise RepaError(f"{run_dir / 'checkpoints'}: this run already has checkpoints; pass --resume to continue it, "
                         "or choose another experiment.name")
     trainer = Trainer(config, run_dir, resume=resume, progress=progress)
+    trainer.setup()  # builds and checks every component: a broken one stops here, nothing written
     handler = None
     if trainer.acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

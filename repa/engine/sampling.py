@@ -20,10 +20,12 @@ import torch
 
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
-from repa.engine.build import build_backbone, build_objective_parts, build_sampling, input_geometry
+from repa.engine.alignment import network_layout
+from repa.engine.build import build_network, build_objective_parts, build_sampling, input_geometry
 from repa.engine.denoiser import Denoiser
 from repa.engine.generation import class_labels, generate, to_uint8
 from repa.errors import CheckpointError, MissingWeightsError, RepaError
+from repa.precision import autocast_dtype, effective_precision
 from repa.weights import (
     cache_dir, download, file_digest, hub_offline, load_file, load_state_strict, reachable, strip_prefix,
     unwrap_state_dict,
@@ -88,24 +90,25 @@ def resolve_checkpoint(path: Path | None) -> tuple[dict, int | None, str]:
 
 
 def load_model(config: ExperimentConfig, state: dict, source: str):
-    """Build the configured backbone and load the EMA weights strictly (num_classes from the weights)."""
-    from repa.compat import legacy_to_blocks
-
-    if any(k.startswith("decoder_blocks.") for k in state):
-        state = legacy_to_blocks(state, config.alignment[0].depth if config.alignment else 8)
-    rows = state.get("y_embedder.embedding_table.weight")
+    """Build the configured network and load the EMA weights (official layout) strictly; the class
+    count and null label come from the weights."""
+    params = config.backbone.params
+    state = params.upgrade_state(state, [entry.depth for entry in config.alignment])
+    rows = params.label_rows(state)
     if rows is None:
-        raise CheckpointError(f"{source}: no y_embedder.embedding_table.weight; not a SiT checkpoint")
-    num_classes, null_label = label_rows(config, rows.shape[0], source)
-    model = build_backbone(config, num_classes, null_label=null_label)
-    load_state_strict(model, state, source)
+        classes = config.data.params.known_classes()
+        num_classes, null_label = (classes if classes is not None else 1000), config.train.label_dropout > 0
+    else:
+        num_classes, null_label = label_rows(config, rows, source)
+    model = build_network(config, num_classes, null_label=null_label)
+    load_state_strict(model, network_layout(state), source)
     return model.eval()
 
 
 def label_rows(config: ExperimentConfig, rows: int, source: str) -> tuple[int, bool]:
     """(classes, has a null label) of a label embedding with `rows` rows: the dataset's class
     count decides, so a checkpoint trained without label dropout is not misread as one class short."""
-    classes = getattr(config.data.params, "num_classes", None)
+    classes = config.data.params.known_classes()
     if classes is None:  # unknown until the dataset is read: trust the experiment's label dropout
         classes = rows - int(config.train.label_dropout > 0)
     if rows - classes not in (0, 1):
@@ -118,8 +121,7 @@ def label_rows(config: ExperimentConfig, rows: int, source: str) -> tuple[int, b
 def nfe_per_sample(config: ExperimentConfig) -> float:
     """Network evaluations per sample, counting the doubled CFG batch inside the interval."""
     sample = config.sample
-    steps = sample.steps
-    evals = {"heun": 2 * steps - 1}.get(sample.sampler.kind, steps)
+    evals = sample.sampler.build(steps=sample.steps).function_evaluations()
     low, high = sample.guidance_interval
     guided = (high - low) if sample.cfg_scale != 1.0 else 0.0
     return evals * (1 + guided)
@@ -127,11 +129,10 @@ def nfe_per_sample(config: ExperimentConfig) -> float:
 
 def sampling_autocast(config: ExperimentConfig, device) -> torch.dtype | None:
     """The network's autocast dtype for `sample.precision` (fp16 autocast needs a GPU: bf16 on a CPU)."""
-    precision = config.sample.precision
-    if precision == "fp16" and torch.device(device).type != "cuda":
+    precision = effective_precision(config.sample.precision, torch.device(device).type)
+    if precision != config.sample.precision:
         log.warning("repa: fp16 autocast needs a GPU; sampling in bf16 on this CPU")
-        precision = "bf16"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return autocast_dtype(precision)
 
 
 def default_out(config: ExperimentConfig, checkpoint: Path | None, seed: int, labels: str) -> Path:
@@ -239,7 +240,7 @@ class SampleRun:
         return per_batch * math.ceil(self.num / (len(x) * self.state.num_processes))
 
     def run(self) -> Path:
-        from repa.engine.preprocess import progress_bar
+        from repa.engine.progress import progress_bar
 
         self.check_folder()
         self.state.wait_for_everyone()

@@ -15,16 +15,21 @@ import torch
 
 from repa.config import ExperimentConfig, config_hash, to_dict
 from repa.engine import checkpoint as ckpt
-from repa.engine.build import build_backbone, build_objective_parts, build_sampling, input_geometry
+from repa.engine.alignment import checkpoint_layout, network_layout
+from repa.engine.build import (
+    build_network, build_objective_parts, build_sampling, build_terms, input_geometry, probe_alignment, probe_network,
+)
 from repa.engine.data import StepBatchSampler, make_loader
 from repa.engine.denoiser import Denoiser
 from repa.engine.ema import make_ema, update_ema
 from repa.engine.features import FeatureCache, WithFeatures, describe
 from repa.engine.generation import class_labels, generate, image_grid, to_uint8
-from repa.engine.objective import AlignmentTerm, Objective
+from repa.engine.objective import Objective
 from repa.engine.parallel import STRATEGIES
 from repa.engine.randomness import draw_step
+from repa.engine.record import RunRecord
 from repa.errors import CheckpointError, DataError, RepaError
+from repa.precision import autocast_dtype, effective_precision, on_cpu
 
 log = logging.getLogger("repa")
 record_log = logging.getLogger("repa.record")  # log.txt only (run.attach_log_file); the console has the bar
@@ -85,18 +90,11 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def effective_precision(config: ExperimentConfig) -> tuple[str, bool]:
-    """(mixed precision actually used, on CPU?): fp16 autocast needs a GPU, so a CPU runs bf16."""
-    device = config.train.device
-    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    precision = config.train.mixed_precision
-    return ("bf16" if cpu and precision == "fp16" else precision), cpu
-
-
 def make_accelerator(config: ExperimentConfig):
     from accelerate import Accelerator
 
-    precision, cpu = effective_precision(config)
+    precision = effective_precision(config.train.mixed_precision, config.train.device)
+    cpu = on_cpu(config.train.device)
     if precision != config.train.mixed_precision:
         log.warning("repa: fp16 autocast needs a GPU; using bf16 on this CPU (set train.mixed_precision to silence)")
     if not cpu:
@@ -119,7 +117,8 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> None:
-        """Everything that can fail on bad input (data, weights) fails here, before the first step."""
+        """Everything that can fail on bad input (data, weights, a plugin breaking its contract)
+        fails here, before the run folder is written."""
         config, acc = self.config, self.acc
         self.dataset = config.data.build(split="train")
         self.autoencoder = config.autoencoder.build().to(self.device)
@@ -134,10 +133,11 @@ class Trainer:
         if caches:
             self.dataset = WithFeatures(self.dataset, caches)
         torch.manual_seed(config.experiment.seed)
-        model = build_backbone(config, self.dataset.num_classes).to(self.device)
+        model = build_network(config, self.dataset.num_classes).to(self.device)
         path, prediction, weighting = build_objective_parts(config)
-        terms = [AlignmentTerm(a.loss.build(), a.coeff, a.stop_after) for a in config.alignment]
-        self.objective = Objective(path, prediction, weighting, terms, config.train.alignment_reduction)
+        self.objective = Objective(path, prediction, weighting, build_terms(config), config.train.alignment_reduction)
+        probe_network(config, model, self.device)
+        probe_alignment(config, self.objective.terms, self.encoders, self.device)
         self.model, self.ema, self.optimizer = self.parallel.wrap(
             model, make_ema(model), lambda parameters: config.optim.build(parameters=parameters))
         if config.train.compile:
@@ -147,8 +147,7 @@ class Trainer:
 
     def _build_encoder(self, entry):
         encoder = entry.encoder.build(resolution=self.config.data.params.resolution).to(self.device)
-        precision = self.acc.mixed_precision
-        encoder.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        encoder.autocast_dtype = autocast_dtype(self.acc.mixed_precision)
         return encoder
 
     def _open_cache(self, entry) -> FeatureCache:
@@ -159,7 +158,7 @@ class Trainer:
         return cache
 
     def _unwrapped(self):
-        """The SiT without DDP or torch.compile wrappers: its names are the checkpoint's and the EMA's."""
+        """The network without DDP or torch.compile wrappers: its names are the EMA's."""
         return self.parallel.unwrapped(self.model)
 
     # ---------------------------------------------------------- checkpoints
@@ -176,6 +175,11 @@ class Trainer:
             if found is None:
                 raise CheckpointError(f"{self.checkpoints}: no usable checkpoint to resume from")
             folder, saved = found
+        if saved.state.get("layout") != ckpt.LAYOUT:
+            raise CheckpointError(
+                f"{folder}: written by repa before contract 1.0, whose parameter order differs; its weights still "
+                f"sample and evaluate (`repa sample --checkpoint {folder}`), but training cannot resume from it")
+        saved.model, saved.ema = network_layout(saved.model), network_layout(saved.ema)
         self.parallel.load(self.model, self.ema, self.optimizer, saved, str(folder))
         if saved.optimizer.get("scaler") and self.acc.scaler is not None:
             self.acc.scaler.load_state_dict(saved.optimizer["scaler"])
@@ -205,8 +209,9 @@ class Trainer:
             optimizer_state["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
             state = {"step": step, "nonfinite_total": self.counters.nonfinite_total,
                      "nonfinite_in_row": self.counters.nonfinite_in_row, "config_hash": config_hash(self.config),
-                     "processes": acc.num_processes, "distributed": self.config.train.distributed}
-            ckpt.write_main(tmp, model_state, ema_state, optimizer_state, state)
+                     "processes": acc.num_processes, "distributed": self.config.train.distributed,
+                     "layout": ckpt.LAYOUT}
+            ckpt.write_main(tmp, checkpoint_layout(model_state), checkpoint_layout(ema_state), optimizer_state, state)
             if diagnostic:  # a resumed run may diverge at the same step again: replace the old one
                 ckpt.write_manifest(tmp)
                 ckpt.move_into_place(tmp, final)
@@ -258,7 +263,7 @@ class Trainer:
         return values
 
     def _update(self, finite: bool) -> float:
-        acc, counters = self.acc, self.counters
+        counters = self.counters
         grad_norm = float("nan")
         if finite:
             grad_norm = self.parallel.clip(self.model, self.config.optim.params.max_grad_norm)
@@ -317,15 +322,10 @@ class Trainer:
     # ----------------------------------------------------------------- loop
 
     def _make_trackers(self):
-        from repa.plugins import get_components
-
+        """The run record (metrics.jsonl, samples/) and the configured tracker, on the main process."""
         if not self.acc.is_main_process:
             return []
-        jsonl = get_components().get("tracker", "jsonl").build(run_dir=self.run_dir, config=to_dict(self.config))
-        extra = []
-        if self.config.tracker.kind != "jsonl":
-            extra = [self.config.tracker.build(run_dir=self.run_dir, config=to_dict(self.config))]
-        return [jsonl, *extra]
+        return [RunRecord(self.run_dir), self.config.tracker.build(run_dir=self.run_dir, config=to_dict(self.config))]
 
     def _install_signal_handlers(self):
         def request_stop(signum, frame):
@@ -342,7 +342,7 @@ class Trainer:
         flag = torch.tensor([self.stop_requested], device=self.device)
         return bool(self.acc.gather(flag).any())
 
-    def _log(self, window: Window, values: dict) -> None:
+    def _log(self, window: Window) -> None:
         config, acc = self.config, self.acc
         elapsed = time.perf_counter() - window.started
         means = {k: float(acc.gather(torch.tensor([v], device=self.device, dtype=torch.float64)).nanmean())
@@ -357,12 +357,11 @@ class Trainer:
         if acc.is_main_process:  # log.txt keeps the run's history next to metrics.jsonl
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
             record_log.info("step %d: %s", self.counters.step, shown)
-        return record
 
     def run(self) -> int:
+        """Train; `setup()` must have run (run_experiment calls it before writing the run folder)."""
         from repa.engine.progress import TrainingProgress
 
-        self.setup()
         config, acc, counters = self.config, self.acc, self.counters
         self.trackers = self._make_trackers()
         if counters.step == 0:
@@ -391,7 +390,7 @@ class Trainer:
                     window.add(values)
                     progress.update(counters.step, values, window)
                     if counters.step % config.train.log_every == 0 or counters.step == config.train.max_steps:
-                        self._log(window, values)
+                        self._log(window)
                         window = Window()
                     if counters.step == 1 or counters.step % config.train.sample_every == 0:
                         self.sample_grid()
@@ -403,7 +402,7 @@ class Trainer:
         finally:
             self.stopped = stopped
         if window.steps:
-            self._log(window, values)
+            self._log(window)
         if not self.checkpoints.joinpath(ckpt.checkpoint_name(counters.step)).is_dir():
             self.save_checkpoint()
         if not stopped and counters.step % config.train.sample_every:

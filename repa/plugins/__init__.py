@@ -1,7 +1,7 @@
 """Plugins: pluggy hookspecs, registries and the loader. See `hookspecs` for the hooks."""
 
 from repa.plugins.hookspecs import HOOKS, KINDS, hookimpl
-from repa.plugins.manager import Components, get_components, load_components, reset_components
+from repa.plugins.manager import Components, get_components, load_components, set_components
 from repa.plugins.registry import Entry, NoParams, Registry, UnknownComponentError
 
 __all__ = [
@@ -15,5 +15,5 @@ __all__ = [
     "get_components",
     "hookimpl",
     "load_components",
-    "reset_components",
+    "set_components",
 ]

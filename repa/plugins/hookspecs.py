@@ -7,8 +7,11 @@ entry point in group "repa" of its distribution:
     my_encoders = "my_package.repa_plugin"
 
 Each hook receives the registry of its kind and calls
-`registry.add(name, factory, params=ParamsModel, description=...)`. Keep plugin modules
-light: import torch, timm, open_clip inside factories, never at module top.
+`registry.add(name, factory, params=ParamsModel, description=...)`. `registry.add` checks the
+factory's signature and the params model against the kind's contract
+(`repa.plugins.contract.CONTRACTS`); the built object is checked against the kind's base class
+in `repa.interfaces`. Keep plugin modules light: import torch, timm, open_clip inside
+factories, never at module top.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 # kind -> hook name. The kind names are what `repa plugins KIND` accepts.
 HOOKS = {
     "backbone": "repa_register_backbones",
+    "projector": "repa_register_projectors",
     "path": "repa_register_paths",
     "prediction": "repa_register_predictions",
     "weighting": "repa_register_weightings",
     "alignment_loss": "repa_register_alignment_losses",
+    "target_transform": "repa_register_target_transforms",
     "encoder": "repa_register_encoders",
     "sampler": "repa_register_samplers",
     "guidance": "repa_register_guidances",
@@ -41,9 +46,15 @@ KINDS = tuple(HOOKS)
 @hookspec
 def repa_register_backbones(registry):
     """Add denoising backbones. factory(params, *, input_size, in_channels, num_classes,
-    projections) -> nn.Module satisfying `repa.interfaces.Backbone`; `projections` is a
-    list of (depth, projector_dim, out_dim), one per alignment entry. Params subclass
+    label_dropout, null_label, grad_checkpointing) -> `repa.interfaces.Backbone` (an nn.Module
+    that returns the hidden states at the depths the engine asks for). Params subclass
     `repa.interfaces.BackboneParams`."""
+
+
+@hookspec
+def repa_register_projectors(registry):
+    """Add REPA projectors (hidden states -> encoder width). factory(params, *, in_dim, out_dim,
+    projector_dim, grid) -> `repa.interfaces.Projector`; grid = (rows, columns) of the tokens."""
 
 
 @hookspec
@@ -64,6 +75,12 @@ def repa_register_weightings(registry):
 @hookspec
 def repa_register_alignment_losses(registry):
     """Add alignment losses. factory(params) -> `repa.interfaces.AlignmentLoss`."""
+
+
+@hookspec
+def repa_register_target_transforms(registry):
+    """Add transforms of the encoder's tokens before the alignment loss. factory(params) ->
+    `repa.interfaces.TargetTransform`."""
 
 
 @hookspec
@@ -106,5 +123,5 @@ def repa_register_trackers(registry):
 
 @hookspec
 def repa_register_optimizers(registry):
-    """Add optimizers. factory(params, parameters) -> torch.optim.Optimizer.
+    """Add optimizers. factory(params, *, parameters) -> torch.optim.Optimizer.
     Params subclass `repa.interfaces.OptimizerParams`."""

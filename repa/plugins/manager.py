@@ -16,7 +16,6 @@ from typing import Iterable
 
 import pluggy
 
-from repa import interfaces
 from repa.errors import PluginError
 from repa.plugins import hookspecs
 from repa.plugins.registry import Registry
@@ -31,16 +30,8 @@ PLUGINS_ENV = "REPA_PLUGINS"
 # a partial list at run time means a stale install, not a missing feature.
 BUILTIN_ENTRY_POINTS = (
     "alignment_losses", "autoencoders", "backbones", "datasets", "encoders", "guidances", "metrics",
-    "optimizers", "paths", "predictions", "samplers", "trackers", "weightings",
+    "optimizers", "paths", "predictions", "projectors", "samplers", "target_transforms", "trackers", "weightings",
 )
-
-PARAMS_BASE = {
-    "backbone": interfaces.BackboneParams,
-    "encoder": interfaces.EncoderParams,
-    "autoencoder": interfaces.AutoencoderParams,
-    "dataset": interfaces.DatasetParams,
-    "optimizer": interfaces.OptimizerParams,
-}
 
 
 @dataclass
@@ -62,6 +53,8 @@ class Components:
     registries: dict[str, Registry]
     plugins: list[Plugin] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # One line per plugin that failed to import or register; unknown-name errors cite them.
+    failed: list[str] = field(default_factory=list)
 
     def __getitem__(self, kind: str) -> Registry:
         return self.registries[kind]
@@ -97,15 +90,18 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def _failed(components: Components, name: str, distribution: str, reason: str) -> None:
+    components.failed.append(f"plugin {name!r} from distribution {distribution!r} {reason}")
+    _warn(components, f"plugin {name!r} from distribution {distribution!r} {reason} -- skipped; the other "
+                      "plugins are loaded")
+
+
 def _import(components: Components, name: str, distribution: str, target: str, load) -> None:
     try:
         module = load()
     except Exception as exc:  # a broken plugin must not take the others down
-        _warn(
-            components,
-            f"plugin {name!r} from distribution {distribution!r} failed to import ({target}): "
-            f"{type(exc).__name__}: {_first_line(exc)} -- skipped; the other plugins are loaded",
-        )
+        _failed(components, name, distribution, f"failed to import ({target}): {type(exc).__name__}: "
+                                                f"{_first_line(exc)}")
         return
     components.plugins.append(Plugin(name, distribution, module))
 
@@ -157,7 +153,8 @@ def load_components(
     eps = _entry_points() if entry_points is None else entry_points
     chosen, module_paths = _select(eps, autoload, explicit)
 
-    components = Components({k: Registry(k, PARAMS_BASE.get(k, interfaces.Params)) for k in hookspecs.KINDS})
+    failed: list[str] = []
+    components = Components({k: Registry(k, failed_plugins=failed) for k in hookspecs.KINDS}, failed=failed)
     for ep in chosen:
         _import(components, ep.name, _dist_name(ep), ep.value, ep.load)
     for path in module_paths:
@@ -172,7 +169,7 @@ def load_components(
         try:
             pm.register(plugin.module, name=plugin.key)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            _warn(components, f"plugin {plugin.name!r} from {plugin.distribution!r} is invalid: {_first_line(exc)} -- skipped")
+            _failed(components, plugin.name, plugin.distribution, f"is invalid: {_first_line(exc)}")
             continue
         registered.append(plugin)
     _report_unknown_hooks(components, pm, registered)
@@ -203,11 +200,9 @@ def _call_registration_hooks(components: Components, pm: pluggy.PluginManager, p
                     except PluginError:
                         raise
                     except Exception as exc:
-                        _warn(
-                            components,
-                            f"plugin {plugin.name!r} from {plugin.distribution!r} failed in {hook_name}: "
-                            f"{type(exc).__name__}: {_first_line(exc)} -- its remaining {kind} components are skipped",
-                        )
+                        _failed(components, plugin.name, plugin.distribution,
+                                f"failed in {hook_name}: {type(exc).__name__}: {_first_line(exc)} (its remaining "
+                                f"{kind} components are missing)")
 
 
 _default: Components | None = None
@@ -221,7 +216,9 @@ def get_components() -> Components:
     return _default
 
 
-def reset_components() -> None:
-    """Forget the cached registries (tests; after installing a plugin in-process)."""
+def set_components(components: Components | None) -> None:
+    """Use these registries from now on (the CLI's --plugin/--no-autoload); None: load again on
+    next use (after installing a plugin in-process)."""
     global _default
-    _default = None
+    _default = components
+

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import fnmatch
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from repa.errors import PluginError
+from repa.errors import ContractError, PluginError
 from repa.interfaces import Params
+from repa.plugins import contract
+
+log = logging.getLogger("repa.plugins")
 
 
 class NoParams(Params):
@@ -28,14 +31,24 @@ class Entry:
     info: Callable[[Params], dict[str, Any]] | None = None
 
     def build(self, params: Params | None = None, **kwargs: Any) -> Any:
-        return self.factory(params if params is not None else self.params(), **kwargs)
+        """The factory called with the engine's keywords, and the object checked against the contract."""
+        params = params if params is not None else self.params()
+        return contract.build(self.kind, self.name, self.distribution, self.factory, params, **kwargs)
+
+    @property
+    def label(self) -> str:
+        return contract.label(self.kind, self.name, self.distribution)
 
 
 class UnknownComponentError(PluginError, KeyError):
-    def __init__(self, kind: str, name: str, suggestions: list[str]):
+    def __init__(self, kind: str, name: str, suggestions: list[str], failed_plugins: tuple[str, ...] = ()):
         self.kind, self.name, self.suggestions = kind, name, suggestions
         hint = f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown {kind.replace('_', ' ')} {name!r}{hint} (`repa plugins {kind}` lists them)")
+        failed = ""
+        if failed_plugins:  # the component may be one of theirs
+            failed = f"; it may come from a plugin that failed to load: {'; '.join(failed_plugins)}"
+        super().__init__(f"unknown {kind.replace('_', ' ')} {name!r}{hint} (`repa plugins {kind}` lists them)"
+                         f"{failed}")
 
     def __str__(self) -> str:
         return self.args[0]
@@ -44,9 +57,10 @@ class UnknownComponentError(PluginError, KeyError):
 @dataclass
 class Registry:
     kind: str
-    params_base: type[Params] = Params
     _entries: dict[str, Entry] = field(default_factory=dict)
     _provider: str = "<unknown>"
+    # One line per plugin that failed to import or register (shared by all registries).
+    failed_plugins: list[str] = field(default_factory=list)
 
     @contextlib.contextmanager
     def provided_by(self, distribution: str) -> Iterator["Registry"]:
@@ -64,31 +78,40 @@ class Registry:
         params: type[Params] | None = None,
         description: str = "",
         info: Callable[[Params], dict[str, Any]] | None = None,
-    ) -> Entry:
+    ) -> Entry | None:
+        """Register `factory` under `name`, checked against the kind's contract (its signature and
+        params model) before anything is built. Names are unique regardless of case, as lookup is.
+
+        A component that breaks the contract is not registered: the violation is logged and kept in
+        `failed_plugins`, so naming it in an experiment says why it is unknown."""
         params = params or NoParams
-        if name in self._entries:
-            first = self._entries[name].distribution
+        clash = self._find(name)
+        if clash is not None:
             raise PluginError(
-                f"{self.kind.replace('_', ' ')} {name!r} is registered twice: by distribution "
-                f"{first!r} and by {self._provider!r}; uninstall one of them or rename the component"
+                f"{self.kind.replace('_', ' ')} {name!r} is registered twice: as {clash.name!r} by distribution "
+                f"{clash.distribution!r} and by {self._provider!r}; keep one: `pip uninstall` the other, or run "
+                f"with REPA_DISABLE_PLUGIN_AUTOLOAD=1 REPA_PLUGINS=<the one to keep>"
             )
-        if not (isinstance(params, type) and issubclass(params, self.params_base)):
-            raise PluginError(
-                f"{self.kind} {name!r} from {self._provider!r}: params must subclass "
-                f"{self.params_base.__module__}.{self.params_base.__qualname__}, got {params!r}"
-            )
+        try:
+            contract.check_registration(self.kind, name, factory, params, self._provider)
+        except ContractError as exc:
+            self.failed_plugins.append(str(exc))
+            log.warning("repa: warning: %s -- not registered", exc)
+            return None
         entry = Entry(self.kind, name, factory, params, description, self._provider, info)
         self._entries[name] = entry
         return entry
 
+    def _find(self, name: str) -> Entry | None:
+        """The entry whose name equals `name` regardless of case (names are unique that way)."""
+        return next((e for n, e in self._entries.items() if n.lower() == name.lower()), None)
+
     def get(self, name: str) -> Entry:
-        """Exact name, else a unique case-insensitive match, else an error with close matches."""
-        if name in self._entries:
-            return self._entries[name]
-        folded = [n for n in self._entries if n.lower() == name.lower()]
-        if len(folded) == 1:
-            return self._entries[folded[0]]
-        raise UnknownComponentError(self.kind, name, self.suggest(name))
+        """The entry named `name` (case-insensitive), else an error with close matches."""
+        entry = self._find(name)
+        if entry is None:
+            raise UnknownComponentError(self.kind, name, self.suggest(name), tuple(self.failed_plugins))
+        return entry
 
     def suggest(self, name: str) -> list[str]:
         by_lower = {n.lower(): n for n in self._entries}
@@ -97,10 +120,6 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._entries)
-
-    def filter(self, pattern: str) -> list[Entry]:
-        """Entries whose name matches a glob pattern (case-insensitive), like timm.list_models."""
-        return [e for n, e in sorted(self._entries.items()) if fnmatch.fnmatch(n.lower(), pattern.lower())]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

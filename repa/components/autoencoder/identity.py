@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from repa.interfaces import Autoencoder
 
-class PixelSpace:
+
+class PixelSpace(Autoencoder):
     latent_channels, downsample_factor = 3, 1
-
-    def to(self, device):
-        return self
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B,3,H,W] -> moments [B,6,H,W]: mean = image in [-1,1], std = 0."""

@@ -7,6 +7,7 @@ import torch
 
 from repa.components.autoencoder.locate import sd_vae_missing, sd_vae_present, sd_vae_repo
 from repa.errors import MissingWeightsError
+from repa.interfaces import Autoencoder
 from repa.weights import hub_offline, reachable
 
 
@@ -21,7 +22,7 @@ def load_autoencoder_kl(params):
     raise MissingWeightsError(sd_vae_missing(params))
 
 
-class SDVAE:
+class SDVAE(Autoencoder):
     latent_channels, downsample_factor = 4, 8
 
     def __init__(self, params, vae=None):

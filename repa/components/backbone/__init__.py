@@ -1,4 +1,5 @@
-"""SiT backbones (Ma et al. 2024), state-dict compatible with the official REPA/SiT code."""
+"""SiT backbones (Ma et al. 2024), state-dict compatible with the official REPA code
+(sihyun-yu/REPA @ 67f7145, models/sit.py)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,18 @@ class SiTParams(BackboneParams):
     def input_multiple(self) -> int:
         return self.patch_size
 
+    def label_rows(self, state) -> int | None:
+        table = state.get("y_embedder.embedding_table.weight")
+        return None if table is None else int(table.shape[0])
+
+    def upgrade_state(self, state, alignment_depths) -> dict:
+        """Early official checkpoints keep blocks after the alignment depth in `decoder_blocks`."""
+        from repa.components.backbone.sit import legacy_to_blocks
+
+        if not any(k.startswith("decoder_blocks.") for k in state):
+            return dict(state)
+        return legacy_to_blocks(state, alignment_depths[0] if alignment_depths else 8)
+
 
 # The official size table (models/sit.py): depth, width, heads.
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -51,7 +64,7 @@ def preset_params(size: str, patch: int) -> type[SiTParams]:
     return type(f"SiT_{size}_{patch}Params", (SiTParams,), namespace)
 
 
-def build_sit(params: SiTParams, *, input_size, in_channels, num_classes, projections=(), label_dropout=0.1,
+def build_sit(params: SiTParams, *, input_size, in_channels, num_classes, label_dropout=0.1, null_label=True,
               grad_checkpointing=False):
     from repa.components.backbone.sit import SiT
 
@@ -63,7 +76,7 @@ def build_sit(params: SiTParams, *, input_size, in_channels, num_classes, projec
         input_size=input_size, patch_size=params.patch_size, in_channels=in_channels,
         hidden_size=params.hidden_size, depth=params.depth, num_heads=params.num_heads,
         mlp_ratio=params.mlp_ratio, label_dropout=label_dropout, num_classes=num_classes,
-        qk_norm=params.qk_norm, projections=projections, grad_checkpointing=grad_checkpointing,
+        qk_norm=params.qk_norm, grad_checkpointing=grad_checkpointing, null_label=null_label,
     )
 
 

@@ -1,11 +1,13 @@
-"""SiT: a DiT-style transformer on latent patches, with REPA projectors at chosen depths.
+"""SiT: a DiT-style transformer on latent patches that returns its hidden states at chosen depths.
 
-Parameter names and shapes are those of the official REPA `models/sit.py`, so official
-checkpoints load with strict=True. Differences, all deliberate:
+Official code: sihyun-yu/REPA @ 67f7145, `models/sit.py`. Parameter names and shapes are the
+official ones, so official checkpoints load with strict=True (their `projectors.N.*` keys belong
+to the engine's projectors, `repa.engine.alignment`). Differences, all deliberate:
 - attention is `F.scaled_dot_product_attention` (no timm dependency; qk-norm works);
 - the final layer's width is the model width (the official S presets crash on a
   hard-coded decoder width of 768);
-- each projector sits at its own depth (official: all at `encoder_depth`).
+- the projectors are not part of the backbone, and each can sit at its own depth (official: all
+  inside SiT, at `encoder_depth`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from repa.interfaces import Backbone
 
 # ============================================================================
 # Embeddings: patches, timesteps, class labels
@@ -63,9 +67,9 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class embedding; row `num_classes` is the null label used by classifier-free guidance."""
 
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float, null_label: bool):
         super().__init__()
-        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+        self.embedding_table = nn.Embedding(num_classes + int(null_label), hidden_size)
         self.num_classes = num_classes
         self.dropout_prob = dropout_prob
 
@@ -141,21 +145,12 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-def build_projector(hidden_size: int, projector_dim: int, out_dim: int) -> nn.Sequential:
-    """REPA's h_phi: a 3-layer MLP with SiLU (Sec. 3.2)."""
-    return nn.Sequential(
-        nn.Linear(hidden_size, projector_dim), nn.SiLU(),
-        nn.Linear(projector_dim, projector_dim), nn.SiLU(),
-        nn.Linear(projector_dim, out_dim),
-    )
-
-
 # ============================================================================
 # SiT
 # ============================================================================
 
 
-class SiT(nn.Module):
+class SiT(nn.Module, Backbone):
     def __init__(
         self,
         input_size: int = 32,
@@ -168,30 +163,26 @@ class SiT(nn.Module):
         label_dropout: float = 0.1,
         num_classes: int = 1000,
         qk_norm: bool = False,
-        projections=(),
         grad_checkpointing: bool = False,
+        null_label: bool | None = None,
     ):
-        """projections: (depth, projector_dim, out_dim) per alignment entry, in entry order."""
+        """null_label: whether the label table has the null row (default: when label_dropout > 0)."""
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input size {input_size} is not a multiple of the patch size {patch_size}")
         if hidden_size % num_heads:
             raise ValueError(f"hidden size {hidden_size} is not divisible by the number of heads {num_heads}")
-        for depth_k, _, _ in projections:
-            if not 1 <= depth_k <= depth:
-                raise ValueError(f"projector depth {depth_k} is outside 1..{depth}")
         self.input_size, self.in_channels, self.out_channels = input_size, in_channels, in_channels
         self.patch_size, self.num_classes, self.label_dropout = patch_size, num_classes, label_dropout
-        self.projector_depths = [int(d) for d, _, _ in projections]
-        self.grad_checkpointing = grad_checkpointing
+        self.hidden_size, self.grad_checkpointing = hidden_size, grad_checkpointing
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.y_embedder = LabelEmbedder(num_classes, hidden_size, label_dropout)
+        null_label = label_dropout > 0 if null_label is None else null_label
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, label_dropout, null_label)
         num_patches = self.x_embedder.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
         self.blocks = nn.ModuleList(SiTBlock(hidden_size, num_heads, mlp_ratio, qk_norm) for _ in range(depth))
-        self.projectors = nn.ModuleList(build_projector(hidden_size, p, z) for _, p, z in projections)
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -202,6 +193,9 @@ class SiT(nn.Module):
     @property
     def has_null_label(self) -> bool:
         return self.y_embedder.embedding_table.num_embeddings > self.num_classes
+
+    def shard_units(self) -> list:
+        return list(self.blocks)
 
     def initialize_weights(self):
         """As official: xavier linears, frozen 2-D sin-cos positions, zeroed adaLN and output (DiT Sec. 3.2)."""
@@ -235,6 +229,7 @@ class SiT(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
     def check_inputs(self, x, t, y, labels: bool = True):
+        """Shapes, and (labels=True) the label range including the null label when there is one."""
         expected = (self.in_channels, self.input_size, self.input_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"SiT expects inputs [B, {', '.join(map(str, expected))}], got {list(x.shape)}")
@@ -248,31 +243,44 @@ class SiT(nn.Module):
                              f"{', null label ' + str(self.null_label) if self.has_null_label else ''}), "
                              f"got {int(y.min())}..{int(y.max())}")
 
-    def forward(self, x, t, y, drop_ids=None):
-        """x [B,C,H,W], t [B], y [B] -> (out [B,C,H,W], [projected features [B,T,D_k] per entry]).
+    def forward(self, x, t, y, drop_ids=None, hidden_depths=()):
+        """x [B,C,H,W], t [B], y [B] -> (out [B,C,H,W], [hidden state [B,T,D] after block k, k in hidden_depths]).
 
         In train mode without `drop_ids`, labels are dropped with probability `label_dropout`
         (torch's global RNG, as official); the engine passes `drop_ids` for reproducibility."""
         # Shapes always; the label range only outside training and compilation (reading the
         # labels' range syncs a GPU; the engine's data loader already guarantees it).
         self.check_inputs(x, t, y, labels=not (self.training or torch.compiler.is_compiling()))
+        for depth in hidden_depths:
+            if not 1 <= depth <= len(self.blocks):
+                raise ValueError(f"hidden state of block {depth} requested; SiT has blocks 1..{len(self.blocks)}")
         if self.training and drop_ids is None and self.label_dropout > 0:
             drop_ids = torch.rand(y.shape[0], device=y.device) < self.label_dropout
         if not self.training:
             drop_ids = None
         x = self.x_embedder(x) + self.pos_embed
-        batch, tokens, dim = x.shape
         c = self.t_embedder(t) + self.y_embedder(y, drop_ids)
-        features = [None] * len(self.projectors)
+        wanted, hidden = set(hidden_depths), {}
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, c, use_reentrant=False)
             else:
                 x = block(x, c)
-            for k, depth in enumerate(self.projector_depths):
-                if depth == i + 1:
-                    features[k] = self.projectors[k](x.reshape(-1, dim)).reshape(batch, tokens, -1)
-        return self.unpatchify(self.final_layer(x, c)), features
+            if i + 1 in wanted:  # keep only what was asked for (sampling asks for nothing)
+                hidden[i + 1] = x
+        return self.unpatchify(self.final_layer(x, c)), [hidden[d] for d in hidden_depths]
+
+
+def legacy_to_blocks(state: dict, encoder_depth: int) -> dict:
+    """Early official checkpoints split the blocks into `blocks` and `decoder_blocks`
+    (official utils.load_legacy_checkpoints): decoder block i is block i + encoder_depth."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("decoder_blocks."):
+            _, index, rest = key.split(".", 2)
+            key = f"blocks.{int(index) + encoder_depth}.{rest}"
+        out[key] = value
+    return out
 
 
 # ============================================================================

@@ -16,6 +16,9 @@ class FolderParams(DatasetParams):
     latents: str | None = Field("vae-sd", description="subfolder of stored latent moments; none = encode on the fly")
     num_classes: int = Field(1000, ge=1)
 
+    def known_classes(self) -> int:
+        return self.num_classes
+
 
 class PackedParams(DatasetParams):
     path: str = Field(description="folder written by `repa preprocess pack` (manifest.json + shards)")
@@ -25,10 +28,16 @@ class PackedParams(DatasetParams):
         "(every byte), or none"
     )
 
+    def known_classes(self) -> int:
+        return self.num_classes
+
 
 class ImagesParams(DatasetParams):
     path: str = Field(description="class subfolders of images (ImageNet style); ADM center crop on the fly")
     num_classes: int | None = Field(None, ge=1, description="default: the number of class folders")
+
+    def known_classes(self) -> int | None:
+        return self.num_classes
 
 
 class DigitsParams(DatasetParams):
@@ -38,6 +47,9 @@ class DigitsParams(DatasetParams):
     @property
     def num_classes(self) -> int:
         return 10  # the ten digits
+
+    def known_classes(self) -> int:
+        return self.num_classes
 
 
 def _build(module: str, cls: str):

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from repa.interfaces import Dataset
+
 SPLIT_SEED = 0
 
 
@@ -27,7 +29,7 @@ def split_indices(n: int, heldout_fraction: float) -> tuple[np.ndarray, np.ndarr
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
-class DigitsDataset(torch.utils.data.Dataset):
+class DigitsDataset(torch.utils.data.Dataset, Dataset):
     num_classes = 10
 
     def __init__(self, params, split: str = "train"):

@@ -17,6 +17,7 @@ from repa.components.dataset.files import (
     IMAGE_EXTENSIONS, check_resolution, list_files, read_image, read_labels, read_npy,
 )
 from repa.errors import DataError
+from repa.interfaces import Dataset
 
 _INDEX = re.compile(r"(\d+)\.\w+$")
 
@@ -26,7 +27,7 @@ def _pair_key(name: str) -> tuple[str, str]:
     return (name.rsplit("/", 1)[0] if "/" in name else "", match.group(1) if match else name)
 
 
-class FolderDataset(torch.utils.data.Dataset):
+class FolderDataset(torch.utils.data.Dataset, Dataset):
     def __init__(self, params, split: str = "train"):
         self.root = Path(params.path)
         self.images_dir = self.root / "images"

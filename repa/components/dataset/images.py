@@ -11,13 +11,14 @@ from PIL import Image, UnidentifiedImageError
 from repa.components.dataset.crop import center_crop_arr, to_rgb
 from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files
 from repa.errors import DataError
+from repa.interfaces import Dataset
 
 
 def class_folders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
-class ImageFolderDataset(torch.utils.data.Dataset):
+class ImageFolderDataset(torch.utils.data.Dataset, Dataset):
     def __init__(self, params, split: str = "train"):
         self.root, self.resolution = Path(params.path), params.resolution
         if not self.root.is_dir():

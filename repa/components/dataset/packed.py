@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from repa.errors import DataError
+from repa.interfaces import Dataset
 from repa.weights import file_digest
 
 FORMAT, MANIFEST = "repa-packed", "manifest.json"
@@ -133,7 +134,7 @@ def verify(root: Path, manifest: dict, mode: str) -> None:
                                 "corrupt; re-run `repa preprocess pack` for it")
 
 
-class PackedDataset(torch.utils.data.Dataset):
+class PackedDataset(torch.utils.data.Dataset, Dataset):
     def __init__(self, params, split: str = "train"):
         self.root = Path(params.path)
         self.manifest = read_manifest(self.root)

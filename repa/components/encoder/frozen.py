@@ -10,9 +10,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repa.components.encoder.specs import EncoderSpec
+from repa.precision import autocast_to
+from repa.interfaces import Encoder
 
 
-class FrozenEncoder(nn.Module):
+class FrozenEncoder(nn.Module, Encoder):
     def __init__(self, spec: EncoderSpec, network: nn.Module, resolution: int,
                  tokens: Callable[[nn.Module, torch.Tensor], torch.Tensor], weights_file: str = ""):
         super().__init__()
@@ -30,6 +32,11 @@ class FrozenEncoder(nn.Module):
 
     def tokens_for(self, resolution: int) -> int:
         return self.spec.tokens_for(resolution)
+
+    def preprocessing(self) -> dict:
+        spec = self.spec
+        return {"mean": list(spec.mean), "std": list(spec.std), "resize": spec.resize,
+                "input_size": spec.input_size(self.resolution)}
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B,3,R,R] in [0,255] -> the encoder's normalised input (REPA's preprocess_raw_image)."""
@@ -51,8 +58,7 @@ class FrozenEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed input -> patch tokens [B, T, D] in float32 (CLS and registers removed)."""
-        enabled = self.autocast_dtype is not None
-        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
+        with autocast_to(x.device.type, self.autocast_dtype):
             tokens = self._tokens(self.network, x)
         return tokens[:, self.spec.prefix_tokens:].float()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from repa.components.encoder.frozen import FrozenEncoder

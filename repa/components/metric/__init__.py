@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from repa.interfaces import Params
+from repa.interfaces import MetricParams
 from repa.plugins import hookimpl
 
 
-class InceptionParams(Params):
+class InceptionParams(MetricParams):
     weights: str | None = Field(None, description="FID Inception weights file (pytorch-fid or torch-fidelity port)")
     batch_size: int = Field(100, ge=1)
     reference_resolution: int = Field(256, ge=8, description="a folder reference is ADM-center-cropped to this "
@@ -25,7 +25,7 @@ class InceptionScoreParams(InceptionParams):
     split_size: int = Field(5000, ge=1, description="samples per split (ADM: 5,000)")
 
 
-class DigitsMetricParams(Params):
+class DigitsMetricParams(MetricParams):
     seed: int = Field(1, ge=0, description="seed of the scoring CNN (the aligned encoder uses 0)")
     epochs: int = Field(30, ge=1)
 

@@ -16,6 +16,7 @@ import torch
 
 from repa.components.metric.frechet import frechet_distance, gaussian_stats
 from repa.errors import DataError, MissingWeightsError
+from repa.interfaces import Metric
 
 
 @lru_cache(maxsize=2)
@@ -160,7 +161,7 @@ def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = 3, bat
 # ============================================================================
 
 
-class ADMMetric:
+class ADMMetric(Metric):
     feature_key = "inception-adm"
 
     def __init__(self, params):

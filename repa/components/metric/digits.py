@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from repa.components.digits_models import TRAIN_RESOLUTION, DigitsCNN, cached_model, digits_split, normalise
 from repa.components.metric.frechet import frechet_distance, gaussian_stats
 from repa.errors import DataError
+from repa.interfaces import Metric
 
 
 @lru_cache(maxsize=2)
@@ -36,7 +37,7 @@ def digits_features(images: np.ndarray, seed: int, epochs: int, batch: int = 500
     return {"features": np.concatenate(feats), "logits": np.concatenate(logits)}
 
 
-class DigitsMetric:
+class DigitsMetric(Metric):
     def __init__(self, params):
         self.params = params
         self.feature_key = f"digits-cnn-{params.seed}-{params.epochs}"

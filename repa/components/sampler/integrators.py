@@ -1,4 +1,5 @@
-"""ODE and SDE integrators, step for step as REPA's `euler_sampler` / `euler_maruyama_sampler`.
+"""ODE and SDE integrators, step for step as REPA's `euler_sampler` / `euler_maruyama_sampler`
+(official code: sihyun-yu/REPA @ 67f7145, samplers.py).
 
 `velocity(x, t, step_t)` returns dx/dt at model time t[B]; `step_t` (a float) is the time at
 which the current step began. Guidance is switched on or off per step by `step_t`, as the
@@ -28,6 +29,10 @@ class EulerSampler(Sampler):
         if steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {steps}")
         self.steps, self.heun = steps, heun
+
+    def function_evaluations(self) -> int:
+        """Heun corrects every step but the last: 2 * steps - 1."""
+        return 2 * self.steps - 1 if self.heun else self.steps
 
     def sample(self, velocity, x1, path, noise=None):
         t_steps = torch.linspace(1, 0, self.steps + 1, dtype=torch.float64)

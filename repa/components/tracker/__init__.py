@@ -1,4 +1,5 @@
-"""Trackers: where scalars and images go. metrics.jsonl is always written besides."""
+"""Trackers: where scalars and images go besides the run record (metrics.jsonl, samples/),
+which every run writes."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ class WandbParams(Params):
 
 
 def _jsonl(params, *, run_dir, config):
-    from repa.components.tracker.trackers import JsonlTracker
+    from repa.components.tracker.trackers import RecordOnly
 
-    return JsonlTracker(run_dir)
+    return RecordOnly()
 
 
 def _wandb(params, *, run_dir, config):
@@ -33,5 +34,5 @@ def _wandb(params, *, run_dir, config):
 
 @hookimpl
 def repa_register_trackers(registry):
-    registry.add("jsonl", _jsonl, description="metrics.jsonl and PNG files in the run folder (offline)")
+    registry.add("jsonl", _jsonl, description="the run record alone: metrics.jsonl and PNG files in the run folder")
     registry.add("wandb", _wandb, WandbParams, "Weights & Biases (online, or offline with WANDB_MODE=offline)")

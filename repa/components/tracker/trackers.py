@@ -1,50 +1,27 @@
-"""The jsonl tracker (always on) and Weights & Biases."""
+"""Trackers besides the run record (repa.engine.record): none, or Weights & Biases."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _jsonable(value: Any):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+from repa.interfaces import Tracker
 
 
-class JsonlTracker:
-    """One JSON object per line in <run>/metrics.jsonl; images as PNG under <run>/samples/."""
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "metrics.jsonl"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+class RecordOnly(Tracker):
+    """No tracker besides the run record (metrics.jsonl and samples/), which the engine always writes."""
 
     def log(self, step: int, scalars: dict[str, Any]) -> None:
-        record = {"step": step, "time": round(time.time(), 3), **{k: _jsonable(v) for k, v in scalars.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """The engine's run record already holds these scalars."""
 
     def log_images(self, step: int, images: dict[str, np.ndarray]) -> None:
-        from PIL import Image
-
-        folder = self.run_dir / "samples"
-        folder.mkdir(exist_ok=True)
-        for name, array in images.items():
-            suffix = "" if name == "samples" else f"_{name}"
-            Image.fromarray(array).save(folder / f"{step:07d}{suffix}.png")
-
-    def finish(self) -> None:
-        pass
+        """The engine's run record already saves these images under samples/."""
 
 
-class WandbTracker:
+class WandbTracker(Tracker):
     def __init__(self, params, run_dir: str | Path, config: dict):
         import wandb
 

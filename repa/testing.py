@@ -1,0 +1,445 @@
+"""The contract kit: one check per component kind, for plugin authors and for repa's own tests.
+
+    from repa.testing import check_component
+    encoder = check_component("encoder", "my-vit", resolution=256)   # builds it, checks it, returns it
+
+Each `check_<kind>(obj, ...)` runs the object on tiny inputs and asserts what the engine relies
+on: shapes and dtypes, finite outputs, gradients where the engine trains through it,
+determinism under a seeded generator, and behaviour under bf16 autocast. A violation raises
+`ContractError` with one line naming the component and what the contract expects (so
+`pytest` shows it as the failure message). `check_component` builds a registered component with
+tiny defaults for the factory's keywords (override any of them) and runs its kind's check;
+`repa plugins --check` runs it over every installed component.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Any, Callable
+
+import torch
+
+from repa.errors import ConfigError, ContractError
+from repa.plugins import contract
+from repa.plugins.contract import _fail, _run, _tensor
+
+ANY = "<object>"
+
+
+# ============================================================================
+# Helpers
+# ============================================================================
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _equal(where: str, what: str, a: torch.Tensor, b: torch.Tensor) -> None:
+    if not torch.equal(a, b):
+        raise _fail(where, f"{what} differs between two identical calls (the engine needs it deterministic "
+                           "given its seeds)")
+
+
+def _bf16(device_type: str = "cpu"):
+    return torch.autocast(device_type, dtype=torch.bfloat16)
+
+
+# ============================================================================
+# Training objective
+# ============================================================================
+
+
+def check_path(path: Any, where: str = ANY) -> None:
+    """coefficients(t) -> 4 tensors shaped like t, in its dtype; t_from_noise_ratio inverts sigma/alpha."""
+    for dtype in (torch.float32, torch.float64):
+        t = torch.tensor([0.1, 0.5, 0.9], dtype=dtype)
+        coefficients = _run(where, "coefficients(t [3])", lambda: path.coefficients(t))
+        if len(coefficients) != 4:
+            raise _fail(where, f"coefficients returned {len(coefficients)} values, expected (alpha, sigma, "
+                               "d_alpha, d_sigma)")
+        for name, c in zip(("alpha", "sigma", "d_alpha", "d_sigma"), coefficients):
+            _tensor(where, f"coefficients' {name}", c, (3,))
+            if c.dtype != dtype:
+                raise _fail(where, f"coefficients' {name} is {c.dtype} for {dtype} t, expected {dtype}")
+    t = torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+    alpha, sigma, _, _ = path.coefficients(t)
+    back = _run(where, "t_from_noise_ratio", lambda: path.t_from_noise_ratio(sigma / alpha))
+    if not torch.allclose(back.double(), t, atol=1e-4):
+        raise _fail(where, f"t_from_noise_ratio(sigma(t)/alpha(t)) gives {back.tolist()} for t {t.tolist()}")
+
+
+def check_prediction(prediction: Any, path: Any = None, where: str = ANY) -> None:
+    """target(x0, eps, t) is shaped like x0, and to_x0_eps recovers (x0, eps) from it (t in (0, 1))."""
+    from repa.components.path.interpolants import LinearPath
+
+    path = path or LinearPath()
+    g = _generator()
+    x0, eps = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64), torch.randn(3, 2, 4, 4, generator=g,
+                                                                                     dtype=torch.float64)
+    t = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    target = _tensor(where, "target", _run(where, "target(x0, eps, t, path)",
+                                           lambda: prediction.target(x0, eps, t, path)), x0.shape)
+    alpha, sigma, _, _ = path.broadcast(t, x0)
+    x_t = alpha * x0 + sigma * eps
+    x0_back, eps_back = _run(where, "to_x0_eps", lambda: prediction.to_x0_eps(target, x_t, t, path))
+    if not (torch.allclose(x0_back, x0, atol=1e-6) and torch.allclose(eps_back, eps, atol=1e-6)):
+        raise _fail(where, "to_x0_eps(target(x0, eps, t), x_t, t) does not recover (x0, eps)")
+    _tensor(where, "to_velocity", _run(where, "to_velocity", lambda: prediction.to_velocity(target, x_t, t, path)),
+            x0.shape)
+
+
+def check_weighting(weighting: Any, path: Any = None, where: str = ANY) -> None:
+    """sample_t: [B] in (0, 1), reproducible from its generator; loss_weight: [B], finite."""
+    from repa.components.path.interpolants import LinearPath
+
+    path = path or LinearPath()
+    t = _tensor(where, "sample_t(8, generator, path)",
+                _run(where, "sample_t", lambda: weighting.sample_t(8, _generator(), path)), (8,))
+    if not bool(((t > 0) & (t < 1)).all()):
+        raise _fail(where, f"sample_t returned t outside (0, 1): {t.tolist()}")
+    _equal(where, "sample_t with the same generator seed", t, weighting.sample_t(8, _generator(), path))
+    _tensor(where, "loss_weight(t)", _run(where, "loss_weight", lambda: weighting.loss_weight(t)), (8,))
+
+
+def check_alignment_loss(loss: Any, tokens: int = 4, dim: int = 8, where: str = ANY) -> None:
+    """[B] per sample, finite, deterministic, differentiable in `projected`, float32 under bf16 autocast."""
+    contract.probe_alignment_loss(where, loss, tokens, dim)
+    g = _generator(1)
+    projected = torch.randn(2, tokens, dim, generator=g, requires_grad=True)
+    target = torch.randn(2, tokens, dim, generator=g)
+    out = loss(projected, target)
+    _equal(where, "the loss", out.detach(), loss(projected, target).detach())
+    (grad,) = _run(where, "the loss's backward", lambda: torch.autograd.grad(out.sum(), projected))
+    if not bool(torch.isfinite(grad).all()) or not bool(grad.abs().sum() > 0):
+        raise _fail(where, "the loss has no finite, non-zero gradient in `projected` (the projector would not learn)")
+    with _bf16():
+        low = _run(where, "the loss under bf16 autocast", lambda: loss(projected.bfloat16(), target.bfloat16()))
+    _tensor(where, "the loss under bf16 autocast", low, (2,))
+    if low.dtype != torch.float32:
+        raise _fail(where, f"the loss under bf16 autocast is {low.dtype}; compute it in float32 (as REPA's losses do)")
+
+
+def check_target_transform(transform: Any, tokens: int = 4, dim: int = 8, where: str = ANY) -> None:
+    """[B,T,D] -> [B,T,D], finite, deterministic."""
+    contract.probe_target_transform(where, transform, tokens, dim)
+    x = torch.randn(2, tokens, dim, generator=_generator(1))
+    _equal(where, "the transform", transform(x), transform(x))
+
+
+# ============================================================================
+# Models
+# ============================================================================
+
+
+def _check_trainable(where: str, module: torch.nn.Module, loss: torch.Tensor) -> None:
+    loss.backward()
+    grads = [p.grad for p in module.parameters() if p.requires_grad]
+    if not grads or all(g is None for g in grads):
+        raise _fail(where, "no parameter receives a gradient (it is trained with the backbone)")
+    if not all(bool(torch.isfinite(g).all()) for g in grads if g is not None):
+        raise _fail(where, "non-finite gradients on a tiny input")
+    module.zero_grad(set_to_none=True)
+
+
+def check_projector(projector: Any, tokens: int = 4, in_dim: int = 16, out_dim: int = 8, where: str = ANY) -> None:
+    """[B,T,in_dim] -> [B,T,out_dim]; trainable; deterministic; finite under bf16 autocast."""
+    contract.probe_projector(where, projector, tokens, in_dim, out_dim)
+    hidden = torch.randn(2, tokens, in_dim, generator=_generator(1))
+    projector.train()
+    _check_trainable(where, projector, projector(hidden).square().mean())
+    _equal(where, "the projection", projector(hidden), projector(hidden))
+    with _bf16():
+        _tensor(where, "the projection under bf16 autocast", projector(hidden), (2, tokens, out_dim))
+
+
+def check_encoder(encoder: Any, resolution: int, tokens: int | None = None, dim: int | None = None,
+                  where: str = ANY) -> None:
+    """preprocess + forward -> float32 [B, tokens_for(R), embed_dim]; frozen (no gradients, eval mode even
+    after .train()); deterministic; float32 tokens under autocast_dtype = bf16."""
+    tokens = encoder.tokens_for(resolution) if tokens is None else tokens
+    dim = encoder.embed_dim if dim is None else dim
+    if encoder.tokens_for(resolution) != tokens or encoder.embed_dim != dim:
+        raise _fail(where, f"the built encoder says {encoder.tokens_for(resolution)} tokens of width "
+                           f"{encoder.embed_dim}; its params said {tokens} x {dim}")
+    contract.probe_encoder(where, encoder, resolution, tokens, dim)
+    encoder.train()
+    if encoder.training:
+        raise _fail(where, "train() put the encoder in train mode; a frozen encoder stays in eval mode")
+    if any(p.requires_grad for p in encoder.parameters()):
+        raise _fail(where, "some parameters require gradients; the encoder is frozen")
+    images = torch.randint(0, 256, (2, 3, resolution, resolution), generator=_generator(1), dtype=torch.uint8)
+    tokens_out = encoder(encoder.preprocess(images))
+    if tokens_out.requires_grad:
+        raise _fail(where, "forward returned tokens that require gradients; compute them under torch.no_grad()")
+    _equal(where, "the tokens", tokens_out, encoder(encoder.preprocess(images)))
+    encoder.autocast_dtype = torch.bfloat16
+    try:
+        low = encoder(encoder.preprocess(images))
+    finally:
+        encoder.autocast_dtype = None
+    _tensor(where, "forward with autocast_dtype = bf16", low, (2, tokens, dim))
+    if low.dtype != torch.float32:
+        raise _fail(where, f"forward with autocast_dtype = bf16 returned {low.dtype}, expected float32 tokens")
+
+
+def check_backbone(backbone: Any, input_size: int, in_channels: int, num_classes: int, tokens: int,
+                   depths: list[int] | None = None, where: str = ANY) -> None:
+    """Output shaped like x and `tokens` hidden states [B,T,hidden_size] at the asked depths; drop_ids
+    honoured; trainable; deterministic in eval mode; finite under bf16 autocast."""
+    depths = depths or [1]
+    contract.probe_backbone(where, backbone, input_size, in_channels, depths, tokens)
+    g = _generator(1)
+    x = torch.randn(2, in_channels, input_size, input_size, generator=g)
+    t, y = torch.rand(2, generator=g), torch.randint(0, num_classes, (2,), generator=g)
+    backbone.train()
+    out, hidden = backbone(x, t, y, drop_ids=torch.tensor([True, False]), hidden_depths=depths)
+    _check_trainable(where, backbone, out.square().mean() + sum(h.square().mean() for h in hidden))
+    backbone.eval()
+    with torch.no_grad():
+        _equal(where, "the eval-mode output", backbone(x, t, y)[0], backbone(x, t, y)[0])
+        if backbone.has_null_label:  # the null label must be accepted when the model says it has one
+            backbone(x, t, torch.full_like(y, backbone.num_classes))
+        with _bf16():
+            _tensor(where, "the output under bf16 autocast", backbone(x, t, y)[0].float(), tuple(x.shape))
+
+
+def check_autoencoder(autoencoder: Any, resolution: int, channels: int, factor: int, where: str = ANY) -> None:
+    """encode -> moments [B,2C,R/f,R/f]; sample -> [B,C,R/f,R/f]; decode -> [B,3,R,R], all finite."""
+    side = resolution // factor
+    images = torch.randint(0, 256, (1, 3, resolution, resolution), generator=_generator(1), dtype=torch.uint8)
+    moments = _tensor(where, "encode", _run(where, "encode", lambda: autoencoder.encode(images)),
+                      (1, 2 * channels, side, side))
+    noise = torch.randn(1, channels, side, side, generator=_generator(2))
+    z = _tensor(where, "sample", _run(where, "sample", lambda: autoencoder.sample(moments, noise)),
+                (1, channels, side, side))
+    _tensor(where, "decode", _run(where, "decode", lambda: autoencoder.decode(z)), (1, 3, resolution, resolution))
+
+
+# ============================================================================
+# Generation
+# ============================================================================
+
+
+def check_sampler(sampler: Any, where: str = ANY) -> None:
+    """On the linear path with all data at 0 (velocity = x / t), a sampler must bring x_1 towards 0 (to a
+    quarter of its size with 32 steps; an ODE exactly); it calls the velocity `function_evaluations()`
+    times; keeps x_1's dtype; draws noise only from `noise` (same noise, same samples)."""
+    from repa.components.path.interpolants import LinearPath
+    from repa.engine.denoiser import PerSampleNoise, sample_generators
+
+    calls = []
+
+    def velocity(x, t, step_t):
+        calls.append(step_t)
+        if not (isinstance(step_t, float) and t.shape == (x.shape[0],)):
+            raise _fail(where, "calls velocity(x, t[B], step_t: float) differently")
+        return x / t.clamp_min(1e-3).view(-1, 1, 1, 1)
+
+    x1 = torch.randn(2, 1, 2, 2, generator=_generator(1), dtype=torch.float64)
+
+    def run():
+        noise = PerSampleNoise(sample_generators(0, range(2)))
+        return _run(where, "sample(velocity, x1, path, noise)", lambda: sampler.sample(velocity, x1, LinearPath(), noise))
+
+    x0 = _tensor(where, "sample", run(), tuple(x1.shape))
+    if x0.dtype != x1.dtype:
+        raise _fail(where, f"sample returned {x0.dtype} for a {x1.dtype} state")
+    if len(calls) != sampler.function_evaluations():
+        raise _fail(where, f"called velocity {len(calls)} times; function_evaluations() says "
+                           f"{sampler.function_evaluations()}")
+    if x0.abs().mean() > 0.25 * x1.abs().mean():
+        raise _fail(where, f"did not integrate towards the data (all zero): mean |x0| {float(x0.abs().mean()):.3g} "
+                           f"from mean |x1| {float(x1.abs().mean()):.3g}")
+    _equal(where, "the samples", x0, run())
+
+
+def check_guidance(guidance: Any, where: str = ANY) -> None:
+    """active(t) -> bool; combine(cond, uncond, t) shaped like cond, and equal to it when both agree."""
+    cond = torch.randn(2, 3, generator=_generator(1))
+    for t in (0.0, 0.5, 1.0):
+        active = _run(where, f"active({t})", lambda: guidance.active(t))
+        if not isinstance(active, bool):
+            raise _fail(where, f"active({t}) returned {type(active).__name__}, expected bool")
+    same = _tensor(where, "combine", _run(where, "combine", lambda: guidance.combine(cond, cond, 0.5)), (2, 3))
+    if not torch.allclose(same, cond):
+        raise _fail(where, "combine(c, c, t) differs from c: guidance must leave agreeing outputs unchanged")
+
+
+# ============================================================================
+# Data, metrics, trackers, optimizers
+# ============================================================================
+
+
+def check_dataset(dataset: Any, resolution: int, where: str = ANY) -> None:
+    """Items hold image uint8 [3,R,R] and an int label y in 0..num_classes-1 (moments optional)."""
+    if len(dataset) < 1:
+        raise _fail(where, "is empty")
+    item = _run(where, "dataset[0]", lambda: dataset[0])
+    if not isinstance(item, dict) or "image" not in item or "y" not in item:
+        raise _fail(where, f"dataset[0] is {type(item).__name__} with keys {list(item) if isinstance(item, dict) else '-'};"
+                           " expected a dict with `image` and `y` (and optionally `moments`)")
+    image = _tensor(where, "dataset[0]['image']", torch.as_tensor(item["image"]), (3, resolution, resolution),
+                    floating=False)
+    if image.dtype != torch.uint8:
+        raise _fail(where, f"dataset[0]['image'] is {image.dtype}, expected uint8")
+    if not 0 <= int(item["y"]) < dataset.num_classes:
+        raise _fail(where, f"dataset[0]['y'] = {item['y']} is outside 0..{dataset.num_classes - 1}")
+
+
+def check_metric(metric: Any, images, reference: str | None = None, names: tuple[str, ...] = (),
+                 where: str = ANY) -> None:
+    """features -> dict; reference -> dict; score -> {name: finite float}, names as declared. The
+    samples' labels are given as class-conditional sampling gives them (class i % 10)."""
+    import math
+
+    import numpy as np
+
+    labels = np.arange(len(images)) % 10
+    if not isinstance(metric.feature_key, str):
+        raise _fail(where, f"feature_key is {type(metric.feature_key).__name__}, expected a string")
+    features = _run(where, "features(images)", lambda: metric.features(images))
+    ref = _run(where, "reference(source)", lambda: metric.reference(reference))
+    scores = _run(where, "score(features, reference, labels)", lambda: metric.score(features, ref, labels))
+    if not isinstance(scores, dict) or not all(isinstance(v, float) and math.isfinite(v) for v in scores.values()):
+        raise _fail(where, f"score returned {scores!r}; expected {{name: finite float}}")
+    if names and set(scores) != set(names):
+        raise _fail(where, f"score reported {sorted(scores)}, but the metric declares {sorted(names)} "
+                           "(MetricParams.outputs)")
+
+
+def check_tracker(tracker: Any, where: str = ANY) -> None:
+    import numpy as np
+
+    _run(where, "log", lambda: tracker.log(1, {"loss": 0.5}))
+    _run(where, "log_images", lambda: tracker.log_images(1, {"samples": np.zeros((8, 8, 3), dtype=np.uint8)}))
+    _run(where, "finish", tracker.finish)
+
+
+def check_optimizer(optimizer: Any, parameter: torch.nn.Parameter, where: str = ANY) -> None:
+    """step() moves the parameter along its gradient; state_dict() loads back."""
+    before = parameter.detach().clone()
+    parameter.grad = torch.ones_like(parameter)
+    _run(where, "step", optimizer.step)
+    if torch.equal(before, parameter.detach()):
+        raise _fail(where, "step() did not change a parameter that has a gradient")
+    _run(where, "zero_grad", lambda: optimizer.zero_grad(set_to_none=True))
+    _run(where, "load_state_dict(state_dict())", lambda: optimizer.load_state_dict(optimizer.state_dict()))
+    if "lr" not in optimizer.param_groups[0]:
+        raise _fail(where, "param_groups[0] has no 'lr' (the trainer logs it)")
+
+
+# ============================================================================
+# Building a registered component and checking it
+# ============================================================================
+
+
+def _tiny_backbone(entry, params, kwargs) -> Callable[[Any], None]:
+    side = params.input_multiple() * 2
+    context = {"input_size": side, "in_channels": 4, "num_classes": 10, "label_dropout": 0.1, "null_label": True,
+               "grad_checkpointing": False, **kwargs}
+    depths = sorted({1, params.num_blocks()})
+    tokens = params.num_tokens(context["input_size"])
+    return context, lambda obj: check_backbone(obj, context["input_size"], context["in_channels"],
+                                               context["num_classes"], tokens, depths, entry.label)
+
+
+def _tiny(kind: str, entry, params, kwargs: dict) -> tuple[dict, Callable[[Any], None]]:
+    """(factory keywords, the check to run on the built object) for a kind."""
+    where = entry.label
+    if kind == "backbone":
+        return _tiny_backbone(entry, params, kwargs)
+    if kind == "projector":
+        context = {"in_dim": 16, "out_dim": 8, "projector_dim": 32, "grid": (2, 2), **kwargs}
+        tokens = context["grid"][0] * context["grid"][1]
+        return context, lambda obj: check_projector(obj, tokens, context["in_dim"], context["out_dim"], where)
+    if kind == "encoder":
+        context = {"resolution": 256, **kwargs}
+        res = context["resolution"]
+        return context, lambda obj: check_encoder(obj, res, params.tokens_for(res), params.embed_dim(), where)
+    if kind == "autoencoder":
+        res = kwargs.pop("resolution", 32)
+        return kwargs, lambda obj: check_autoencoder(obj, res, params.latent_channels(), params.downsample_factor(),
+                                                     where)
+    if kind == "dataset":
+        context = {"split": "train", **kwargs}
+        return context, lambda obj: check_dataset(obj, params.resolution, where)
+    if kind == "sampler":
+        return {"steps": 32, **kwargs}, lambda obj: check_sampler(obj, where)
+    if kind == "guidance":
+        return {"scale": 2.0, "interval": (0.0, 0.7), **kwargs}, lambda obj: check_guidance(obj, where)
+    if kind == "tracker":
+        context = {"run_dir": kwargs.pop("run_dir", None) or tempfile.mkdtemp(prefix="repa-check-"), "config": {},
+                   **kwargs}
+        return context, lambda obj: check_tracker(obj, where)
+    if kind == "optimizer":
+        parameter = torch.nn.Parameter(torch.zeros(3))
+        return {"parameters": [parameter], **kwargs}, lambda obj: check_optimizer(obj, parameter, where)
+    if kind == "metric":
+        images = kwargs.pop("images", None)
+        if images is None:
+            images = torch.randint(0, 256, (16, 32, 32, 3), generator=_generator(1), dtype=torch.uint8).numpy()
+        reference = kwargs.pop("reference", None)
+        names = contract.metric_outputs(entry.name, params)
+        return kwargs, lambda obj: check_metric(obj, images, reference, names, where)
+    simple = {"path": check_path, "prediction": check_prediction, "weighting": check_weighting,
+              "alignment_loss": check_alignment_loss, "target_transform": check_target_transform}
+    return kwargs, lambda obj: simple[kind](obj, where=where)
+
+
+def check_component(kind: str, name: str, params: dict | Any | None = None, components=None, **kwargs: Any) -> Any:
+    """Build registered component `name` of `kind` (params: a dict of its TOML keys, a params model,
+    or None for the defaults) with tiny inputs for the factory's keywords (any of them can be given
+    here), check it against its kind's contract and return it. Raises ContractError on a violation,
+    and a RepaError (missing weights, missing data) when it cannot be built on this machine."""
+    from repa.plugins import get_components
+
+    entry = (components or get_components()).get(kind, name)
+    if params is None or isinstance(params, dict):
+        params = _params(entry, params or {})
+    context, check = _tiny(kind, entry, params, dict(kwargs))
+    with _offline():
+        built = entry.build(params, **context)
+        check(built)
+    return built
+
+
+def _params(entry, values: dict):
+    from pydantic import ValidationError
+
+    from repa.config import Source, translate_errors
+
+    try:
+        return entry.params.model_validate(values)
+    except ValidationError as exc:
+        lines = Source(entry.label).format(translate_errors(exc, entry.params, ()))
+        raise ConfigError([f"{entry.label}: needs parameters to be built: " + "; ".join(
+            line.split(": ", 2)[-1] for line in lines)]) from None
+
+
+OFFLINE = {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+
+
+@contextlib.contextmanager
+def _offline():
+    """Checks never send or download anything (Weights & Biases disabled, Hugging Face hub offline)."""
+    previous = {key: os.environ.get(key) for key in OFFLINE}
+    os.environ.update(OFFLINE)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+__all__ = [
+    "ContractError", "check_alignment_loss", "check_autoencoder", "check_backbone", "check_component",
+    "check_dataset", "check_encoder", "check_guidance", "check_metric", "check_optimizer", "check_path",
+    "check_prediction", "check_projector", "check_sampler", "check_target_transform", "check_tracker",
+    "check_weighting",
+]
