@@ -97,6 +97,9 @@ def test_encoder_loads_its_release_format(name, tmp_path):
     assert not tokens.requires_grad
     big = build(name, 512, weights)
     assert big.encode(torch.randint(0, 256, (1, 3, 512, 512), dtype=torch.uint8)).shape == (1, 1024, spec.embed_dim)
+    from repa.testing import check_component  # and the whole encoder contract (repa.testing)
+
+    check_component("encoder", name, {"weights": str(weights)}, resolution=256, depth=SMALL_DEPTH)
 
 
 @pytest.mark.parametrize("resolution", [256, 512])

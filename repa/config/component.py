@@ -33,8 +33,9 @@ class Component:
         return getattr(self.params, name)
 
     def build(self, **kwargs: Any) -> Any:
-        """Call the registered factory with the params and the engine's keyword arguments."""
-        return self.entry.factory(self.params, **kwargs)
+        """Call the registered factory with the params and the engine's keyword arguments; the
+        object is checked against its kind's contract (repa.plugins.contract)."""
+        return self.entry.build(self.params, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.params.model_dump(mode="json", exclude_none=True)}

@@ -20,7 +20,7 @@ import torch
 
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
-from repa.engine.alignment import network_layout
+from repa.engine.alignment import checkpoint_layout, network_layout
 from repa.engine.build import build_network, build_objective_parts, build_sampling, input_geometry
 from repa.engine.denoiser import Denoiser
 from repa.engine.generation import class_labels, generate, to_uint8
@@ -93,7 +93,7 @@ def load_model(config: ExperimentConfig, state: dict, source: str):
     """Build the configured network and load the EMA weights (official layout) strictly; the class
     count and null label come from the weights."""
     params = config.backbone.params
-    state = params.upgrade_state(state, [entry.depth for entry in config.alignment])
+    state = params.upgrade_state(checkpoint_layout(state), [entry.depth for entry in config.alignment])
     rows = params.label_rows(state)
     if rows is None:
         classes = config.data.params.known_classes()

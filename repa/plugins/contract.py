@@ -84,7 +84,7 @@ def check_registration(kind: str, name: str, factory: Callable, params: type, di
 
 def _describe(factory: Callable) -> str:
     try:
-        return f"{getattr(factory, '__qualname__', type(factory).__name__)}{inspect.signature(factory)}"
+        return f"{getattr(factory, '__name__', type(factory).__name__)}{inspect.signature(factory)}"
     except (TypeError, ValueError):
         return repr(factory)
 
