@@ -1,4 +1,6 @@
-"""The `repa` command. Subcommands import their heavy modules only when they run."""
+"""The `repa` command. Subcommands import their heavy modules only when they run.
+
+"Official" below means the official REPA code, sihyun-yu/REPA @ 67f7145."""
 
 from __future__ import annotations
 
@@ -115,7 +117,8 @@ def _autoencoder(args):
 def cmd_sample(args) -> int:
     from pathlib import Path
 
-    from repa.engine.sampling import PAPER_PRESET, RELEASED_EXPERIMENT, SampleRun, default_out
+    from repa.engine.sampling import SampleRun, default_out
+    from repa.presets import PAPER_PRESET, RELEASED_EXPERIMENT
 
     overrides = (PAPER_PRESET if args.preset == "paper" else []) + args.overrides
     if args.backbone:
@@ -144,6 +147,7 @@ def cmd_evaluate(args) -> int:
 
     from repa.cli_tables import print_results
     from repa.engine.evaluation import evaluate_images, evaluate_run, read_samples
+    from repa.presets import METRICS_ONLY_EXPERIMENT
 
     target = Path(args.target)
     if target.is_dir():
@@ -154,7 +158,7 @@ def cmd_evaluate(args) -> int:
         raise RepaError(f"{target}: say which metrics: --metrics fid,sfid,is,precision,recall or --experiment FILE")
     config = _sampling_config(args.experiment, args.overrides + ([f"eval.metrics={_toml_list(args.metrics)}"]
                                                                   if args.metrics else []),
-                              {"data": {"kind": "digits"}, "backbone": "SiT-S/2", "autoencoder": "identity"})
+                              METRICS_ONLY_EXPERIMENT)
     images, labels = read_samples(target)
     scores = evaluate_images(config.eval.metrics, images, labels, args.reference or config.eval.reference)
     print_results(f"{target}: {len(images)} samples", [scores])

@@ -319,7 +319,7 @@ class Guidance(abc.ABC):
 VelocityFn = Callable[["torch.Tensor", "torch.Tensor", float], "torch.Tensor"]
 """velocity(x[B,...], t[B], step_t) -> dx/dt [B,...] at model time t. `step_t` is the time at
 which the current sampler step began: guidance is switched on or off per step by it (as the
-official samplers do, Heun's corrector included). Labels and guidance are already bound."""
+official samplers.py does (sihyun-yu/REPA @ 67f7145), Heun's corrector included). Labels and guidance are already bound."""
 
 
 class NoiseSource(Protocol):

@@ -1,4 +1,5 @@
-"""Loading weights safely, and finding them on this machine.
+"""Loading weights safely, and finding them on this machine (official REPA checkpoints: sihyun-yu/REPA @ 67f7145,
+train.py).
 
 Never unpickles arbitrary objects: `.pt`/`.pth` files go through torch.load(weights_only=True)
 (with argparse.Namespace allowed, which official REPA training checkpoints store under
@@ -18,15 +19,57 @@ from typing import Any, Iterable, Mapping
 from repa.errors import CheckpointError
 
 
+# ============================================================================
+# Where weights live on this machine: repa's cache, torch hub's, Hugging Face's
+# ============================================================================
+
+
+def user_cache() -> Path:
+    """$XDG_CACHE_HOME, else ~/.cache."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+
+
 def cache_dir() -> Path:
     """$REPA_CACHE, else $XDG_CACHE_HOME/repa, else ~/.cache/repa."""
     if os.environ.get("REPA_CACHE"):
         return Path(os.environ["REPA_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "repa"
+    return user_cache() / "repa"
+
+
+def torch_hub_checkpoints() -> Path:
+    """Where torch.hub keeps downloaded checkpoints: $TORCH_HOME/hub/checkpoints."""
+    return Path(os.environ.get("TORCH_HOME", user_cache() / "torch")) / "hub" / "checkpoints"
+
+
+def hf_hub_cache() -> Path:
+    """$HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+
+
+def hf_repo_dir(repo: str) -> Path:
+    """The Hugging Face cache folder of a model repository."""
+    return hf_hub_cache() / f"models--{repo.replace('/', '--')}"
+
+
+def hf_cached_file(repo: str, filenames: tuple) -> Path | None:
+    """A file of `repo` already in the Hugging Face cache (any snapshot), found without network."""
+    snapshots = hf_repo_dir(repo) / "snapshots"
+    for name in filenames:
+        found = sorted(snapshots.glob(f"*/{name}"))
+        if found:
+            return found[-1]
+    return None
 
 
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+# ============================================================================
+# Downloading
+# ============================================================================
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,6 +103,11 @@ def download(url: str, target: Path, timeout: float = 60.0) -> Path:
             out.write(block)
     os.replace(tmp, target)
     return target
+
+
+# ============================================================================
+# Reading weight files
+# ============================================================================
 
 
 def load_file(path: str | Path) -> Any:

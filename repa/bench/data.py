@@ -1,5 +1,7 @@
 """Loader throughput, official layout vs packed, on a synthetic ImageNet-shaped dataset this
-benchmark writes itself (256x256 PNG + [8,32,32] float32 moments), and center-crop throughput."""
+benchmark writes itself (256x256 PNG + [8,32,32] float32 moments), and center-crop throughput.
+The official layout is that of the official code (sihyun-yu/REPA @ 67f7145, dataset.py).
+"""
 
 from __future__ import annotations
 

@@ -82,7 +82,8 @@ def bench_sample(device: str | None = None, num: int = 64, **_) -> dict:
     from repa.config import Source
     from repa.engine.alignment import checkpoint_layout
     from repa.engine.build import build_network
-    from repa.engine.sampling import PAPER_PRESET, SampleRun
+    from repa.engine.sampling import SampleRun
+    from repa.presets import PAPER_PRESET
 
     device = device or default_device()
     results = {"device": device_name(device)}

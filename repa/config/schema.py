@@ -1,4 +1,5 @@
-"""The experiment file's sections and keys (the contract in DESIGN.md).
+"""The experiment file's sections and keys (the contract in DESIGN.md). Defaults are the official
+train.py's (sihyun-yu/REPA @ 67f7145).
 
 Component-valued keys are `Annotated[Component, Kind(kind, default)]`: the loader looks their
 `kind` up in the registry and validates the remaining keys with that component's own params

@@ -1,4 +1,5 @@
-"""Exponential moving average of the weights (REPA/DiT: decay 0.9999, every optimizer step)."""
+"""Exponential moving average of the weights (REPA/DiT: decay 0.9999, every optimizer step; official
+code: sihyun-yu/REPA @ 67f7145, train.py `update_ema`)."""
 
 from __future__ import annotations
 

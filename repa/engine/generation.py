@@ -1,4 +1,5 @@
-"""Generation shared by training grids and `repa sample`: sample i depends only on (seed, i)."""
+"""Generation shared by training grids and `repa sample`: sample i depends only on (seed, i).
+Official counterpart: sihyun-yu/REPA @ 67f7145, generate.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """`repa preprocess`: ImageNet-style folders -> the official REPA layout -> latents -> packed.
 
+Official code: sihyun-yu/REPA @ 67f7145, preprocessing/dataset_tools.py and dataset.py.
+
     images   SRC DEST   ADM center crop, PNG, images/dataset.json (official names)
     latents  SRC DEST   SD-VAE moments (mean, std) in vae-sd/ (official names), accelerate-distributed
     pack     SRC DEST   the packed format (memory-mapped shards + manifest)

@@ -1,4 +1,5 @@
-"""Training randomness as a function of (seed, step, row of the global batch) only.
+"""Training randomness as a function of (seed, step, row of the global batch) only (the official
+code, sihyun-yu/REPA @ 67f7145 train.py / loss.py, draws from the global RNG instead).
 
 Every process draws the whole global batch's t, noise and label-dropout mask from one
 generator seeded by (seed, step) and keeps its own rows. So a step is the same whatever the

@@ -1,4 +1,5 @@
-"""`repa sample`: N images from a checkpoint, as PNGs and an ADM-format .npz.
+"""`repa sample`: N images from a checkpoint, as PNGs and an ADM-format .npz (official counterpart:
+sihyun-yu/REPA @ 67f7145, generate.py).
 
 Sample i depends only on (seed, i). Samples are cut into fixed batches of `batch_size`
 indices; batches go round-robin to the processes, so every batch holds the same samples
@@ -36,21 +37,6 @@ log = logging.getLogger("repa")
 RELEASED_URL = ("https://www.dl.dropboxusercontent.com/scl/fi/cxedbs4da5ugjq5wg3zrg/last.pt"
                 "?rlkey=8otgrdkno0nd89po3dpwngwcc&st=apcc645o&dl=0")
 RELEASED_NAME = "repa-sit-xl-2-256-4M-last.pt"
-
-# The paper's evaluation setting (REPA Table 4): SDE Euler-Maruyama, 250 steps, CFG 1.8 on
-# t in [0, 0.7], decoded with sd-vae ft-ema.
-PAPER_PRESET = ["sample.sampler=euler-maruyama", "sample.steps=250", "sample.cfg_scale=1.8",
-                "sample.guidance_interval=[0.0, 0.7]", 'autoencoder={ kind = "sd-vae", variant = "ft-ema" }']
-
-# `repa sample` without an experiment file: the released SiT-XL/2 + REPA model.
-RELEASED_EXPERIMENT = {
-    "experiment": {"name": "released-sit-xl-2"},
-    "data": {"kind": "folder", "path": "", "resolution": 256},
-    "backbone": "SiT-XL/2",
-    "alignment": [{"encoder": "dinov2-vit-b", "depth": 8}],
-    "autoencoder": {"kind": "sd-vae", "variant": "ft-ema"},
-}
-
 
 def released_checkpoint() -> Path:
     """The released 4M-step SiT-XL/2 REPA EMA weights, cached under the repa cache directory."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repa.components.encoder.specs import hf_cached_file, hf_hub_cache
+from repa.weights import hf_cached_file, hf_repo_dir
 
 
 def sd_vae_repo(params) -> str:
@@ -30,7 +30,7 @@ def sd_vae_missing(params) -> str:
             f"sd-vae ({params.variant}): {params.path} has no config.json; save the model there with "
             f"AutoencoderKL.from_pretrained('{repo}').save_pretrained('{params.path}') on a machine with internet"
         )
-    cache = hf_hub_cache() / f"models--{repo.replace('/', '--')}"
+    cache = hf_repo_dir(repo)
     return (
         f"sd-vae ({params.variant}): weights not found in the Hugging Face cache ({cache}); on a machine with "
         f"internet run `huggingface-cli download {repo}` and copy that folder here, or save it with "

@@ -1,5 +1,6 @@
 """Datasets. Each item is a dict: image (uint8 [3,R,R]), y (int label), and optionally
-moments (the autoencoder's stored mean/std) and features_<k> (cached encoder tokens)."""
+moments (the autoencoder's stored mean/std) and features_<k> (cached encoder tokens). The
+official layout is that of sihyun-yu/REPA @ 67f7145 (dataset.py)."""
 
 from __future__ import annotations
 

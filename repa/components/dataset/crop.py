@@ -1,4 +1,5 @@
-"""The ADM center crop (guided-diffusion `center_crop_arr`), used by REPA's preprocessing."""
+"""The ADM center crop (guided-diffusion `center_crop_arr`), used by REPA's preprocessing
+(sihyun-yu/REPA @ 67f7145, preprocessing/dataset_tools.py)."""
 
 from __future__ import annotations
 

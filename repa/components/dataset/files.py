@@ -1,4 +1,5 @@
-"""Reading the files of a dataset, each failure one DataError line naming the file."""
+"""Reading the files of a dataset, each failure one DataError line naming the file (the official
+layout: sihyun-yu/REPA @ 67f7145, dataset.py)."""
 
 from __future__ import annotations
 

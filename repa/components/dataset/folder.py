@@ -1,4 +1,4 @@
-"""The official REPA dataset layout (dataset.py / preprocessing/dataset_tools.py):
+"""The official REPA dataset layout (sihyun-yu/REPA @ 67f7145: dataset.py / preprocessing/dataset_tools.py):
 
     root/images/00000/img00000000.png ... + images/dataset.json
     root/vae-sd/00000/img-mean-std-00000000.npy ... + vae-sd/dataset.json   (moments [8,h,w])

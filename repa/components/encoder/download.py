@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repa.components.encoder.specs import EncoderSpec, candidate_files, present_file, torch_home
+from repa.components.encoder.specs import EncoderSpec, candidate_files, present_file
 from repa.errors import MissingWeightsError
-from repa.weights import download, hub_offline, reachable
+from repa.weights import download, hf_repo_dir, hub_offline, reachable, torch_hub_checkpoints
 
 
 def _fetch(spec: EncoderSpec) -> Path | None:
@@ -15,7 +15,7 @@ def _fetch(spec: EncoderSpec) -> Path | None:
     if hub_offline():
         return None
     if spec.hub_file and reachable("dl.fbaipublicfiles.com"):
-        return download(spec.url, torch_home() / "hub" / "checkpoints" / spec.hub_file)
+        return download(spec.url, torch_hub_checkpoints() / spec.hub_file)
     if spec.hf_repo and reachable("huggingface.co"):
         from huggingface_hub import hf_hub_download
 
@@ -37,7 +37,7 @@ def missing_message(spec: EncoderSpec, weights: str | None) -> str:
         return (
             f"{spec.name}: weights not found{offline}; looked in: {'; '.join(places)}. On a machine with "
             f"internet run `huggingface-cli download {spec.hf_repo} {spec.hf_files[0]}` and copy its Hugging Face "
-            f"cache folder models--{spec.hf_repo.replace('/', '--')} into {Path(target).parents[3]}{where}"
+            f"cache folder {hf_repo_dir(spec.hf_repo).name} into {hf_repo_dir(spec.hf_repo).parent}{where}"
         )
     return (
         f"{spec.name}: weights not found{offline}; looked in: {'; '.join(places)}. "

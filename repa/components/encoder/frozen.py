@@ -1,5 +1,6 @@
-"""The wrapper every encoder runs in: REPA preprocessing, frozen weights, eval mode forever,
-no gradients, autocast inside, float32 tokens out."""
+"""The wrapper every encoder runs in: REPA preprocessing (official code: sihyun-yu/REPA @ 67f7145, train.py
+`preprocess_raw_image`), frozen weights, eval mode forever, no gradients, autocast inside,
+float32 tokens out."""
 
 from __future__ import annotations
 

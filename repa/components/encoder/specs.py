@@ -1,14 +1,16 @@
 """Static facts about every built-in encoder: architecture, preprocessing, tokens, weights.
 
 Pure data (no torch): `repa validate` and `repa plugins encoder` read it without building
-anything. Facts follow REPA's `utils.load_encoders` and `train.preprocess_raw_image`.
+anything. Facts follow the official code (sihyun-yu/REPA @ 67f7145): `utils.load_encoders` and
+`train.preprocess_raw_image`.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from repa.weights import hf_cached_file, hf_repo_dir, torch_hub_checkpoints, user_cache
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -49,40 +51,16 @@ class EncoderSpec:
         return (side // self.patch_size) ** 2
 
 
-def user_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-
-
-def torch_home() -> Path:
-    return Path(os.environ.get("TORCH_HOME", user_cache() / "torch"))
-
-
-def hf_hub_cache() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-
-
-def hf_cached_file(repo: str, filenames: tuple) -> Path | None:
-    """A file of `repo` already in the Hugging Face cache (any snapshot), found without network."""
-    snapshots = hf_hub_cache() / f"models--{repo.replace('/', '--')}" / "snapshots"
-    for name in filenames:
-        found = sorted(snapshots.glob(f"*/{name}"))
-        if found:
-            return found[-1]
-    return None
-
-
 def candidate_files(spec: EncoderSpec, weights: str | None) -> list[Path]:
     """Every place the weights may be, in order of preference."""
     if weights:
         return [Path(weights).expanduser()]
     places = []
     if spec.hub_file:
-        places.append(torch_home() / "hub" / "checkpoints" / spec.hub_file)
+        places.append(torch_hub_checkpoints() / spec.hub_file)
     if spec.hf_repo:
         cached = hf_cached_file(spec.hf_repo, spec.hf_files)
-        places.append(cached or hf_hub_cache() / f"models--{spec.hf_repo.replace('/', '--')}" / "snapshots" / "<rev>" / spec.hf_files[0])
+        places.append(cached or hf_repo_dir(spec.hf_repo) / "snapshots" / "<rev>" / spec.hf_files[0])
     if spec.user_cache_file:
         places.append(user_cache() / spec.user_cache_file)
     if spec.default_file:  # the seed's ./ckpts paths, relative to the directory repa runs in

@@ -1,4 +1,5 @@
-"""Building the ViT encoders with timm and loading each family's official release format."""
+"""Building the ViT encoders with timm and loading each family's official release format, as the
+official code's `utils.load_encoders` does (sihyun-yu/REPA @ 67f7145, utils.py)."""
 
 from __future__ import annotations
 

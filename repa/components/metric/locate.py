@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repa.components.encoder.specs import torch_home
+from repa.weights import torch_hub_checkpoints
 
 PYTORCH_FID = "pt_inception-2015-12-05-6726825d.pth"
 TORCH_FIDELITY = "weights-inception-2015-12-05-6726825d.pth"
@@ -14,7 +14,7 @@ URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{P
 def inception_candidates(weights: str | None) -> list[Path]:
     if weights:
         return [Path(weights).expanduser()]
-    checkpoints = torch_home() / "hub" / "checkpoints"
+    checkpoints = torch_hub_checkpoints()
     return [checkpoints / PYTORCH_FID, checkpoints / TORCH_FIDELITY]
 
 
