@@ -318,8 +318,9 @@ class Guidance(abc.ABC):
 
 VelocityFn = Callable[["torch.Tensor", "torch.Tensor", float], "torch.Tensor"]
 """velocity(x[B,...], t[B], step_t) -> dx/dt [B,...] at model time t. `step_t` is the time at
-which the current sampler step began: guidance is switched on or off per step by it (as the
-official samplers.py does (sihyun-yu/REPA @ 67f7145), Heun's corrector included). Labels and guidance are already bound."""
+which the current sampler step began: guidance is switched on or off per step by it, Heun's
+corrector included, as in the official samplers.py (sihyun-yu/REPA @ 67f7145). Labels and
+guidance are already bound."""
 
 
 class NoiseSource(Protocol):

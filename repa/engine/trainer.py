@@ -13,22 +13,21 @@ from pathlib import Path
 
 import torch
 
-from repa.config import ExperimentConfig, config_hash, to_dict
+from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
-from repa.engine.alignment import checkpoint_layout, network_layout
 from repa.engine.build import (
-    build_network, build_objective_parts, build_sampling, build_terms, input_geometry, probe_alignment, probe_network,
+    build_network, build_objective_parts, build_terms, input_geometry, probe_alignment, probe_network,
 )
 from repa.engine.data import StepBatchSampler, make_loader
-from repa.engine.denoiser import Denoiser
 from repa.engine.ema import make_ema, update_ema
 from repa.engine.features import FeatureCache, WithFeatures, describe
-from repa.engine.generation import class_labels, generate, image_grid, to_uint8
+from repa.engine.grids import SampleGrids
 from repa.engine.objective import Objective
 from repa.engine.parallel import STRATEGIES
 from repa.engine.randomness import draw_step
 from repa.engine.record import RunRecord
-from repa.errors import CheckpointError, DataError, RepaError
+from repa.engine.run_checkpoints import Counters, RunCheckpoints
+from repa.errors import DataError, RepaError
 from repa.precision import autocast_dtype, effective_precision, on_cpu
 
 log = logging.getLogger("repa")
@@ -38,13 +37,6 @@ record_log.propagate = False
 
 class TrainingStopped(RepaError):
     """Training stopped on purpose (non-finite losses); the message says what was saved."""
-
-
-@dataclass
-class Counters:
-    step: int = 0
-    nonfinite_total: int = 0
-    nonfinite_in_row: int = 0
 
 
 @dataclass
@@ -112,7 +104,7 @@ class Trainer:
         self.parallel = STRATEGIES[config.train.distributed](self.acc)
         self.counters = Counters()
         self.stop_requested = self.stopped = False
-        self.checkpoints = self.run_dir / "checkpoints"
+        self.checkpoints = RunCheckpoints(config, self.acc, self.parallel, self.run_dir / "checkpoints")
 
     # ------------------------------------------------------------------ setup
 
@@ -143,7 +135,9 @@ class Trainer:
         if config.train.compile:
             self.model = torch.compile(self.model)
         self.geometry = input_geometry(config)
-        self._restore()
+        self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective)
+        if self.resume:  # run_experiment refuses to start a fresh run over existing checkpoints
+            self.counters = self.checkpoints.restore(self.resume, self.model, self.ema, self.optimizer)
 
     def _build_encoder(self, entry):
         encoder = entry.encoder.build(resolution=self.config.data.params.resolution).to(self.device)
@@ -157,91 +151,17 @@ class Trainer:
         cache.check(describe(self.config, entry, encoder, self.dataset, self.acc.mixed_precision))
         return cache
 
+    def save_checkpoint(self, diagnostic: bool = False) -> Path:
+        return self.checkpoints.save(self.model, self.ema, self.optimizer, self.counters, diagnostic)
+
     def _unwrapped(self):
         """The network without DDP or torch.compile wrappers: its names are the EMA's."""
         return self.parallel.unwrapped(self.model)
 
-    # ---------------------------------------------------------- checkpoints
-
-    def _restore(self) -> None:
-        if not self.resume:
-            return  # run_experiment refuses to start a fresh run over existing checkpoints
-        rank = self.acc.process_index
-        if isinstance(self.resume, str):
-            folder = Path(self.resume)
-            saved = ckpt.read(folder, rank)
-        else:
-            found = ckpt.latest_usable(self.checkpoints, rank, log.warning)
-            if found is None:
-                raise CheckpointError(f"{self.checkpoints}: no usable checkpoint to resume from")
-            folder, saved = found
-        if saved.state.get("layout") != ckpt.LAYOUT:
-            raise CheckpointError(
-                f"{folder}: written by repa before contract 1.0, whose parameter order differs; its weights still "
-                f"sample and evaluate (`repa sample --checkpoint {folder}`), but training cannot resume from it")
-        saved.model, saved.ema = network_layout(saved.model), network_layout(saved.ema)
-        self.parallel.load(self.model, self.ema, self.optimizer, saved, str(folder))
-        if saved.optimizer.get("scaler") and self.acc.scaler is not None:
-            self.acc.scaler.load_state_dict(saved.optimizer["scaler"])
-        state = saved.state
-        self.counters = Counters(state["step"], state.get("nonfinite_total", 0), state.get("nonfinite_in_row", 0))
-        if saved.rng is not None:
-            ckpt.set_rng_state(saved.rng)
-        if state.get("config_hash") != config_hash(self.config):
-            log.warning("repa: the experiment's resolved config differs from the one of checkpoint %s "
-                        "(hash %s vs %s); continuing with the current file", folder.name,
-                        config_hash(self.config), state.get("config_hash"))
-        if self.acc.is_main_process:
-            log.info("repa: resumed from %s at step %d", folder, self.counters.step)
-
-    def save_checkpoint(self, diagnostic: bool = False) -> Path:
-        acc, step = self.acc, self.counters.step
-        name = f"diagnostic-{step:07d}" if diagnostic else ckpt.checkpoint_name(step)
-        tmp = self.checkpoints / f".tmp-{name}"
-        if acc.is_main_process:
-            ckpt.begin(self.checkpoints, step) if not diagnostic else tmp.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        ckpt.write_rank_state(tmp, acc.process_index, self._unwrapped())
-        acc.wait_for_everyone()
-        final = self.checkpoints / name
-        model_state, ema_state, optimizer_state = self.parallel.states(self.model, self.ema, self.optimizer)
-        if acc.is_main_process:
-            optimizer_state["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
-            state = {"step": step, "nonfinite_total": self.counters.nonfinite_total,
-                     "nonfinite_in_row": self.counters.nonfinite_in_row, "config_hash": config_hash(self.config),
-                     "processes": acc.num_processes, "distributed": self.config.train.distributed,
-                     "layout": ckpt.LAYOUT}
-            ckpt.write_main(tmp, checkpoint_layout(model_state), checkpoint_layout(ema_state), optimizer_state, state)
-            if diagnostic:  # a resumed run may diverge at the same step again: replace the old one
-                ckpt.write_manifest(tmp)
-                ckpt.move_into_place(tmp, final)
-            else:
-                final = ckpt.commit(tmp, self.checkpoints, step, self.config.train.keep_checkpoints)
-        acc.wait_for_everyone()
-        return final
-
     # ----------------------------------------------------------------- step
 
-    def _targets(self, batch, images):
-        targets = []
-        for k, encoder in enumerate(self.encoders):
-            cached = batch.get(f"features_{k}")
-            targets.append(cached.to(self.device) if cached is not None else encoder(encoder.preprocess(images)))
-        return targets
-
-    def _micro_step(self, batch, rows):
-        images = batch["image"].to(self.device, non_blocking=True)
-        with torch.no_grad():
-            moments = batch["moments"].to(self.device) if "moments" in batch else self.autoencoder.encode(images)
-            x0 = self.autoencoder.sample(moments, rows.posterior)
-            targets = self._targets(batch, images)
-        y = batch["y"].to(self.device)
-        if self.config.train.legacy_label_dropout:
-            y = torch.where(rows.legacy_drop, torch.full_like(y, self._unwrapped().num_classes), y)
-        with self.acc.autocast():
-            return self.objective(self.model, x0, rows.noise, rows.t, y, targets, self.counters.step, rows.drop)
-
     def train_step(self, micro_batches, sampler: StepBatchSampler) -> dict:
+        """One optimizer step over `micro_batches` (gradient accumulation); returns the logged values."""
         config, acc = self.config, self.acc
         shape = (self.geometry[1], self.geometry[0], self.geometry[0])
         draws = draw_step(config.experiment.seed, self.counters.step, config.train.global_batch_size, shape,
@@ -261,6 +181,25 @@ class Trainer:
         finite = bool(acc.gather(torch.tensor([finite], device=self.device)).all())
         values["grad_norm"] = self._update(finite)
         return values
+
+    def _micro_step(self, batch, rows):
+        images = batch["image"].to(self.device, non_blocking=True)
+        with torch.no_grad():
+            moments = batch["moments"].to(self.device) if "moments" in batch else self.autoencoder.encode(images)
+            x0 = self.autoencoder.sample(moments, rows.posterior)
+            targets = self._targets(batch, images)
+        y = batch["y"].to(self.device)
+        if self.config.train.legacy_label_dropout:
+            y = torch.where(rows.legacy_drop, torch.full_like(y, self._unwrapped().num_classes), y)
+        with self.acc.autocast():
+            return self.objective(self.model, x0, rows.noise, rows.t, y, targets, self.counters.step, rows.drop)
+
+    def _targets(self, batch, images):
+        targets = []
+        for k, encoder in enumerate(self.encoders):
+            cached = batch.get(f"features_{k}")
+            targets.append(cached.to(self.device) if cached is not None else encoder(encoder.preprocess(images)))
+        return targets
 
     def _update(self, finite: bool) -> float:
         counters = self.counters
@@ -285,39 +224,6 @@ class Trainer:
                 f"resume from the last good checkpoint with --resume"
             )
         return grad_norm
-
-    # ------------------------------------------------------------- samples
-
-    @torch.no_grad()
-    def sample_grid(self) -> None:
-        config, main = self.config, self.acc.is_main_process
-        if not (main or self.parallel.collective_sampling):
-            self.acc.wait_for_everyone()
-            return
-        n = config.train.sample_images
-        sampler, guidance = build_sampling(config)
-        denoiser = Denoiser(self.ema, self.objective.prediction, self.objective.path, guidance)
-        labels = class_labels(config.experiment.seed, range(n), self.dataset.num_classes, "balanced")
-        shape = (self.geometry[1], self.geometry[0], self.geometry[0])
-        with self.acc.autocast():
-            x0 = generate(denoiser, sampler, range(n), labels, config.experiment.seed, shape, self.device,
-                          config.sample.state_dtype)
-        self.parallel.after_inference(self.ema)
-        if main:
-            images = to_uint8(self.autoencoder.decode(x0.float()))
-            for tracker in self.trackers:
-                tracker.log_images(self.counters.step, {"samples": image_grid(images)})
-        self.acc.wait_for_everyone()
-
-    def ground_truth_grid(self) -> None:
-        if not self.acc.is_main_process:
-            return
-        from PIL import Image
-
-        n = min(self.config.train.sample_images, len(self.dataset))
-        images = torch.stack([self.dataset[i]["image"] for i in range(n)]).permute(0, 2, 3, 1).numpy()
-        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image_grid(images)).save(self.run_dir / "samples" / "ground_truth.png")
 
     # ----------------------------------------------------------------- loop
 
@@ -365,7 +271,7 @@ class Trainer:
         config, acc, counters = self.config, self.acc, self.counters
         self.trackers = self._make_trackers()
         if counters.step == 0:
-            self.ground_truth_grid()
+            self.grids.ground_truth(self.run_dir)
         sampler = StepBatchSampler(len(self.dataset), config.train.global_batch_size, acc.process_index,
                                    acc.num_processes, config.train.grad_accum_steps, config.experiment.seed,
                                    counters.step, config.train.max_steps)
@@ -393,7 +299,7 @@ class Trainer:
                         self._log(window)
                         window = Window()
                     if counters.step == 1 or counters.step % config.train.sample_every == 0:
-                        self.sample_grid()
+                        self.grids.samples(self.ema, counters.step, self.trackers)
                     if counters.step % config.train.checkpoint_every == 0:
                         self.save_checkpoint()
                     if self._should_stop():
@@ -403,7 +309,7 @@ class Trainer:
             self.stopped = stopped
         if window.steps:
             self._log(window)
-        if not self.checkpoints.joinpath(ckpt.checkpoint_name(counters.step)).is_dir():
+        if not (self.checkpoints.folder / ckpt.checkpoint_name(counters.step)).is_dir():
             self.save_checkpoint()
         if not stopped and counters.step % config.train.sample_every:
-            self.sample_grid()
+            self.grids.samples(self.ema, counters.step, self.trackers)

@@ -1,0 +1,52 @@
+"""The sample grids of a training run: the EMA model's samples (a balanced grid: column k shows
+class k) and, once, the real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from repa.config import ExperimentConfig
+from repa.engine.build import build_sampling, input_geometry
+from repa.engine.denoiser import Denoiser
+from repa.engine.generation import class_labels, generate, image_grid, to_uint8
+
+
+class SampleGrids:
+    def __init__(self, config: ExperimentConfig, acc, parallel, dataset, autoencoder, objective):
+        self.config, self.acc, self.parallel = config, acc, parallel
+        self.dataset, self.autoencoder, self.objective = dataset, autoencoder, objective
+
+    @torch.no_grad()
+    def samples(self, ema, step: int, trackers) -> None:
+        """train.sample_images samples of the EMA model, logged as the step's "samples" image."""
+        config, acc, main = self.config, self.acc, self.acc.is_main_process
+        if not (main or self.parallel.collective_sampling):
+            acc.wait_for_everyone()
+            return
+        n = config.train.sample_images
+        sampler, guidance = build_sampling(config)
+        denoiser = Denoiser(ema, self.objective.prediction, self.objective.path, guidance)
+        labels = class_labels(config.experiment.seed, range(n), self.dataset.num_classes, "balanced")
+        side, channels = input_geometry(config)
+        with acc.autocast():
+            x0 = generate(denoiser, sampler, range(n), labels, config.experiment.seed, (channels, side, side),
+                          acc.device, config.sample.state_dtype)
+        self.parallel.after_inference(ema)
+        if main:
+            images = to_uint8(self.autoencoder.decode(x0.float()))
+            for tracker in trackers:
+                tracker.log_images(step, {"samples": image_grid(images)})
+        acc.wait_for_everyone()
+
+    def ground_truth(self, run_dir: Path) -> None:
+        """samples/ground_truth.png: the first train.sample_images real images."""
+        if not self.acc.is_main_process:
+            return
+        from PIL import Image
+
+        n = min(self.config.train.sample_images, len(self.dataset))
+        images = torch.stack([self.dataset[i]["image"] for i in range(n)]).permute(0, 2, 3, 1).numpy()
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image_grid(images)).save(run_dir / "samples" / "ground_truth.png")

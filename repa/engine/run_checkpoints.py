@@ -1,0 +1,87 @@
+"""A training run's checkpoints: what a step's state is, how it is written and restored (the
+files themselves: repa.engine.checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from repa.config import ExperimentConfig, config_hash
+from repa.engine import checkpoint as ckpt
+from repa.engine.alignment import checkpoint_layout, network_layout
+from repa.errors import CheckpointError
+
+log = logging.getLogger("repa")
+
+
+@dataclass
+class Counters:
+    step: int = 0
+    nonfinite_total: int = 0
+    nonfinite_in_row: int = 0
+
+
+class RunCheckpoints:
+    """checkpoints/<step>/ of one run: model, EMA, optimizer (+ grad scaler), counters, RNG."""
+
+    def __init__(self, config: ExperimentConfig, acc, parallel, folder: Path):
+        self.config, self.acc, self.parallel, self.folder = config, acc, parallel, Path(folder)
+
+    def restore(self, resume: str | bool, model, ema, optimizer) -> Counters:
+        """Load the checkpoint `resume` names (a folder, or True: the latest usable) into the run."""
+        acc, rank = self.acc, self.acc.process_index
+        if isinstance(resume, str):
+            folder = Path(resume)
+            saved = ckpt.read(folder, rank)
+        else:
+            found = ckpt.latest_usable(self.folder, rank, log.warning)
+            if found is None:
+                raise CheckpointError(f"{self.folder}: no usable checkpoint to resume from")
+            folder, saved = found
+        if saved.state.get("layout") != ckpt.LAYOUT:
+            raise CheckpointError(
+                f"{folder}: written by repa before contract 1.0, whose parameter order differs; its weights still "
+                f"sample and evaluate (`repa sample --checkpoint {folder}`), but training cannot resume from it")
+        saved.model, saved.ema = network_layout(saved.model), network_layout(saved.ema)
+        self.parallel.load(model, ema, optimizer, saved, str(folder))
+        if saved.optimizer.get("scaler") and acc.scaler is not None:
+            acc.scaler.load_state_dict(saved.optimizer["scaler"])
+        state = saved.state
+        counters = Counters(state["step"], state.get("nonfinite_total", 0), state.get("nonfinite_in_row", 0))
+        if saved.rng is not None:
+            ckpt.set_rng_state(saved.rng)
+        if state.get("config_hash") != config_hash(self.config):
+            log.warning("repa: the experiment's resolved config differs from the one of checkpoint %s "
+                        "(hash %s vs %s); continuing with the current file", folder.name,
+                        config_hash(self.config), state.get("config_hash"))
+        if acc.is_main_process:
+            log.info("repa: resumed from %s at step %d", folder, counters.step)
+        return counters
+
+    def save(self, model, ema, optimizer, counters: Counters, diagnostic: bool = False) -> Path:
+        """Every process writes its RNG state, the main one the rest; atomically (rename last)."""
+        acc, step = self.acc, counters.step
+        name = f"diagnostic-{step:07d}" if diagnostic else ckpt.checkpoint_name(step)
+        tmp = self.folder / f".tmp-{name}"
+        if acc.is_main_process:
+            ckpt.begin(self.folder, step) if not diagnostic else tmp.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        ckpt.write_rank_state(tmp, acc.process_index, self.parallel.unwrapped(model))
+        acc.wait_for_everyone()
+        final = self.folder / name
+        model_state, ema_state, optimizer_state = self.parallel.states(model, ema, optimizer)
+        if acc.is_main_process:
+            optimizer_state["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
+            state = {"step": step, "nonfinite_total": counters.nonfinite_total,
+                     "nonfinite_in_row": counters.nonfinite_in_row, "config_hash": config_hash(self.config),
+                     "processes": acc.num_processes, "distributed": self.config.train.distributed,
+                     "layout": ckpt.LAYOUT}
+            ckpt.write_main(tmp, checkpoint_layout(model_state), checkpoint_layout(ema_state), optimizer_state, state)
+            if diagnostic:  # a resumed run may diverge at the same step again: replace the old one
+                ckpt.write_manifest(tmp)
+                ckpt.move_into_place(tmp, final)
+            else:
+                final = ckpt.commit(tmp, self.folder, step, self.config.train.keep_checkpoints)
+        acc.wait_for_everyone()
+        return final
