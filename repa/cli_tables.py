@@ -64,6 +64,8 @@ def check_outcome(kind: str, entry: Entry) -> tuple[str, str]:
         return "FAIL", str(exc)
     except RepaError as exc:  # weights or data this machine does not have; required parameters
         return "not checked", str(exc).splitlines()[0]
+    except Exception as exc:  # a third-party factory or a built-in that raised: never a traceback here
+        return "FAIL", f"{entry.label}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return "ok", ""
 
 

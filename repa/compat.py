@@ -66,7 +66,7 @@ class OfficialLayoutNetwork(AlignedNetwork):
         return checkpoint_layout(super().state_dict(*args, **kwargs))
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return super().load_state_dict(network_layout(state_dict), strict=strict, assign=assign)
+        return super().load_state_dict(network_layout(state_dict, self), strict=strict, assign=assign)
 
 
 def _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type):

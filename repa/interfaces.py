@@ -102,6 +102,10 @@ class DatasetParams(Params):
         None: only the data knows."""
         return None
 
+    def location(self) -> str | None:
+        """Where the data lives, for messages (e.g. its folder); None: nowhere on disk."""
+        return None
+
 
 class OptimizerParams(Params):
     lr: float = 1e-4

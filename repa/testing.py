@@ -197,6 +197,12 @@ def check_backbone(backbone: Any, input_size: int, in_channels: int, num_classes
     backbone.train()
     out, hidden = backbone(x, t, y, drop_ids=torch.tensor([True, False]), hidden_depths=depths)
     _check_trainable(where, backbone, out.square().mean() + sum(h.square().mean() for h in hidden))
+    if backbone.has_null_label:  # drop_ids[i] replaces label i by the null label, and only it
+        with torch.no_grad():
+            dropped = backbone(x, t, y, drop_ids=torch.tensor([True, False]))[0]
+            null = torch.tensor([num_classes, int(y[1])])
+            if not torch.allclose(dropped, backbone(x, t, null, drop_ids=torch.tensor([False, False]))[0]):
+                raise _fail(where, "drop_ids is not honoured: a dropped label must act as the null label num_classes")
     backbone.eval()
     with torch.no_grad():
         _equal(where, "the eval-mode output", backbone(x, t, y)[0], backbone(x, t, y)[0])
@@ -208,14 +214,7 @@ def check_backbone(backbone: Any, input_size: int, in_channels: int, num_classes
 
 def check_autoencoder(autoencoder: Any, resolution: int, channels: int, factor: int, where: str = ANY) -> None:
     """encode -> moments [B,2C,R/f,R/f]; sample -> [B,C,R/f,R/f]; decode -> [B,3,R,R], all finite."""
-    side = resolution // factor
-    images = torch.randint(0, 256, (1, 3, resolution, resolution), generator=_generator(1), dtype=torch.uint8)
-    moments = _tensor(where, "encode", _run(where, "encode", lambda: autoencoder.encode(images)),
-                      (1, 2 * channels, side, side))
-    noise = torch.randn(1, channels, side, side, generator=_generator(2))
-    z = _tensor(where, "sample", _run(where, "sample", lambda: autoencoder.sample(moments, noise)),
-                (1, channels, side, side))
-    _tensor(where, "decode", _run(where, "decode", lambda: autoencoder.decode(z)), (1, 3, resolution, resolution))
+    contract.probe_autoencoder(where, autoencoder, resolution, channels, factor)
 
 
 # ============================================================================
@@ -228,44 +227,18 @@ def check_sampler(sampler: Any, where: str = ANY) -> None:
     quarter of its size with 32 steps; an ODE exactly); it calls the velocity `function_evaluations()`
     times; keeps x_1's dtype; draws noise only from `noise` (same noise, same samples)."""
     from repa.components.path.interpolants import LinearPath
-    from repa.engine.denoiser import PerSampleNoise, sample_generators
-
-    calls = []
-
-    def velocity(x, t, step_t):
-        calls.append(step_t)
-        if not (isinstance(step_t, float) and t.shape == (x.shape[0],)):
-            raise _fail(where, "calls velocity(x, t[B], step_t: float) differently")
-        return x / t.clamp_min(1e-3).view(-1, 1, 1, 1)
 
     x1 = torch.randn(2, 1, 2, 2, generator=_generator(1), dtype=torch.float64)
-
-    def run():
-        noise = PerSampleNoise(sample_generators(0, range(2)))
-        return _run(where, "sample(velocity, x1, path, noise)", lambda: sampler.sample(velocity, x1, LinearPath(), noise))
-
-    x0 = _tensor(where, "sample", run(), tuple(x1.shape))
-    if x0.dtype != x1.dtype:
-        raise _fail(where, f"sample returned {x0.dtype} for a {x1.dtype} state")
-    if len(calls) != sampler.function_evaluations():
-        raise _fail(where, f"called velocity {len(calls)} times; function_evaluations() says "
-                           f"{sampler.function_evaluations()}")
+    x0 = contract.probe_sampler(where, sampler, x1, LinearPath())
     if x0.abs().mean() > 0.25 * x1.abs().mean():
         raise _fail(where, f"did not integrate towards the data (all zero): mean |x0| {float(x0.abs().mean()):.3g} "
                            f"from mean |x1| {float(x1.abs().mean()):.3g}")
-    _equal(where, "the samples", x0, run())
+    _equal(where, "the samples", x0, contract.probe_sampler(where, sampler, x1, LinearPath()))
 
 
 def check_guidance(guidance: Any, where: str = ANY) -> None:
     """active(t) -> bool; combine(cond, uncond, t) shaped like cond, and equal to it when both agree."""
-    cond = torch.randn(2, 3, generator=_generator(1))
-    for t in (0.0, 0.5, 1.0):
-        active = _run(where, f"active({t})", lambda: guidance.active(t))
-        if not isinstance(active, bool):
-            raise _fail(where, f"active({t}) returned {type(active).__name__}, expected bool")
-    same = _tensor(where, "combine", _run(where, "combine", lambda: guidance.combine(cond, cond, 0.5)), (2, 3))
-    if not torch.allclose(same, cond):
-        raise _fail(where, "combine(c, c, t) differs from c: guidance must leave agreeing outputs unchanged")
+    contract.probe_guidance(where, guidance)
 
 
 # ============================================================================
@@ -275,18 +248,7 @@ def check_guidance(guidance: Any, where: str = ANY) -> None:
 
 def check_dataset(dataset: Any, resolution: int, where: str = ANY) -> None:
     """Items hold image uint8 [3,R,R] and an int label y in 0..num_classes-1 (moments optional)."""
-    if len(dataset) < 1:
-        raise _fail(where, "is empty")
-    item = _run(where, "dataset[0]", lambda: dataset[0])
-    if not isinstance(item, dict) or "image" not in item or "y" not in item:
-        raise _fail(where, f"dataset[0] is {type(item).__name__} with keys {list(item) if isinstance(item, dict) else '-'};"
-                           " expected a dict with `image` and `y` (and optionally `moments`)")
-    image = _tensor(where, "dataset[0]['image']", torch.as_tensor(item["image"]), (3, resolution, resolution),
-                    floating=False)
-    if image.dtype != torch.uint8:
-        raise _fail(where, f"dataset[0]['image'] is {image.dtype}, expected uint8")
-    if not 0 <= int(item["y"]) < dataset.num_classes:
-        raise _fail(where, f"dataset[0]['y'] = {item['y']} is outside 0..{dataset.num_classes - 1}")
+    contract.probe_dataset(where, dataset, resolution)
 
 
 def check_metric(metric: Any, images, reference: str | None = None, names: tuple[str, ...] = (),
@@ -402,7 +364,7 @@ def check_component(kind: str, name: str, params: dict | Any | None = None, comp
     context, check = _tiny(kind, entry, params, dict(kwargs))
     with _offline():
         built = entry.build(params, **context)
-        check(built)
+        _run(entry.label, "the contract kit's check", lambda: check(built))
     return built
 
 

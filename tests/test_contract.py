@@ -136,7 +136,9 @@ def builtin_cases():
 
 
 @pytest.mark.parametrize("kind,name", list(builtin_cases()))
-def test_every_builtin_keeps_its_contract(kind, name):
+def test_every_builtin_keeps_its_contract(kind, name, tmp_path, monkeypatch):
+    for variable in ("TORCH_HOME", "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):  # no weights found by chance
+        monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
     params, context = None, {}
     if kind == "backbone":
         params = TINY_SIT
@@ -170,14 +172,20 @@ def test_the_example_plugins_keep_the_contract(tmp_path):
 
 
 def contributing_examples(folder):
-    """Write the `repa_example/<module>.py` blocks of CONTRIBUTING.md into an importable package."""
+    """Write the `repa_example/<module>.py` blocks of CONTRIBUTING.md into an importable package;
+    returns the modules its entry-point block names."""
+    import tomli
+
     text = (ROOT / "CONTRIBUTING.md").read_text()
     blocks = re.findall(r"`(repa_example/\w+\.py)`:\n\n```python\n(.*?)```", text, flags=re.S)
     (folder / "repa_example").mkdir()
     (folder / "repa_example" / "__init__.py").write_text("")
     for path, body in blocks:
         (folder / path).write_text(body)
-    return [path[:-3].replace("/", ".") for path, _ in blocks]
+    entry_points = re.search(r"```toml\n(\[project\.entry-points\.repa\]\n.*?)```", text, re.S).group(1)
+    modules = list(tomli.loads(entry_points)["project"]["entry-points"]["repa"].values())
+    assert sorted(modules) == sorted(path[:-3].replace("/", ".") for path, _ in blocks)
+    return modules
 
 
 @pytest.fixture
@@ -204,6 +212,12 @@ def test_contributing_has_an_example_per_kind_and_each_keeps_the_contract(exampl
     assert components.failed == []
     for kind, name, context in EXAMPLES:
         check_component(kind, name, **context)
+    block = re.search(r"## Check a plugin\n.*?```python\n(.*?)```", (ROOT / "CONTRIBUTING.md").read_text(), re.S)
+    namespace = {}
+    exec(block.group(1), namespace)  # the test a plugin author copies
+    tests = [f for name, f in namespace.items() if name.startswith("test_")]
+    assert len(tests) == 1
+    tests[0]()
 
 
 def test_the_contributing_example_plugin_trains_the_quickstart_for_five_steps(examples, tmp_path):
@@ -332,7 +346,8 @@ def test_a_broken_plugin_stops_the_run_in_one_line_before_anything_is_written(ca
     result = run_cli("-p", "broken_plugin", "run", str(experiment), "--no-progress",
                      env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("repa: ")]  # log lines aside
+    lines = result.stderr.splitlines()  # progress lines (`repa: training the offline ...`) aside, no warning
+    errors = [line for line in lines if not line.startswith("repa: ") or line.startswith("repa: warning")]
     assert len(errors) == 1 and EXPECTED[case] in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "exps").exists()  # no run folder, grid or checkpoint

@@ -105,10 +105,10 @@ def test_plugin_that_fails_to_import_is_reported_and_others_load(plugin_modules,
     components = load_components(entry_points=eps)
     assert "my-loss" in components["alignment_loss"]
     assert components.get("alignment_loss", "my-loss").distribution == "repa-good"
-    assert len(components.warnings) == 1
-    warning = components.warnings[0]
-    assert "'broken'" in warning and "repa-broken" in warning and "boom at import" in warning
-    assert "\n" not in warning
+    assert components.warnings == [] and len(components.failed) == 1
+    failure = components.failed[0]
+    assert "'broken'" in failure and "repa-broken" in failure and "boom at import" in failure
+    assert "\n" not in failure
 
 
 def test_missing_builtin_entry_points_say_reinstall(plugin_modules):

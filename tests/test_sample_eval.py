@@ -342,16 +342,17 @@ def test_evaluate_a_run_appends_results_once(trained_run):
 
 def test_class_count_of_a_checkpoint_comes_from_the_dataset_not_the_label_dropout(tiny_toml):
     from repa.config import load_experiment
+    from repa.engine.alignment import checkpoint_layout
     from repa.engine.build import build_network
     from repa.engine.sampling import load_model
     from repa.errors import CheckpointError
 
-    no_dropout = build_network(load_experiment(tiny_toml(), ["train.label_dropout=0"]), 10).state_dict()
+    no_dropout = checkpoint_layout(build_network(load_experiment(tiny_toml(), ["train.label_dropout=0"]), 10).state_dict())
     model = load_model(load_experiment(tiny_toml()), no_dropout, "ckpt.pt")  # the experiment says dropout 0.1
     assert model.num_classes == 10 and not model.has_null_label
-    with_null = build_network(load_experiment(tiny_toml()), 10).state_dict()
+    with_null = checkpoint_layout(build_network(load_experiment(tiny_toml()), 10).state_dict())
     model = load_model(load_experiment(tiny_toml(), ["train.label_dropout=0"]), with_null, "ckpt.pt")
     assert model.num_classes == 10 and model.has_null_label
-    wrong = build_network(load_experiment(tiny_toml()), 12).state_dict()
+    wrong = checkpoint_layout(build_network(load_experiment(tiny_toml()), 12).state_dict())
     with pytest.raises(CheckpointError, match=r"ckpt.pt: the label embedding has 13 rows but data.num_classes is 10"):
         load_model(load_experiment(tiny_toml()), wrong, "ckpt.pt")

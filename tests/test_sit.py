@@ -112,13 +112,33 @@ def test_backbone_returns_the_hidden_states_asked_for_in_that_order():
 
 
 def test_official_layout_round_trips_through_the_aligned_network(official):
-    from repa.engine.alignment import checkpoint_layout, network_layout
+    from repa.engine.alignment import AlignedNetwork, checkpoint_layout, network_layout
 
     checkpoint, _ = official
-    nested = network_layout(checkpoint["ema"])
+    model = official_sit(**checkpoint["config"])
+    network = AlignedNetwork(model.backbone, list(model.projectors), model.depths)
+    nested = network_layout(checkpoint["ema"], network)
     assert "backbone.blocks.0.attn.qkv.weight" in nested and "projectors.1.4.weight" in nested
     assert checkpoint_layout(nested).keys() == checkpoint["ema"].keys()
-    assert network_layout(nested) == nested  # already nested: unchanged
+    network.load_state_dict(nested, strict=True)
+
+
+def test_a_backbone_with_a_submodule_called_backbone_round_trips():
+    """E.g. a plugin wrapping a timm model as `self.backbone`: its keys start with `backbone.` too."""
+    from repa.components.projector.mlp import MLPProjector
+    from repa.engine.alignment import AlignedNetwork, checkpoint_layout, network_layout
+
+    class Wrapper(SiT):
+        def __init__(self):
+            super().__init__(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2)
+            self.backbone = torch.nn.Linear(3, 3)
+
+    torch.manual_seed(0)
+    saved = checkpoint_layout(AlignedNetwork(Wrapper(), [MLPProjector(32, 16, 8)], [1]).state_dict())
+    assert "backbone.weight" in saved and "projectors.0.0.weight" in saved
+    fresh = AlignedNetwork(Wrapper(), [MLPProjector(32, 16, 8)], [1])
+    fresh.load_state_dict(network_layout(saved, fresh), strict=True)
+    torch.testing.assert_close(fresh.backbone.backbone.weight, saved["backbone.weight"])
 
 
 def test_label_dropout_replaces_labels_by_the_null_class():

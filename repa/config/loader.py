@@ -56,6 +56,7 @@ def validate_experiment(
         else:
             issues += cross_checks(config, processes or 1)
             if not issues:
+                components.report()  # plugins that failed to load: said once the command goes on
                 return config
     raise ConfigError(source.format(issues))
 
@@ -63,9 +64,11 @@ def validate_experiment(
 def validate_component(kind: str, name: str, params: dict, where: str) -> Component:
     """One component outside an experiment file (a command-line option): `where` locates errors."""
     issues: list[Issue] = []
-    component = _component({"kind": name, **params}, Kind(kind), (), get_components(), issues)
+    components = get_components()
+    component = _component({"kind": name, **params}, Kind(kind), (), components, issues)
     if issues:
         raise ConfigError([f"{where}: {issue.message}" for issue in issues])
+    components.report()
     return component
 
 

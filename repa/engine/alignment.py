@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from repa.interfaces import AlignmentLoss, TargetTransform
 
-BACKBONE, PROJECTORS = "backbone.", "projectors."
+BACKBONE = "backbone."
 
 
 class AlignedNetwork(nn.Module):
@@ -56,15 +56,16 @@ class AlignedNetwork(nn.Module):
 
 
 def checkpoint_layout(state: Mapping[str, torch.Tensor]) -> dict:
-    """AlignedNetwork state dict -> the official layout (backbone keys at the top)."""
+    """An AlignedNetwork's state dict -> the official layout (the backbone's keys at the top)."""
     return {k[len(BACKBONE):] if k.startswith(BACKBONE) else k: v for k, v in state.items()}
 
 
-def network_layout(state: Mapping[str, torch.Tensor]) -> dict:
-    """The official layout -> AlignedNetwork's state dict (keys of an AlignedNetwork stay as they are)."""
-    if any(k.startswith(BACKBONE) for k in state):
-        return dict(state)
-    return {k if k.startswith(PROJECTORS) else BACKBONE + k: v for k, v in state.items()}
+def network_layout(state: Mapping[str, torch.Tensor], network: nn.Module) -> dict:
+    """A checkpoint in the official layout -> `network`'s state dict keys: a key the network does not
+    have is the backbone's when `backbone.<key>` is one of the network's (so a backbone may itself
+    have a submodule called `backbone`); anything else is left for the strict load to report."""
+    own = nn.Module.state_dict(network).keys()  # the module's own names, whatever its state_dict shows
+    return {k if k in own or BACKBONE + k not in own else BACKBONE + k: v for k, v in state.items()}
 
 
 # ============================================================================

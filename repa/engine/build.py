@@ -64,6 +64,23 @@ def probe_network(config: ExperimentConfig, network: AlignedNetwork, device=None
                                  entry.encoder.params.embed_dim(), device)
 
 
+def probe_data(config: ExperimentConfig, dataset, autoencoder, device=None) -> None:
+    """Item 0 of the dataset, and one image through the autoencoder and back."""
+    resolution, ae = config.data.params.resolution, config.autoencoder.params
+    contract.probe_dataset(config.data.entry.label, dataset, resolution)
+    contract.probe_autoencoder(config.autoencoder.entry.label, autoencoder, resolution, ae.latent_channels(),
+                               ae.downsample_factor(), device)
+
+
+def probe_generation(config: ExperimentConfig, sampler, guidance, path) -> None:
+    """The sampler on a toy velocity field (shapes, dtype, evaluation count) and the guidance rule."""
+    import torch
+
+    x1 = torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    contract.probe_sampler(config.sample.sampler.entry.label, sampler, x1, path)
+    contract.probe_guidance(config.sample.guidance.entry.label, guidance)
+
+
 def probe_alignment(config: ExperimentConfig, terms: list[AlignmentTerm], encoders: list, device=None) -> None:
     """Each entry's encoder (when online), target transform and loss on tokens of the run's shape."""
     resolution = config.data.params.resolution

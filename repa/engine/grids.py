@@ -8,15 +8,16 @@ from pathlib import Path
 import torch
 
 from repa.config import ExperimentConfig
-from repa.engine.build import build_sampling, input_geometry
+from repa.engine.build import input_geometry
 from repa.engine.denoiser import Denoiser
 from repa.engine.generation import class_labels, generate, image_grid, to_uint8
 
 
 class SampleGrids:
-    def __init__(self, config: ExperimentConfig, acc, parallel, dataset, autoencoder, objective):
+    def __init__(self, config: ExperimentConfig, acc, parallel, dataset, autoencoder, objective, sampler, guidance):
         self.config, self.acc, self.parallel = config, acc, parallel
         self.dataset, self.autoencoder, self.objective = dataset, autoencoder, objective
+        self.sampler, self.guidance = sampler, guidance
 
     @torch.no_grad()
     def samples(self, ema, step: int, trackers) -> None:
@@ -26,12 +27,11 @@ class SampleGrids:
             acc.wait_for_everyone()
             return
         n = config.train.sample_images
-        sampler, guidance = build_sampling(config)
-        denoiser = Denoiser(ema, self.objective.prediction, self.objective.path, guidance)
+        denoiser = Denoiser(ema, self.objective.prediction, self.objective.path, self.guidance)
         labels = class_labels(config.experiment.seed, range(n), self.dataset.num_classes, "balanced")
         side, channels = input_geometry(config)
         with acc.autocast():
-            x0 = generate(denoiser, sampler, range(n), labels, config.experiment.seed, (channels, side, side),
+            x0 = generate(denoiser, self.sampler, range(n), labels, config.experiment.seed, (channels, side, side),
                           acc.device, config.sample.state_dtype)
         self.parallel.after_inference(ema)
         if main:

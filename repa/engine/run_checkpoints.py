@@ -43,7 +43,7 @@ class RunCheckpoints:
             raise CheckpointError(
                 f"{folder}: written by repa before contract 1.0, whose parameter order differs; its weights still "
                 f"sample and evaluate (`repa sample --checkpoint {folder}`), but training cannot resume from it")
-        saved.model, saved.ema = network_layout(saved.model), network_layout(saved.ema)
+        saved.model, saved.ema = network_layout(saved.model, ema), network_layout(saved.ema, ema)
         self.parallel.load(model, ema, optimizer, saved, str(folder))
         if saved.optimizer.get("scaler") and acc.scaler is not None:
             acc.scaler.load_state_dict(saved.optimizer["scaler"])

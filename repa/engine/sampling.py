@@ -21,7 +21,7 @@ import torch
 
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
-from repa.engine.alignment import checkpoint_layout, network_layout
+from repa.engine.alignment import network_layout
 from repa.engine.build import build_network, build_objective_parts, build_sampling, input_geometry
 from repa.engine.denoiser import Denoiser
 from repa.engine.generation import class_labels, generate, to_uint8
@@ -79,15 +79,19 @@ def load_model(config: ExperimentConfig, state: dict, source: str):
     """Build the configured network and load the EMA weights (official layout) strictly; the class
     count and null label come from the weights."""
     params = config.backbone.params
-    state = params.upgrade_state(checkpoint_layout(state), [entry.depth for entry in config.alignment])
+    state = params.upgrade_state(state, [entry.depth for entry in config.alignment])
     rows = params.label_rows(state)
-    if rows is None:
-        classes = config.data.params.known_classes()
-        num_classes, null_label = (classes if classes is not None else 1000), config.train.label_dropout > 0
-    else:
+    if rows is not None:
         num_classes, null_label = label_rows(config, rows, source)
+    elif config.data.params.known_classes() is not None:
+        num_classes, null_label = config.data.params.known_classes(), config.train.label_dropout > 0
+    else:
+        raise CheckpointError(
+            f"{source}: the class count of this checkpoint is unknown: backbone {config.backbone.kind!r} does not "
+            f"read it from a state dict (BackboneParams.label_rows) and data {config.data.kind!r} does not fix it; "
+            "set data.num_classes")
     model = build_network(config, num_classes, null_label=null_label)
-    load_state_strict(model, network_layout(state), source)
+    load_state_strict(model, network_layout(state, model), source)
     return model.eval()
 
 
@@ -212,10 +216,10 @@ class SampleRun:
         y = torch.zeros(len(x), dtype=torch.long, device=self.state.device)
         t = torch.full((len(x),), 0.5, device=self.state.device)
         with torch.no_grad():
-            self.model(x, t, y)
+            self.model(x, t, y, align=False)  # as the Denoiser calls it
             _synchronize(self.state.device)
             started = time.perf_counter()
-            self.model(x, t, y)
+            self.model(x, t, y, align=False)
             _synchronize(self.state.device)
             forward = time.perf_counter() - started
             started = time.perf_counter()

@@ -16,7 +16,8 @@ import torch
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
 from repa.engine.build import (
-    build_network, build_objective_parts, build_terms, input_geometry, probe_alignment, probe_network,
+    build_network, build_objective_parts, build_sampling, build_terms, input_geometry, probe_alignment, probe_data,
+    probe_generation, probe_network,
 )
 from repa.engine.data import StepBatchSampler, make_loader
 from repa.engine.ema import make_ema, update_ema
@@ -69,7 +70,7 @@ def check_stored_moments(config: ExperimentConfig, dataset) -> None:
     side, channels = input_geometry(config)
     expected = [2 * channels, side, side]
     if list(moments.shape) != expected:
-        kind, where = config.autoencoder.kind, getattr(config.data.params, "path", config.data.kind)
+        kind, where = config.autoencoder.kind, config.data.params.location() or config.data.kind
         raise DataError(
             f"{where}: stored latent moments are {list(moments.shape)} but the {kind} autoencoder at "
             f"{config.data.params.resolution} px needs {expected}; prepare them with `repa preprocess latents "
@@ -114,6 +115,7 @@ class Trainer:
         config, acc = self.config, self.acc
         self.dataset = config.data.build(split="train")
         self.autoencoder = config.autoencoder.build().to(self.device)
+        probe_data(config, self.dataset, self.autoencoder, self.device)
         check_stored_moments(config, self.dataset)
         caches, self.encoders = {}, []
         with acc.main_process_first():
@@ -130,12 +132,15 @@ class Trainer:
         self.objective = Objective(path, prediction, weighting, build_terms(config), config.train.alignment_reduction)
         probe_network(config, model, self.device)
         probe_alignment(config, self.objective.terms, self.encoders, self.device)
+        sampler, guidance = build_sampling(config)
+        probe_generation(config, sampler, guidance, path)
         self.model, self.ema, self.optimizer = self.parallel.wrap(
             model, make_ema(model), lambda parameters: config.optim.build(parameters=parameters))
         if config.train.compile:
             self.model = torch.compile(self.model)
         self.geometry = input_geometry(config)
-        self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective)
+        self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective,
+                                 sampler, guidance)
         if self.resume:  # run_experiment refuses to start a fresh run over existing checkpoints
             self.counters = self.checkpoints.restore(self.resume, self.model, self.ema, self.optimizer)
 

@@ -53,7 +53,8 @@ CONTRACTS: dict[str, Contract] = {
     "metric": Contract(interfaces.Metric, ()),
     "tracker": Contract(interfaces.Tracker, ("run_dir", "config")),
     "optimizer": Contract(None, ("parameters",), interfaces.OptimizerParams,
-                          required=("param_groups", "step", "zero_grad", "state_dict", "load_state_dict")),
+                          required=tuple(interfaces.Optimizer.__annotations__) + tuple(
+                              n for n in vars(interfaces.Optimizer) if not n.startswith("_"))),
 }
 
 
@@ -319,3 +320,82 @@ def probe_backbone(where: str, backbone: Any, side: int, channels: int, depths: 
         raise _fail(where, f"forward returned {len(hidden)} hidden states for hidden_depths={depths}")
     for depth, h in zip(depths, hidden):
         _tensor(where, f"the hidden state of block {depth}", h, (1, tokens, backbone.hidden_size))
+
+
+def probe_autoencoder(where: str, autoencoder: Any, resolution: int, channels: int, factor: int, device=None) -> None:
+    """One image: encode -> moments [1,2C,R/f,R/f]; sample -> [1,C,R/f,R/f]; decode -> [1,3,R,R], all finite."""
+    import torch
+
+    side = resolution // factor
+    images = torch.randint(0, 256, (1, 3, resolution, resolution), generator=torch.Generator().manual_seed(1),
+                           dtype=torch.uint8).to(device)
+    with torch.no_grad():
+        moments = _tensor(where, "encode", _run(where, "encode", lambda: autoencoder.encode(images)),
+                          (1, 2 * channels, side, side))
+        noise = torch.randn(1, channels, side, side, generator=torch.Generator().manual_seed(2)).to(device)
+        z = _tensor(where, "sample", _run(where, "sample", lambda: autoencoder.sample(moments, noise)),
+                    (1, channels, side, side))
+        _tensor(where, "decode", _run(where, "decode", lambda: autoencoder.decode(z)), (1, 3, resolution, resolution))
+
+
+def probe_dataset(where: str, dataset: Any, resolution: int) -> None:
+    """Item 0 holds image uint8 [3,R,R] and an int label y in 0..num_classes-1 (moments optional)."""
+    import torch
+
+    if len(dataset) < 1:
+        raise _fail(where, "is empty")
+    item = _run(where, "dataset[0]", lambda: dataset[0])
+    if not isinstance(item, dict) or "image" not in item or "y" not in item:
+        keys = list(item) if isinstance(item, dict) else "-"
+        raise _fail(where, f"dataset[0] is {type(item).__name__} with keys {keys}; expected a dict with `image` and "
+                           "`y` (and optionally `moments`)")
+    image = _tensor(where, "dataset[0]['image']", torch.as_tensor(item["image"]), (3, resolution, resolution),
+                    floating=False)
+    if image.dtype != torch.uint8:
+        raise _fail(where, f"dataset[0]['image'] is {image.dtype}, expected uint8")
+    if not 0 <= int(item["y"]) < dataset.num_classes:
+        raise _fail(where, f"dataset[0]['y'] = {item['y']} is outside 0..{dataset.num_classes - 1}")
+
+
+class _SeededNoise:
+    def randn_like(self, x):
+        import torch
+
+        return torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype).to(x.device)
+
+
+def probe_sampler(where: str, sampler: Any, x1, path: Any) -> Any:
+    """Integrate velocity = x / t (all data at 0, on the linear path) from x1: x0 shaped like x1, in its
+    dtype; `velocity(x, t[B], step_t: float)` called `function_evaluations()` times. Returns x0."""
+    calls = []
+
+    def velocity(x, t, step_t):
+        calls.append(step_t)
+        if not (isinstance(step_t, float) and tuple(t.shape) == (x.shape[0],)):
+            raise _fail(where, "calls velocity(x, t[B], step_t: float) differently")
+        return x / t.clamp_min(1e-3).view(-1, *[1] * (x.ndim - 1))
+
+    x0 = _tensor(where, "sample", _run(where, "sample(velocity, x1, path, noise)",
+                                       lambda: sampler.sample(velocity, x1, path, _SeededNoise())),
+                 tuple(x1.shape))
+    if x0.dtype != x1.dtype:
+        raise _fail(where, f"sample returned {x0.dtype} for a {x1.dtype} state")
+    expected = _run(where, "function_evaluations()", sampler.function_evaluations)
+    if len(calls) != expected:
+        raise _fail(where, f"called velocity {len(calls)} times; function_evaluations() says {expected}")
+    return x0
+
+
+def probe_guidance(where: str, guidance: Any) -> None:
+    """active(t) -> bool; combine(cond, uncond, t) shaped like cond, and equal to it when both agree."""
+    import torch
+
+    cond = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    for t in (0.0, 0.5, 1.0):
+        active = _run(where, f"active({t})", lambda: guidance.active(t))
+        if not isinstance(active, bool):
+            raise _fail(where, f"active({t}) returned {type(active).__name__}, expected bool")
+    same = _tensor(where, "combine", _run(where, "combine", lambda: guidance.combine(cond, cond, 0.5)), (2, 3))
+    if not torch.allclose(same, cond):
+        raise _fail(where, "combine(c, c, t) differs from c: guidance must leave agreeing outputs unchanged")
+

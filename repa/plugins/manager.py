@@ -18,12 +18,12 @@ import pluggy
 
 from repa.errors import PluginError
 from repa.plugins import hookspecs
+from repa.plugins.contract import BUILTIN_DISTRIBUTION
 from repa.plugins.registry import Registry
 
 log = logging.getLogger("repa.plugins")
 
 ENTRY_POINT_GROUP = "repa"
-BUILTIN_DISTRIBUTION = "repa"
 AUTOLOAD_ENV = "REPA_DISABLE_PLUGIN_AUTOLOAD"
 PLUGINS_ENV = "REPA_PLUGINS"
 # The entry points our own pyproject declares (tests/test_plugins.py keeps the two in step):
@@ -52,12 +52,24 @@ class Components:
 
     registries: dict[str, Registry]
     plugins: list[Plugin] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    # One line per plugin that failed to import or register; unknown-name errors cite them.
+    warnings: list[str] = field(default_factory=list)  # e.g. a misspelt hook name
+    # One line per plugin (or component) that failed to import or register; unknown-name errors cite them.
     failed: list[str] = field(default_factory=list)
+    _reported: bool = False
 
     def __getitem__(self, kind: str) -> Registry:
         return self.registries[kind]
+
+    def report(self) -> None:
+        """Log the load problems once, when a command goes on despite them (an error that names an
+        unknown component already quotes the failures: they are not repeated before it)."""
+        if self._reported:
+            return
+        self._reported = True
+        for line in self.failed:
+            log.warning("repa: warning: %s -- skipped; the other plugins are loaded", line)
+        for line in self.warnings:
+            log.warning("repa: warning: %s", line)
 
     def get(self, kind: str, name: str):
         return self.registries[kind].get(name)
@@ -82,7 +94,6 @@ def _dist_name(ep: metadata.EntryPoint) -> str:
 
 def _warn(components: Components, message: str) -> None:
     components.warnings.append(message)
-    log.warning("repa: warning: %s", message)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -92,8 +103,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _failed(components: Components, name: str, distribution: str, reason: str) -> None:
     components.failed.append(f"plugin {name!r} from distribution {distribution!r} {reason}")
-    _warn(components, f"plugin {name!r} from distribution {distribution!r} {reason} -- skipped; the other "
-                      "plugins are loaded")
 
 
 def _import(components: Components, name: str, distribution: str, target: str, load) -> None:

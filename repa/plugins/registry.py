@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from repa.errors import ContractError, PluginError
 from repa.interfaces import Params
 from repa.plugins import contract
-
-log = logging.getLogger("repa.plugins")
 
 
 class NoParams(Params):
@@ -82,8 +79,9 @@ class Registry:
         """Register `factory` under `name`, checked against the kind's contract (its signature and
         params model) before anything is built. Names are unique regardless of case, as lookup is.
 
-        A component that breaks the contract is not registered: the violation is logged and kept in
-        `failed_plugins`, so naming it in an experiment says why it is unknown."""
+        A component that breaks the contract is not registered: the violation is kept in
+        `failed_plugins` (reported once a command goes on), so naming it in an experiment says why it
+        is unknown."""
         params = params or NoParams
         clash = self._find(name)
         if clash is not None:
@@ -96,7 +94,6 @@ class Registry:
             contract.check_registration(self.kind, name, factory, params, self._provider)
         except ContractError as exc:
             self.failed_plugins.append(str(exc))
-            log.warning("repa: warning: %s -- not registered", exc)
             return None
         entry = Entry(self.kind, name, factory, params, description, self._provider, info)
         self._entries[name] = entry
@@ -122,7 +119,7 @@ class Registry:
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and self._find(name) is not None
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries[n] for n in self.names())

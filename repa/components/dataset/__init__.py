@@ -20,6 +20,9 @@ class FolderParams(DatasetParams):
     def known_classes(self) -> int:
         return self.num_classes
 
+    def location(self) -> str:
+        return self.path
+
 
 class PackedParams(DatasetParams):
     path: str = Field(description="folder written by `repa preprocess pack` (manifest.json + shards)")
@@ -32,6 +35,9 @@ class PackedParams(DatasetParams):
     def known_classes(self) -> int:
         return self.num_classes
 
+    def location(self) -> str:
+        return self.path
+
 
 class ImagesParams(DatasetParams):
     path: str = Field(description="class subfolders of images (ImageNet style); ADM center crop on the fly")
@@ -39,6 +45,9 @@ class ImagesParams(DatasetParams):
 
     def known_classes(self) -> int | None:
         return self.num_classes
+
+    def location(self) -> str:
+        return self.path
 
 
 class DigitsParams(DatasetParams):
