@@ -47,6 +47,13 @@ def test_a_params_model_of_the_wrong_base_is_refused():
     assert "params must subclass repa.interfaces.BackboneParams" in registry.failed_plugins[0]
 
 
+def test_every_kind_has_one_contract_and_one_hook():
+    from repa.plugins import HOOKS
+    from repa.plugins.contract import CONTRACTS
+
+    assert set(CONTRACTS) == set(KINDS) == set(HOOKS)
+
+
 def test_every_builtin_factory_matches_its_kinds_keywords():
     components = load_components(autoload=False)
     assert components.failed == [] and components.warnings == []
