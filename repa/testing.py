@@ -371,14 +371,11 @@ def check_component(kind: str, name: str, params: dict | Any | None = None, comp
 def _params(entry, values: dict):
     from pydantic import ValidationError
 
-    from repa.config import Source, translate_errors
-
     try:
         return entry.params.model_validate(values)
     except ValidationError as exc:
-        lines = Source(entry.label).format(translate_errors(exc, entry.params, ()))
-        raise ConfigError([f"{entry.label}: needs parameters to be built: " + "; ".join(
-            line.split(": ", 2)[-1] for line in lines)]) from None
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].lower()}" for e in exc.errors())
+        raise ConfigError([f"{entry.label}: needs parameters to be built ({problems})"]) from None
 
 
 OFFLINE = {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
