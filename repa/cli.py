@@ -370,6 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a write the disk refused, where no write site said it already
+        from repa.storage import describe, write_errno
+
+        number = write_errno(exc)
+        if number is None:
+            raise
+        print(f"error: {describe(getattr(exc, 'filename', None) or '<unknown path>', number)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ class AlignmentLoss(abc.ABC):
 
 class TargetTransform(abc.ABC):
     """(tokens[B,T,D]) -> tokens[B,T,D]: applied to the encoder's tokens (online or cached) before
-    the alignment loss, every training step, without gradients (e.g. iREPA's spatial normalisation)."""
+    the alignment loss, every training step, without gradients (e.g. iREPA's spatial normalisation).
+    It returns a new tensor and leaves its input as it was: entries with one encoder share its tokens."""
 
     @abc.abstractmethod
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor: ...

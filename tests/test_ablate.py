@@ -123,7 +123,7 @@ def test_cpu_table_with_both_example_plugins_then_resume_without_redoing(tmp_pat
     table = (root / "table.md").read_text().splitlines()
     rows = {line.split("|")[1].strip(): line for line in table[2:]}
     assert set(rows) == {"baseline", "repa", "gram", "timm", "broken"}
-    assert "failed: 1 non-finite losses in a row" in rows["broken"]
+    assert "failed: 1 non-finite steps (loss or gradient) in a row" in rows["broken"]
     for method in ("baseline", "repa", "gram", "timm"):
         cells = [c.strip() for c in rows[method].split("|")[2:-1]]
         assert len(cells) == 6 and all(c != "-" and not c.startswith("failed") for c in cells), rows[method]

@@ -215,9 +215,9 @@ def test_ctrl_c_under_torchrun_checkpoints_every_process(tiny_toml, tmp_path):
 
 def test_non_finite_losses_stop_with_a_diagnostic_checkpoint(tiny_toml, tmp_path):
     result = train(tiny_toml(), "optim.lr=1e30", "train.max_steps=50", "train.max_nonfinite_steps=3", expect=1)
-    assert "non-finite losses in a row" in result.stderr
+    assert "non-finite steps (loss or gradient) in a row" in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: 3 non-finite losses in a row") and "diagnostic-" in last
+    assert last.startswith("error: 3 non-finite steps (loss or gradient) in a row") and "diagnostic-" in last
     run = tmp_path / "exps" / "tiny"
     (diagnostic,) = (run / "checkpoints").glob("diagnostic-*")
     assert (diagnostic / "model.safetensors").is_file()

@@ -38,6 +38,7 @@ def _shape_checks(config: ExperimentConfig) -> list[Issue]:
     issues: list[Issue] = []
     backbone = config.backbone.params
     blocks = backbone.num_blocks()
+    issues += _alignment_count(config, blocks)
     for i, entry in enumerate(config.alignment):
         if entry.depth > blocks:
             issues.append(
@@ -71,6 +72,22 @@ def _shape_checks(config: ExperimentConfig) -> list[Issue]:
     for i, entry in enumerate(config.alignment):
         issues += _token_check(config, i, entry, resolution, tokens, side)
     return issues
+
+
+def _alignment_count(config: ExperimentConfig, blocks: int) -> list[Issue]:
+    """At most one entry per block and encoder, and no entry twice (it would only double its
+    coefficient, and each entry costs a projector)."""
+    entries = config.alignment
+    encoders = {entry.encoder.identity() for entry in entries}
+    usable = blocks * len(encoders)
+    if len(entries) > usable:
+        return [Issue(("alignment",), f"{len(entries)} entries, but {blocks} blocks x {len(encoders)} distinct "
+                      f"encoder(s) allow at most {usable} (one per block and encoder)")]
+    for i, entry in enumerate(entries):
+        first = next(k for k, other in enumerate(entries) if other == entry)
+        if first < i:
+            return [Issue(("alignment", i), f"repeats alignment[{first}] exactly; raise its coeff instead")]
+    return []
 
 
 def _token_check(config, i, entry, resolution, tokens, side) -> list[Issue]:

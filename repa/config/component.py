@@ -37,6 +37,10 @@ class Component:
         object is checked against its kind's contract (repa.plugins.contract)."""
         return self.entry.build(self.params, **kwargs)
 
+    def identity(self) -> str:
+        """Equal for two choices of the same component with the same params (params models need not be hashable)."""
+        return f"{self.kind}:{self.params.model_dump_json()}"
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.params.model_dump(mode="json", exclude_none=True)}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import typing
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,7 +20,9 @@ from repa.config.component import Component, Kind
 from repa.config.overrides import apply_override, parse_override
 from repa.config.schema import ExperimentConfig
 from repa.config.checks import cross_checks
-from repa.config.source import Issue, KeyPath, Source, dotted, key_lines, read_toml
+from repa.config.source import (
+    MAX_NESTING, Issue, KeyPath, Source, dotted, key_lines, nesting, read_toml, too_deep,
+)
 from repa.errors import ConfigError
 from repa.plugins import Components, UnknownComponentError, get_components
 
@@ -43,9 +46,11 @@ def validate_experiment(
     processes: int | None = None,
 ) -> ExperimentConfig:
     components = components or get_components()
+    _check_nesting(raw, source)  # before anything recurses into it
     raw = copy.deepcopy(raw)
     issues: list[Issue] = []
     _apply_overrides(raw, overrides, source)
+    _check_nesting(raw, source)
     issues += _expand_alignment_lists(raw, source)
     _resolve_components(ExperimentConfig, raw, (), components, issues)
     if not issues:
@@ -54,7 +59,8 @@ def validate_experiment(
         except ValidationError as exc:
             issues += _translate(exc, ExperimentConfig, ())
         else:
-            issues += cross_checks(config, processes or 1)
+            issues += _nonfinite_issues(config, ())
+            issues += [] if issues else cross_checks(config, processes or 1)
             if not issues:
                 components.report()  # plugins that failed to load: said once the command goes on
                 return config
@@ -75,6 +81,11 @@ def validate_component(kind: str, name: str, params: dict, where: str) -> Compon
 def translate_errors(exc: ValidationError, model: type[BaseModel], path: KeyPath) -> list[Issue]:
     """A pydantic ValidationError of `model` (at `path`) as located issues."""
     return _translate(exc, model, path)
+
+
+def _check_nesting(raw: dict, source: Source) -> None:
+    if nesting(raw) > MAX_NESTING:
+        raise ConfigError([too_deep(source.file)])
 
 
 def _apply_overrides(raw: dict, overrides: Iterable[str], source: Source) -> None:
@@ -136,6 +147,7 @@ def _unwrap(annotation: Any) -> tuple[Any, Kind | None, bool]:
 
 def _resolve_components(model: type[BaseModel], raw: dict, path: KeyPath, components, issues) -> None:
     """Replace every component-valued key of `raw` (recursively) by a validated Component."""
+    issues += _boolean_issues(model, raw, path)
     for name, info in model.model_fields.items():
         inner, kind, is_list = _unwrap(info.annotation)
         kind = kind or _kind_of(info.metadata)
@@ -189,12 +201,73 @@ def _component(value: Any, kind: Kind, path: KeyPath, components: Components, is
     except UnknownComponentError as exc:
         issues.append(Issue(name_path, str(exc)))
         return value
+    scalar_issues = _boolean_issues(entry.params, rest, path)
+    if scalar_issues:
+        issues.extend(scalar_issues)
+        return value
     try:
         params = entry.params.model_validate(rest)
     except ValidationError as exc:
         issues.extend(_translate(exc, entry.params, path, owner=f"{label} {entry.name!r}"))
         return value
+    scalar_issues = _nonfinite_issues(params, path)
+    if scalar_issues:
+        issues.extend(scalar_issues)
+        return value
     return Component(entry.name, params, entry)
+
+
+# ============================================================================
+# Scalars pydantic would accept but an experiment must not: true as 1, inf and nan
+# ============================================================================
+
+
+def _leaf_types(annotation: Any) -> set:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _leaf_types(args[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return {type(a) for a in args}
+    if args:
+        return set().union(*(_leaf_types(a) for a in args if a is not Ellipsis))
+    return {annotation}
+
+
+def _boolean_issues(model: type[BaseModel], raw: Any, path: KeyPath) -> list[Issue]:
+    """true/false given where the schema wants a number (pydantic would read true as 1)."""
+    if not isinstance(raw, dict):
+        return []
+    issues = []
+    for name, info in model.model_fields.items():
+        value = raw.get(name)
+        leaves = _leaf_types(info.annotation)
+        wants_number = bool(leaves & {int, float}) and not leaves & {bool, Any, object}
+        given = value if isinstance(value, list) else [value]
+        if wants_number and any(isinstance(v, bool) for v in given):
+            expected = "an integer" if float not in leaves else "a number"
+            issues.append(Issue(path + (name,), f"expected {expected}, got {str(value).lower()}"))
+    return issues
+
+
+def _non_finite(value: Any) -> bool:
+    """inf or nan, as a number or as --set text."""
+    try:
+        return not isinstance(value, bool) and not math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _nonfinite_issues(value: Any, path: KeyPath) -> list[Issue]:
+    """inf or nan anywhere in validated sections (components are checked when they are built)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [Issue(path, f"must be a finite number, got {value}")]
+    if isinstance(value, BaseModel):
+        return [i for name in type(value).model_fields for i in _nonfinite_issues(getattr(value, name), path + (name,))]
+    if isinstance(value, (list, tuple)):
+        return [i for k, v in enumerate(value) for i in _nonfinite_issues(v, path + (k,))]
+    if isinstance(value, dict):
+        return [i for k, v in value.items() for i in _nonfinite_issues(v, path + (k,))]
+    return []
 
 
 # ============================================================================
@@ -250,6 +323,8 @@ def _message(err: dict, model: type[BaseModel], path: KeyPath, loc: tuple, owner
         return f"unknown key {loc[-1]!r}{where}{_suggest(str(loc[-1]), choices)}"
     if kind == "missing":
         return f"missing required {'section' if len(path) == 1 else 'key'}{where}"
+    if kind in _BOUNDS and _non_finite(given):  # nan fails every bound: say what is wrong with it
+        return f"must be a finite number, got {given}"
     if kind in _BOUNDS:
         bound = next(iter(err.get("ctx", {}).values()), "?")
         shown = given if isinstance(given, str) else repr(given)  # it parsed as a number: --set text

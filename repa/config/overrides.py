@@ -9,6 +9,9 @@ import tomli
 
 from repa.config.source import KeyPath
 
+_NAME = r"[A-Za-z_][A-Za-z0-9_-]*"
+_KEY = re.compile(rf"{_NAME}(?:\.(?:{_NAME}|\d+)|\[\d+\])*")  # train.max_steps, alignment[0].depth, alignment.0.depth
+
 
 def parse_value(text: str):
     """Lists, tables and quoted strings are TOML literals; any other scalar stays text and is
@@ -16,7 +19,7 @@ def parse_value(text: str):
     and `train.max_steps=1_000` the integer 1000."""
     try:
         value = tomli.loads(f"v = {text}")["v"]
-    except tomli.TOMLDecodeError:
+    except (tomli.TOMLDecodeError, RecursionError):  # left as text: the schema says what it expected
         return text
     if isinstance(value, (list, dict)) or text.lstrip().startswith(("'", '"')):
         return value
@@ -30,9 +33,11 @@ def parse_override(arg: str) -> tuple[KeyPath, object]:
     if "=" not in arg:
         raise ValueError(f"--set {arg}: expected KEY=VALUE, e.g. --set train.max_steps=1000")
     key, value = arg.split("=", 1)
-    parts = [p for p in re.split(r"[.\[\]]", key.strip()) if p]
-    if not parts:
-        raise ValueError(f"--set {arg}: empty key")
+    key = key.strip()
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"--set {arg}: {key!r} is not a key path; write names joined by '.' with list indices "
+                         f"as [N], e.g. train.max_steps=1000 or alignment[0].depth=8")
+    parts = [p for p in re.split(r"[.\[\]]", key) if p]
     return tuple(int(p) if p.isdigit() else p for p in parts), parse_value(value.strip())
 
 

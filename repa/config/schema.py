@@ -24,6 +24,17 @@ class ExperimentSection(Section):
     output_dir: str = Field("exps", description="parent folder of all runs")
     seed: int = Field(0, ge=0, description="global seed: data order, t, noise, label dropout")
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name):
+        """The run folder must stay inside output_dir: one path component, printable."""
+        if name in (".", "..") or any(sep in name for sep in ("/", "\\")):
+            raise ValueError("must be one folder name (no '/', '\\', '.' or '..'); put parent folders in "
+                             "experiment.output_dir")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+            raise ValueError("must not contain control characters (newline, tab, ...)")
+        return name
+
 
 class AlignmentEntry(Section):
     encoder: Annotated[Component, Kind("encoder")]

@@ -44,9 +44,30 @@ def read_toml(path: str | Path) -> tuple[dict, str]:
              "(start from experiments/quickstart.toml)"]
         )
     try:
-        return tomli.loads(text), text
+        raw = tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
         raise ConfigError([f"{path}:{exc.lineno}: invalid TOML: {exc.msg} (column {exc.colno})"]) from None
+    except RecursionError:
+        raise ConfigError([too_deep(str(path))]) from None
+    return raw, text
+
+
+def too_deep(where: str) -> str:
+    return f"{where}: values nested more than {MAX_NESTING} levels deep; an experiment needs a few (section, table, list)"
+
+
+MAX_NESTING = 16  # an experiment needs 4 (alignment[0].encoder.kind); deeper is a mistake or an attack
+
+
+def nesting(value) -> int:
+    """How deeply tables and arrays nest in `value`, counted without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        node, depth = todo.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        todo.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def parse_dotted_key(text: str) -> tuple[str, ...]:

@@ -29,7 +29,6 @@ on Slurm through submitit), then tabulate and plot their metrics.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import subprocess
@@ -41,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from repa.config import ExperimentConfig, config_hash, load_experiment
 from repa.config.source import key_lines, read_toml
+from repa.engine.record import read_records
 from repa.errors import ConfigError
 from repa.plugins.contract import metric_outputs
 
@@ -273,11 +273,6 @@ def status_of(run: Run, max_steps: int, steps: list[int], evaluate: bool) -> str
     if trained and (not evaluate or set(steps) <= evaluated):
         return "done"
     return "partial" if has_checkpoints(run) else "new"
-
-
-def read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def has_checkpoints(run: Run) -> bool:

@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 from statistics import mean, stdev
 
-from repa.engine.ablation import Ablation, Run, read_records
+from repa.engine.ablation import Ablation, Run
+from repa.engine.record import read_records
 
 
 def value_at(records: list[dict], step: int, metric: str) -> float | None:

@@ -144,6 +144,28 @@ def verify(folder: Path) -> None:
             raise CheckpointError(f"{path}: checksum mismatch (corrupt)")
 
 
+def state_bytes(states) -> int:
+    """Bytes of every tensor in nested dicts/lists/tuples: what a checkpoint of them needs on disk."""
+    if isinstance(states, torch.Tensor):
+        return states.numel() * states.element_size()
+    if isinstance(states, dict):
+        return sum(state_bytes(v) for v in states.values())
+    if isinstance(states, (list, tuple)):
+        return sum(state_bytes(v) for v in states)
+    return 0
+
+
+def read_state(path: Path) -> dict:
+    """state.json: a manifest can match a file that was written wrong; it must still be a step record."""
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool):
+        raise CheckpointError(f"{path}: holds no integer \"step\" (not a repa checkpoint state)")
+    return state
+
+
 def read(folder: Path, rank: int) -> Saved:
     verify(folder)
     rng_path = folder / f"rng-{rank}.pt"
@@ -151,7 +173,7 @@ def read(folder: Path, rank: int) -> Saved:
         model=load_file(folder / "model.safetensors"),
         ema=load_file(folder / "ema.safetensors"),
         optimizer=load_file(folder / "optimizer.pt"),
-        state=json.loads((folder / "state.json").read_text()),
+        state=read_state(folder / "state.json"),
         rng=load_file(rng_path) if rng_path.is_file() else None,
     )
 

@@ -64,15 +64,10 @@ def metrics_key(config: ExperimentConfig) -> str:
 
 
 def evaluated_steps(run_dir: Path, key: str, scored_by: str) -> set[int]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return set()
-    steps = set()
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("eval_settings") == key and record.get("eval_metrics") == scored_by:
-            steps.add(record["step"])
-    return steps
+    from repa.engine.record import read_records
+
+    return {r["step"] for r in read_records(run_dir)
+            if r.get("eval_settings") == key and r.get("eval_metrics") == scored_by}
 
 
 def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dict]:

@@ -44,9 +44,8 @@ class SampleGrids:
         """samples/ground_truth.png: the first train.sample_images real images."""
         if not self.acc.is_main_process:
             return
-        from PIL import Image
+        from repa.engine.record import RunRecord
 
         n = min(self.config.train.sample_images, len(self.dataset))
         images = torch.stack([self.dataset[i]["image"] for i in range(n)]).permute(0, 2, 3, 1).numpy()
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image_grid(images)).save(run_dir / "samples" / "ground_truth.png")
+        RunRecord(run_dir).write_image("ground_truth", image_grid(images))

@@ -28,6 +28,7 @@ from repa.components.dataset.crop import center_crop_arr, to_rgb
 from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files, read_labels
 from repa.engine.progress import progress_bar
 from repa.errors import DataError
+from repa.storage import StorageError, write_atomic, writing
 
 log = logging.getLogger("repa")
 
@@ -43,9 +44,7 @@ def official_latent_name(index: int) -> str:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data))
 
 
 # ============================================================================
@@ -75,40 +74,89 @@ def read_labels_file(path: Path) -> dict[str, int]:
     return labels
 
 
-def scan_source(src: Path, labels_file: Path | None = None) -> list[tuple[Path, int]]:
-    """(file, label) in a fixed order: class folders sorted by name -> indices 0..K-1."""
+def scan_source(src: Path, labels_file: Path | None = None) -> tuple[list[tuple[Path, int]], list[tuple[str, str]]]:
+    """(file, label) in a fixed order: class folders sorted by name -> indices 0..K-1; and the
+    (path, reason) of what was left out: links that lead nowhere or in a loop, and folder links
+    back into SRC (a link to `.` would make a class of every image)."""
     if not src.is_dir():
         raise DataError(f"{src}: no such folder")
+    skipped: list[tuple[str, str]] = []
     if labels_file is not None:
         labels = read_labels_file(labels_file)
-        files = list_files(src, IMAGE_EXTENSIONS)
+        files = _readable(src, list_files(src, IMAGE_EXTENSIONS), skipped)
         missing = [f for f in files if f not in labels and Path(f).name not in labels]
         if missing:
             raise DataError(f"{labels_file}: no label for {missing[0]} (and {len(missing) - 1} more files)")
-        return [(src / f, labels.get(f, labels.get(Path(f).name))) for f in files]
-    classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+        return [(src / f, labels.get(f, labels.get(Path(f).name))) for f in files], skipped
+    classes = _class_folders(src, skipped)
     if not classes:
         raise DataError(f"{src}: no class subfolders; use one folder per class or pass --labels FILE")
-    return [(src / c / f, label) for label, c in enumerate(classes) for f in list_files(src / c, IMAGE_EXTENSIONS)]
+    entries = [(src / c / f, label) for label, c in enumerate(classes)
+               for f in _readable(src / c, list_files(src / c, IMAGE_EXTENSIONS), skipped)]
+    return entries, skipped
 
 
-def _crop_one(job: tuple[int, str, str, int]) -> tuple[int, str | None]:
-    """Worker: crop one image to DEST; returns (index, error or None)."""
+def _class_folders(src: Path, skipped: list) -> list[str]:
+    """Sub-folders of SRC (links to folders elsewhere included, each target once)."""
+    root, seen, classes = src.resolve(), {}, []
+    for entry in sorted(src.iterdir(), key=lambda p: p.name):
+        try:
+            if entry.is_symlink() and not entry.exists():
+                skipped.append((str(entry), "a link that leads nowhere or loops"))
+                continue
+            if not entry.is_dir():
+                continue
+            target = entry.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:  # a link loop (RuntimeError on Python < 3.13)
+            skipped.append((str(entry), f"unreadable link ({type(exc).__name__})"))
+            continue
+        if target == root or target in root.parents:
+            skipped.append((str(entry), f"links to {target}, which holds SRC itself"))
+        elif target in seen:
+            skipped.append((str(entry), f"links to the same folder as class {seen[target]!r}"))
+        else:
+            seen[target] = entry.name
+            classes.append(entry.name)
+    return classes
+
+
+def _readable(folder: Path, names: list[str], skipped: list) -> list[str]:
+    """The names that are files one can open; dangling and looping links go to `skipped`."""
+    kept = []
+    for name in names:
+        try:
+            if (folder / name).is_file():
+                kept.append(name)
+                continue
+            reason = "not a regular file"
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+        if (folder / name).is_symlink():
+            reason = "a link that leads nowhere or loops" if reason == "not a regular file" else reason
+        skipped.append((str(folder / name), reason))
+    return kept
+
+
+def _crop_one(job: tuple[int, str, str, int]) -> tuple[int, str | None, str | None]:
+    """Worker: crop one image to DEST; returns (index, why it was skipped, a write fault that stops the job)."""
     index, source, target, resolution = job
+    target_path = Path(target)
+    tmp = target_path.with_name(f".{target_path.name}.tmp")
     try:
         with Image.open(source) as image:
             image.load()
             array = center_crop_arr(to_rgb(image), resolution)
         if array.shape != (resolution, resolution, 3):
-            return index, f"cannot crop a {image.size[0]}x{image.size[1]} image to {resolution}"
-        target_path = Path(target)
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target_path.with_name(f".{target_path.name}.tmp")
-        Image.fromarray(array).save(tmp, format="png", compress_level=0)
-        os.replace(tmp, target_path)
-        return index, None
+            return index, f"cannot crop a {image.size[0]}x{image.size[1]} image to {resolution}", None
+        with writing(target_path, array.nbytes, temporary=[tmp]):
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(tmp, format="png", compress_level=0)
+            os.replace(tmp, target_path)
+        return index, None, None
+    except StorageError as exc:  # a full disk fails every image alike: stop, do not skip them all
+        return index, None, str(exc)
     except Exception as exc:  # Pillow raises many types (SyntaxError for broken PNG chunks): skip, never abort
-        return index, f"{type(exc).__name__}: {exc}"
+        return index, f"{type(exc).__name__}: {exc}", None
 
 
 @dataclass
@@ -146,11 +194,12 @@ def _plan(out: Path, entries, resolution: int) -> dict[str, list]:
 
 def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
                       labels_file: Path | None = None, progress: bool = True) -> Summary:
-    entries = scan_source(Path(src), labels_file)
+    entries, skipped = scan_source(Path(src), labels_file)
     out = Path(dest) / "images"
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     _plan(out, entries, resolution)
-    summary, labels = Summary(), {}
+    summary, labels = Summary(skipped=skipped), {}
     jobs = []
     for index, (source, label) in enumerate(entries):
         name = official_image_name(index)
@@ -162,7 +211,13 @@ def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
     workers = workers or max(1, (os.cpu_count() or 1))
     with progress_bar("crop") as bar, multiprocessing.get_context("spawn").Pool(workers) as pool:
         task = bar.add_task("crop", total=len(jobs), rate="", visible=progress)
-        for index, error in pool.imap_unordered(_crop_one, jobs, chunksize=16):
+        for index, error, fault in pool.imap_unordered(_crop_one, jobs, chunksize=16):
+            if fault:  # the other workers' half-written files go too; finished images stay for a rerun
+                pool.terminate()
+                pool.join()
+                for tmp in out.glob("*/.img*.png.tmp"):
+                    tmp.unlink(missing_ok=True)
+                raise StorageError(fault)
             if error:
                 summary.skipped.append((str(entries[index][0]), error))
                 labels.pop(official_image_name(index))
@@ -171,7 +226,7 @@ def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
             bar.advance(task)
     write_json_atomic(out / "dataset.json", {"labels": sorted([[k, v] for k, v in labels.items()])})
     if summary.skipped:
-        (out / "skipped.txt").write_text("".join(f"{path}\t{reason}\n" for path, reason in summary.skipped))
+        write_atomic(out / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in summary.skipped))
     else:
         (out / "skipped.txt").unlink(missing_ok=True)
     return summary
@@ -225,10 +280,11 @@ def _read_png(path: Path) -> np.ndarray:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with writing(path, array.nbytes, temporary=[tmp]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp, array)
+        os.replace(tmp, path)
 
 
 # ============================================================================

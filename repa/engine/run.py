@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import logging
 import shlex
+import sys
 from pathlib import Path
 
 from repa.config import ExperimentConfig, config_hash, to_toml
+from repa.engine.checkpoint import complete_checkpoints
+from repa.engine.run_lock import RunLock
+from repa.errors import RepaError
+from repa.storage import write_atomic, writing
 
 log = logging.getLogger("repa")
 
@@ -18,13 +23,40 @@ def run_dir_of(config: ExperimentConfig) -> Path:
 LOGGERS = ("repa", "repa.record")  # messages (also on the console) and the periodic metric lines
 
 
+class RunLogHandler(logging.FileHandler):
+    """log.txt; a write that fails (a full disk) is said once on the console, not as a traceback per line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            print(f"warning: {self.baseFilename}: cannot write the log; messages go to the terminal only",
+                  file=sys.stderr)
+
+
 def attach_log_file(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "log.txt")
+    handler = RunLogHandler(run_dir / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     for name in LOGGERS:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
     return handler
+
+
+def record_failure(handler: logging.Handler, exc: BaseException) -> None:
+    """The error that ends a run, in its log.txt (the console gets it from the command)."""
+    message = str(exc) if isinstance(exc, RepaError) else f"{type(exc).__name__}: {exc}"
+    handler.emit(logging.LogRecord("repa", logging.ERROR, __file__, 0, "error: %s", (message,), None))
+
+
+def check_output_location(config: ExperimentConfig, experiment_file: str) -> None:
+    """experiment.output_dir and the run folder must be folders (or not exist yet)."""
+    output, run_dir = Path(config.experiment.output_dir), run_dir_of(config)
+    for path, key in ((output, "experiment.output_dir"), (run_dir, "experiment.name")):
+        if path.exists() and not path.is_dir():
+            raise RepaError(f"{experiment_file}: {key}: {path} is a file, not a folder; "
+                            f"choose another {key} or move the file")
 
 
 def detach_log_file(handler: logging.Handler) -> None:
@@ -43,23 +75,26 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
                    overrides: list[str] = ()) -> int:
     from repa.engine.trainer import Trainer
 
-    from repa.engine.checkpoint import complete_checkpoints
-    from repa.errors import RepaError
-
     run_dir = run_dir_of(config)
-    if not resume and complete_checkpoints(run_dir / "checkpoints"):  # before anything in it is overwritten
-        raise RepaError(f"{run_dir / 'checkpoints'}: this run already has checkpoints; pass --resume to continue it, "
-                        "or choose another experiment.name")
+    check_output_location(config, experiment_file)
+    lock = RunLock(run_dir)
+    lock.check_free()  # a live run holds the folder: say so before building anything
+    if not resume:
+        refuse_existing_checkpoints(run_dir)
     trainer = Trainer(config, run_dir, resume=resume, progress=progress)
     trainer.setup()  # builds and checks every component: a broken one stops here, nothing written
     handler = None
-    if trainer.acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.resolved.toml").write_text(f"# config hash {config_hash(config)}\n{to_toml(config)}")
-        handler = attach_log_file(run_dir)
-        log.info("repa: run %s (config hash %s) in %s on %d process(es), %s", config.experiment.name,
-                 config_hash(config), run_dir, trainer.acc.num_processes, trainer.device)
     try:
+        if trainer.acc.is_main_process:
+            with writing(run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()  # held until this process ends; a second `repa run` here is refused
+            if not resume:
+                refuse_existing_checkpoints(run_dir)  # written by a run that finished meanwhile
+            write_atomic(run_dir / "config.resolved.toml", f"# config hash {config_hash(config)}\n{to_toml(config)}")
+            handler = attach_log_file(run_dir)
+            log.info("repa: run %s (config hash %s) in %s on %d process(es), %s", config.experiment.name,
+                     config_hash(config), run_dir, trainer.acc.num_processes, trainer.device)
         step = trainer.run()
         if trainer.acc.is_main_process:
             if trainer.stopped:
@@ -68,7 +103,19 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
             else:
                 log.info("repa: done at step %d; samples in %s, metrics in %s", step, run_dir / "samples",
                          run_dir / "metrics.jsonl")
+    except BaseException as exc:
+        if handler is not None and not isinstance(exc, KeyboardInterrupt):
+            record_failure(handler, exc)
+        raise
     finally:
         if handler is not None:
             detach_log_file(handler)
+        lock.release()
     return 130 if trainer.stopped else 0
+
+
+def refuse_existing_checkpoints(run_dir: Path) -> None:
+    """A fresh run must not overwrite another's checkpoints."""
+    if complete_checkpoints(run_dir / "checkpoints"):
+        raise RepaError(f"{run_dir / 'checkpoints'}: this run already has checkpoints; pass --resume to continue "
+                        "it, or choose another experiment.name")

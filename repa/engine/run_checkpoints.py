@@ -11,6 +11,7 @@ from repa.config import ExperimentConfig, config_hash
 from repa.engine import checkpoint as ckpt
 from repa.engine.alignment import checkpoint_layout, network_layout
 from repa.errors import CheckpointError
+from repa.storage import require_space, writing
 
 log = logging.getLogger("repa")
 
@@ -28,8 +29,10 @@ class RunCheckpoints:
     def __init__(self, config: ExperimentConfig, acc, parallel, folder: Path):
         self.config, self.acc, self.parallel, self.folder = config, acc, parallel, Path(folder)
 
-    def restore(self, resume: str | bool, model, ema, optimizer) -> Counters:
-        """Load the checkpoint `resume` names (a folder, or True: the latest usable) into the run."""
+    def restore(self, resume: str | bool, model, ema, optimizer) -> Counters | None:
+        """Load the checkpoint `resume` names (a folder, or True: the latest usable) into the run;
+        None when `resume` is True and there is none (a run killed before its first checkpoint
+        starts again from step 0)."""
         acc, rank = self.acc, self.acc.process_index
         if isinstance(resume, str):
             folder = Path(resume)
@@ -37,7 +40,9 @@ class RunCheckpoints:
         else:
             found = ckpt.latest_usable(self.folder, rank, log.warning)
             if found is None:
-                raise CheckpointError(f"{self.folder}: no usable checkpoint to resume from")
+                if acc.is_main_process:
+                    log.warning("repa: no usable checkpoint in %s; starting from step 0", self.folder)
+                return None
             folder, saved = found
         if saved.state.get("layout") != ckpt.LAYOUT:
             raise CheckpointError(
@@ -64,24 +69,28 @@ class RunCheckpoints:
         acc, step = self.acc, counters.step
         name = f"diagnostic-{step:07d}" if diagnostic else ckpt.checkpoint_name(step)
         tmp = self.folder / f".tmp-{name}"
-        if acc.is_main_process:
-            ckpt.begin(self.folder, step) if not diagnostic else tmp.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        ckpt.write_rank_state(tmp, acc.process_index, self.parallel.unwrapped(model))
-        acc.wait_for_everyone()
-        final = self.folder / name
         model_state, ema_state, optimizer_state = self.parallel.states(model, ema, optimizer)
-        if acc.is_main_process:
-            optimizer_state["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
-            state = {"step": step, "nonfinite_total": counters.nonfinite_total,
-                     "nonfinite_in_row": counters.nonfinite_in_row, "config_hash": config_hash(self.config),
-                     "processes": acc.num_processes, "distributed": self.config.train.distributed,
-                     "layout": ckpt.LAYOUT}
-            ckpt.write_main(tmp, checkpoint_layout(model_state), checkpoint_layout(ema_state), optimizer_state, state)
-            if diagnostic:  # a resumed run may diverge at the same step again: replace the old one
-                ckpt.write_manifest(tmp)
-                ckpt.move_into_place(tmp, final)
-            else:
-                final = ckpt.commit(tmp, self.folder, step, self.config.train.keep_checkpoints)
+        needed = ckpt.state_bytes((model_state, ema_state, optimizer_state))
+        with writing(tmp, needed, temporary=[tmp]):  # a full disk: one line, no .tmp-* left, older ones kept
+            if acc.is_main_process:
+                require_space(self.folder, needed)
+                ckpt.begin(self.folder, step) if not diagnostic else tmp.mkdir(parents=True, exist_ok=True)
+            acc.wait_for_everyone()
+            ckpt.write_rank_state(tmp, acc.process_index, self.parallel.unwrapped(model))
+            acc.wait_for_everyone()
+            final = self.folder / name
+            if acc.is_main_process:
+                optimizer_state["scaler"] = acc.scaler.state_dict() if acc.scaler is not None else None
+                state = {"step": step, "nonfinite_total": counters.nonfinite_total,
+                         "nonfinite_in_row": counters.nonfinite_in_row, "config_hash": config_hash(self.config),
+                         "processes": acc.num_processes, "distributed": self.config.train.distributed,
+                         "layout": ckpt.LAYOUT}
+                ckpt.write_main(tmp, checkpoint_layout(model_state), checkpoint_layout(ema_state), optimizer_state,
+                                state)
+                if diagnostic:  # a resumed run may diverge at the same step again: replace the old one
+                    ckpt.write_manifest(tmp)
+                    ckpt.move_into_place(tmp, final)
+                else:
+                    final = ckpt.commit(tmp, self.folder, step, self.config.train.keep_checkpoints)
         acc.wait_for_everyone()
         return final

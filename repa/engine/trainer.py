@@ -117,11 +117,13 @@ class Trainer:
         self.autoencoder = config.autoencoder.build().to(self.device)
         probe_data(config, self.dataset, self.autoencoder, self.device)
         check_stored_moments(config, self.dataset)
-        caches, self.encoders = {}, []
+        caches, self.encoders, built = {}, [], {}
         with acc.main_process_first():
             for k, entry in enumerate(config.alignment):
                 online = entry.features == "online"
-                self.encoders.append(self._build_encoder(entry) if online else None)
+                if online and entry.encoder.identity() not in built:  # frozen: entries with one encoder share it
+                    built[entry.encoder.identity()] = self._build_encoder(entry)
+                self.encoders.append(built[entry.encoder.identity()] if online else None)
                 if not online:
                     caches[k] = self._open_cache(entry)
         if caches:
@@ -142,7 +144,7 @@ class Trainer:
         self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective,
                                  sampler, guidance)
         if self.resume:  # run_experiment refuses to start a fresh run over existing checkpoints
-            self.counters = self.checkpoints.restore(self.resume, self.model, self.ema, self.optimizer)
+            self.counters = self.checkpoints.restore(self.resume, self.model, self.ema, self.optimizer) or Counters()
 
     def _build_encoder(self, entry):
         encoder = entry.encoder.build(resolution=self.config.data.params.resolution).to(self.device)
@@ -200,31 +202,43 @@ class Trainer:
             return self.objective(self.model, x0, rows.noise, rows.t, y, targets, self.counters.step, rows.drop)
 
     def _targets(self, batch, images):
-        targets = []
+        targets, computed = [], {}  # a shared encoder runs once per batch
         for k, encoder in enumerate(self.encoders):
             cached = batch.get(f"features_{k}")
-            targets.append(cached.to(self.device) if cached is not None else encoder(encoder.preprocess(images)))
+            if cached is not None:
+                targets.append(cached.to(self.device))
+                continue
+            if id(encoder) not in computed:
+                computed[id(encoder)] = encoder(encoder.preprocess(images))
+            targets.append(computed[id(encoder)])
         return targets
 
     def _update(self, finite: bool) -> float:
+        """Clip and step, or skip the step when the loss or the gradient is not finite. A finite loss
+        can still give an infinite gradient (a huge coefficient): stepping on it would wipe the
+        weights, skipping it silently would train nothing. An fp16 grad scaler skips such steps
+        itself (and lowers its scale): that is its normal working, not a non-finite step."""
         counters = self.counters
-        grad_norm = float("nan")
+        grad_norm, problem = float("nan"), "loss"
         if finite:
             grad_norm = self.parallel.clip(self.model, self.config.optim.params.max_grad_norm)
+            finite = math.isfinite(grad_norm) or self.acc.scaler is not None
+            problem = "gradient norm"
+        if finite:
             self.optimizer.step()
             update_ema(self.ema, self._unwrapped(), self.config.train.ema_decay)
             counters.nonfinite_in_row = 0
         else:
             counters.nonfinite_total += 1
             counters.nonfinite_in_row += 1
-            log.warning("repa: non-finite loss at step %d; update skipped (%d in a row)",
-                        counters.step, counters.nonfinite_in_row)
+            log.warning("repa: non-finite %s at step %d; update skipped (%d in a row)",
+                        problem, counters.step, counters.nonfinite_in_row)
         self.optimizer.zero_grad(set_to_none=True)
         counters.step += 1
         if counters.nonfinite_in_row >= self.config.train.max_nonfinite_steps:
             folder = self.save_checkpoint(diagnostic=True)
             raise TrainingStopped(
-                f"{counters.nonfinite_in_row} non-finite losses in a row at step {counters.step}; stopped. State "
+                f"{counters.nonfinite_in_row} non-finite steps (loss or gradient) in a row at step {counters.step}; stopped. State "
                 f"saved to {folder} for diagnosis. Try a lower optim.lr, train.mixed_precision = \"bf16\", or "
                 f"resume from the last good checkpoint with --resume"
             )
@@ -236,7 +250,10 @@ class Trainer:
         """The run record (metrics.jsonl, samples/) and the configured tracker, on the main process."""
         if not self.acc.is_main_process:
             return []
-        return [RunRecord(self.run_dir), self.config.tracker.build(run_dir=self.run_dir, config=to_dict(self.config))]
+        record = RunRecord(self.run_dir)
+        if self.resume:  # records of steps after the checkpoint describe weights that no longer exist
+            record.rewind(self.counters.step)
+        return [record, self.config.tracker.build(run_dir=self.run_dir, config=to_dict(self.config))]
 
     def _install_signal_handlers(self):
         def request_stop(signum, frame):

@@ -292,8 +292,12 @@ def probe_target_transform(where: str, transform: Any, tokens: int, dim: int, de
     import torch
 
     tokens_in = torch.randn(2, tokens, dim, generator=torch.Generator().manual_seed(0)).to(device)
+    original = tokens_in.clone()
     out = _run(where, f"(tokens [2, {tokens}, {dim}])", lambda: transform(tokens_in))
     _tensor(where, "the transform", out, (2, tokens, dim))
+    if not torch.equal(tokens_in, original):
+        raise _fail(where, "changed its input tokens in place; return a new tensor (entries with one encoder "
+                    "share its tokens)")
 
 
 def probe_backbone(where: str, backbone: Any, side: int, channels: int, depths: list[int], tokens: int,

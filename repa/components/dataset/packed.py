@@ -18,7 +18,6 @@ and partial copies, not a flipped byte inside a shard); `full` hashes every byte
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,10 @@ import torch
 
 from repa.errors import DataError
 from repa.interfaces import Dataset
+from repa.storage import require_space, write_atomic, writing
 from repa.weights import file_digest
 
 FORMAT, MANIFEST = "repa-packed", "manifest.json"
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 class PackWriter:
@@ -71,11 +65,17 @@ class PackWriter:
         return self.dest / f"{name}-{shard:05d}.npy"
 
     def _start_shard(self, shard: int) -> None:
+        """Memory-mapped shard files; their space is checked first, since a write into a mapped page
+        of a full disk kills the process (SIGBUS) instead of raising."""
         n = min(self.shard_size, self.count - shard * self.shard_size)
-        self._open = {
-            name: np.lib.format.open_memmap(self._file(name, shard), mode="w+", dtype=f["dtype"], shape=(n, *f["shape"]))
-            for name, f in self.fields.items()
-        }
+        files = [self._file(name, shard) for name in self.fields]
+        needed = sum(n * np.dtype(f["dtype"]).itemsize * int(np.prod(f["shape"])) for f in self.fields.values())
+        with writing(files[0], needed, temporary=files):
+            require_space(self.dest, needed)
+            self._open = {
+                name: np.lib.format.open_memmap(path, mode="w+", dtype=f["dtype"], shape=(n, *f["shape"]))
+                for path, (name, f) in zip(files, self.fields.items())
+            }
         self._shard = shard
 
     def write(self, index: int, **values) -> None:
@@ -98,7 +98,7 @@ class PackWriter:
         self._open, self._shard = {}, -1
         self.manifest["shards"].append({"count": count, "files": files})
         self.manifest["complete"] = self.done_until == self.count
-        write_json_atomic(self.dest / MANIFEST, self.manifest)
+        write_atomic(self.dest / MANIFEST, json.dumps(self.manifest, indent=1))
 
 
 def read_manifest(root: Path) -> dict:
