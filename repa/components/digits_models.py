@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from repa.storage import write_atomic, writing
 from repa.weights import digits_model_path
 
 log = logging.getLogger("repa")
@@ -125,17 +126,20 @@ def cached_model(name: str, build, seed: int, epochs: int) -> tuple[nn.Module, P
     with torch.random.fork_rng():  # the initial weights come from the seed; the caller's RNG is untouched
         torch.manual_seed(seed)
         model = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+    with writing(path.parent):  # the cache ($REPA_CACHE) may be read-only or full
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "w")
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent processes (DDP ranks, test workers) train it once
         if not path.is_file():
             log.info("repa: training the offline %s on the embedded digits (once; cached at %s)", name, path)
             with torch.random.fork_rng():
                 train_classifier(model, seed, epochs)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-            os.replace(tmp, path)
-            path.with_suffix(".json").write_text(json.dumps(
+            with writing(path, temporary=[tmp]):
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+                os.replace(tmp, path)
+            write_atomic(path.with_suffix(".json"), json.dumps(
                 {"seed": seed, "epochs": epochs, "heldout_accuracy": heldout_accuracy(model)}))
     model.load_state_dict(load_file(str(path)))
     return model.eval().requires_grad_(False), path

@@ -14,6 +14,7 @@ from repa.engine.ablation import (
     submit_slurm, training_flops,
 )
 from repa.engine.ablation_report import collect, write_reports
+from repa.storage import write_atomic, writing
 
 log = logging.getLogger("repa")
 
@@ -32,8 +33,9 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
     _print_plan(console, ablation, runs, configs, statuses)
     if dry_run:
         return 0
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "runs.json").write_text(json.dumps([r.model_dump() for r in runs], indent=1))
+    with writing(root):
+        root.mkdir(parents=True, exist_ok=True)
+    write_atomic(root / "runs.json", json.dumps([r.model_dump() for r in runs], indent=1))
     todo = [r for r in runs if statuses[r.run_id] != "done"]
     jobs = [(r, commands(r, base, ablation.launcher, has_checkpoints(r), evaluate)) for r in todo]
     if ablation.launcher.kind == "slurm":

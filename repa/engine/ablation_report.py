@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from pathlib import Path
 from statistics import mean, stdev
 
 from repa.engine.ablation import Ablation, Run
 from repa.engine.record import read_records
+from repa.storage import write_atomic, writing
 
 
 def value_at(records: list[dict], step: int, metric: str) -> float | None:
@@ -131,7 +133,10 @@ def plot(ablation: Ablation, runs: list[Run], folder: Path) -> list[Path]:
         axes.legend(fontsize=7)
         figure.tight_layout()
         path = folder / f"{metric}.png"
-        figure.savefig(path, dpi=120)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        with writing(path, temporary=[tmp]):
+            figure.savefig(tmp, dpi=120)
+            os.replace(tmp, path)
         plt.close(figure)
         written.append(path)
     return written
@@ -139,9 +144,10 @@ def plot(ablation: Ablation, runs: list[Run], folder: Path) -> list[Path]:
 
 def write_reports(ablation: Ablation, runs: list[Run], rows: list[dict], folder: Path):
     header, body, cells = pivot(ablation, rows)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "table.md").write_text(markdown(header, body))
-    (folder / "table.tex").write_text(latex(header, body))
-    (folder / "table.csv").write_text(long_csv(cells))
+    with writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "table.md", markdown(header, body))
+    write_atomic(folder / "table.tex", latex(header, body))
+    write_atomic(folder / "table.csv", long_csv(cells))
     plots = plot(ablation, runs, folder / "plots")
     return header, body, plots

@@ -27,6 +27,7 @@ from repa.engine.denoiser import Denoiser
 from repa.engine.generation import class_labels, generate, to_uint8
 from repa.errors import CheckpointError, MissingWeightsError, RepaError
 from repa.precision import autocast_dtype, effective_precision
+from repa.storage import write_atomic, writing
 from repa.weights import (
     cache_dir, download, file_digest, hub_offline, load_file, load_state_strict, reachable, strip_prefix,
     unwrap_state_dict,
@@ -183,11 +184,10 @@ class SampleRun:
     def claim_folder(self) -> None:
         """Write the settings before the first image (main process)."""
         record = self.out / "settings.json"
-        (self.out / "images").mkdir(parents=True, exist_ok=True)
+        with writing(self.out / "images"):
+            (self.out / "images").mkdir(parents=True, exist_ok=True)
         if not record.is_file():
-            tmp = record.with_name(".settings.tmp.json")
-            tmp.write_text(json.dumps(self.settings(), indent=1))
-            os.replace(tmp, record)
+            write_atomic(record, json.dumps(self.settings(), indent=1))
 
     def png(self, i: int) -> Path:
         return self.out / "images" / f"{i:06d}.png"
@@ -207,8 +207,9 @@ class SampleRun:
         images = to_uint8(self.autoencoder.decode(x0.float()))
         for i, image in zip(indices, images):
             tmp = self.png(i).with_name(f".{i:06d}.tmp.png")
-            Image.fromarray(image).save(tmp)
-            os.replace(tmp, self.png(i))
+            with writing(self.png(i), image.nbytes, temporary=[tmp]):  # drawn images stay; a rerun resumes
+                Image.fromarray(image).save(tmp)
+                os.replace(tmp, self.png(i))
 
     def estimate(self) -> float:
         """Seconds for all samples on all processes, from one timed forward pass (printed up front)."""
@@ -266,12 +267,13 @@ class SampleRun:
         images = np.stack([np.asarray(Image.open(self.png(i))) for i in range(self.num)])
         labels = class_labels(self.seed, range(self.num), self.model.num_classes, self.label_mode).numpy()
         tmp = npz.with_name(".samples.tmp.npz")
-        np.savez(tmp, arr_0=images, labels=labels)
-        os.replace(tmp, npz)
+        with writing(npz, images.nbytes + labels.nbytes, temporary=[tmp]):
+            np.savez(tmp, arr_0=images, labels=labels)
+            os.replace(tmp, npz)
         info = {"checkpoint": self.source, "step": self.step, "num_samples": self.num, "seed": self.seed,
                 "labels": self.label_mode, "sample": to_dict(self.config)["sample"],
                 "autoencoder": to_dict(self.config)["autoencoder"]}
-        (self.out / "sample_info.json").write_text(json.dumps(info, indent=1))
+        write_atomic(self.out / "sample_info.json", json.dumps(info, indent=1))
 
 
 def _synchronize(device) -> None:
