@@ -78,14 +78,21 @@ def test_resume_is_exact(tiny_toml, tmp_path):
     assert [r["loss"] for r in straight] == [r["loss"] for r in split]
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_toml, tmp_path):
+def test_corrupt_latest_checkpoints_fall_back_to_the_newest_usable_one(tiny_toml, tmp_path):
+    from repa.engine import checkpoint as ckpt
+
     experiment = tiny_toml()
-    train(experiment, "train.max_steps=4", "train.checkpoint_every=2")
-    run = tmp_path / "exps" / "tiny"
-    (run / "checkpoints" / "0000004" / "model.safetensors").write_bytes(b"truncated")
-    result = train(experiment, "train.max_steps=6", "--resume")
-    assert "checkpoint 0000004 is unusable" in result.stderr and "resumed from" in result.stderr
+    train(experiment, "train.max_steps=6", "train.checkpoint_every=2")
+    checkpoints = tmp_path / "exps" / "tiny" / "checkpoints"
+    (checkpoints / "0000006" / "model.safetensors").write_bytes(b"truncated")
+    (checkpoints / "0000004" / "state.json").write_text("{not json")  # written wrong, recorded as written:
+    (checkpoints / "0000004" / "manifest.json").unlink()
+    ckpt.write_manifest(checkpoints / "0000004")
+    result = train(experiment, "train.max_steps=8", "--resume")
+    assert "checkpoint 0000006 is unusable" in result.stderr and "resumed from" in result.stderr
+    assert "checkpoint 0000004 is unusable" in result.stderr and "state.json: not valid JSON" in result.stderr
     assert "0000002" in result.stderr.split("resumed from")[1].splitlines()[0]
+    assert "Traceback" not in result.stderr
 
 
 def test_existing_run_needs_resume(tiny_toml):

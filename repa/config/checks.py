@@ -75,18 +75,14 @@ def _shape_checks(config: ExperimentConfig) -> list[Issue]:
 
 
 def _alignment_count(config: ExperimentConfig, blocks: int) -> list[Issue]:
-    """At most one entry per block and encoder, and no entry twice (it would only double its
-    coefficient, and each entry costs a projector)."""
+    """At most one entry per block and encoder: each entry costs a projector (and, before
+    encoders were shared, a copy of its encoder): more is a generated file gone wrong."""
     entries = config.alignment
     encoders = {entry.encoder.identity() for entry in entries}
     usable = blocks * len(encoders)
     if len(entries) > usable:
         return [Issue(("alignment",), f"{len(entries)} entries, but {blocks} blocks x {len(encoders)} distinct "
                       f"encoder(s) allow at most {usable} (one per block and encoder)")]
-    for i, entry in enumerate(entries):
-        first = next(k for k, other in enumerate(entries) if other == entry)
-        if first < i:
-            return [Issue(("alignment", i), f"repeats alignment[{first}] exactly; raise its coeff instead")]
     return []
 
 

@@ -34,8 +34,8 @@ class RunLock:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError:
             return  # no lock file (or unreadable: acquire() will say)
-        try:
-            self._try_lock(fd)
+        try:  # shared: the processes of one launch check at once without refusing each other
+            self._try_lock(fd, fcntl.LOCK_SH)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -60,9 +60,9 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
-    def _try_lock(self, fd: int) -> None:
+    def _try_lock(self, fd: int, mode: int = fcntl.LOCK_EX) -> None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunFolderBusy(f"{self.run_dir}: in use by {self._holder()}; wait for it to finish or stop it, "
                                 f"or choose another experiment.name") from None
