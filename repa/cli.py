@@ -14,6 +14,7 @@ from repa import __version__
 from repa.errors import ConfigError, RepaError
 
 TRACEBACK_ENV = "REPA_TRACEBACK"
+COMPUTE_COMMANDS = {"run", "sample", "evaluate", "preprocess", "bench"}  # where PyTorch's threads set the pace
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +51,7 @@ def cmd_validate(args) -> int:
     config = _load(args)
     print(f"# {args.experiment}: valid; config hash {config_hash(config)}")
     print(to_toml(config), end="")
+    print(f"next: repa run {args.experiment}", file=sys.stderr)
     return 0
 
 
@@ -74,10 +76,14 @@ def cmd_preprocess(args) -> int:
               f"{len(summary.skipped)} skipped")
         for path, reason in summary.skipped:
             print(f"  skipped {path}: {reason}")
+        print(f"next: repa preprocess latents {args.dest} {args.dest}  (or train on the images: [data] kind = "
+              f"\"folder\", path = \"{args.dest}\", latents = \"\")")
         return 0
     if args.step == "latents":
         written = preprocess.encode_latents(Path(args.src), Path(args.dest), _autoencoder(args), args.batch_size)
         print(f"{args.dest}/vae-sd: {written} latents written by this process")
+        print(f"next: repa preprocess pack {args.dest} PACKED_DIR --resolution RES  (or train on the folder: "
+              f"[data] kind = \"folder\", path = \"{args.dest}\")")
         return 0
     if args.step == "reference":
         from repa.components.metric.adm import write_reference_batch
@@ -91,6 +97,7 @@ def cmd_preprocess(args) -> int:
         written = preprocess.pack(Path(args.src), Path(args.dest), args.resolution, args.shard_size, args.workers,
                                   num_classes=args.num_classes)
         print(f"{args.dest}: {written} samples packed")
+        print(f"next: in the experiment, [data] kind = \"packed\", path = \"{args.dest}\"")
         return 0
     from repa.engine.features import cache_features
     from repa.precision import effective_precision, on_cpu
@@ -117,19 +124,24 @@ def _autoencoder(args):
 def cmd_sample(args) -> int:
     from pathlib import Path
 
-    from repa.engine.sampling import SampleRun, default_out
+    from repa.engine.sampling import SampleRun, default_out, experiment_checkpoint
     from repa.presets import PAPER_PRESET, RELEASED_EXPERIMENT
 
     overrides = (PAPER_PRESET if args.preset == "paper" else []) + args.overrides
     if args.backbone:
         overrides.append(f'backbone="{args.backbone}"')  # the named preset as released, not the file's table
     config = _sampling_config(args.experiment, overrides, RELEASED_EXPERIMENT)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    checkpoint = Path(args.checkpoint) if args.checkpoint else experiment_checkpoint(config, args.experiment)
     labels = args.labels or config.sample.label_sampling
     out = Path(args.out) if args.out else default_out(config, checkpoint, args.seed, labels)
     npz = SampleRun(config, checkpoint, out, args.num_samples, args.seed, args.batch_size or config.sample.batch_size,
                     labels, progress=not args.no_progress).run()
     print(f"{npz}: {args.num_samples} samples (PNGs in {out / 'images'})")
+    if args.experiment and config.eval.metrics:  # its [eval] metrics and reference
+        print(f"next: repa evaluate {npz} --experiment {args.experiment}")
+    else:
+        print(f"next: repa evaluate {npz} --metrics fid,sfid,is,precision,recall --reference REFERENCE.npz "
+              f"(the ADM reference batch, e.g. VIRTUAL_imagenet256_labeled.npz)")
     return 0
 
 
@@ -153,6 +165,8 @@ def cmd_evaluate(args) -> int:
     if target.is_dir():
         results = evaluate_run(target, args.overrides, progress=not args.no_progress)
         print_results(f"{target}: checkpoints evaluated now", results)
+        print(f"results appended to {target / 'metrics.jsonl'}; next: compare runs with repa ablate ABLATION.toml "
+              f"(see experiments/ablations/)")
         return 0
     if not args.experiment and not args.metrics:
         raise RepaError(f"{target}: say which metrics: --metrics fid,sfid,is,precision,recall or --experiment FILE")
@@ -358,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         _configure_plugins(args)
+        if args.command in COMPUTE_COMMANDS:
+            from repa.engine.progress import warn_if_shared_machine
+
+            warn_if_shared_machine()
         return args.func(args) or 0
     except RepaError as exc:
         if args.traceback or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
+
+from pydantic import ValidationError
 from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.table import Table
@@ -33,24 +36,58 @@ def describe_params(entry: Entry) -> str:
 
 
 def print_plugins(kind_name: str | None) -> int:
+    """Each component as a few lines wrapped to the terminal's width (rich's detection, so
+    COLUMNS too): name and distribution, description, parameters, facts. Printed without markup,
+    so `[low, high]` in a description stays."""
     components = get_components()
     kinds = _kind(kind_name)
-    table = Table(show_lines=False, title="repa components")
-    for column in ("kind", "name", "parameters (defaults)", "distribution", "description"):
-        table.add_column(column, overflow="fold")
-    infos = {e.name: e.info(e.params()) for k in kinds for e in components[k] if e.info} if len(kinds) == 1 else {}
-    info_columns = list(dict.fromkeys(c for info in infos.values() for c in info))
-    for column in info_columns:
-        table.add_column(column, overflow="fold")
+    console = Console(highlight=False)
+    width = max(40, console.width)
+    title = "repa components" if len(kinds) > 1 else f"repa {kinds[0].replace('_', ' ')} components"
+    lines = [title, ""]
     for kind in kinds:
-        for entry in components[kind]:
-            extra = [str(infos.get(entry.name, {}).get(c, "")) for c in info_columns]
-            table.add_row(kind, entry.name, describe_params(entry), entry.distribution, entry.description, *extra)
-    console = Console(width=200)
-    console.print(table)
-    for line in components.failed:
-        console.print(f"failed: {line}", markup=False, highlight=False)
+        entries = list(components[kind])
+        lines.append(f"{kind} ({len(entries)})")
+        for entry in entries:
+            lines += _wrap(f"{entry.name}  (from {entry.distribution})", width, "  ")
+            lines += _wrap(entry.description or "(no description)", width, "    ")
+            lines += _wrap(f"parameters: {describe_params(entry)}", width, "    ")
+            facts = component_facts(kind, entry)
+            if facts:
+                lines += _wrap(" | ".join(f"{k}: {v}" for k, v in facts.items()), width, "    ")
+        lines.append("")
+    lines += [wrapped for line in components.failed for wrapped in _wrap(f"failed: {line}", width, "")]
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def _wrap(text: str, width: int, indent: str) -> list[str]:
+    """Lines of at most `width` characters; words longer than a line are split, never cut."""
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "  ",
+                         break_on_hyphens=False) or [indent]
+
+
+def component_facts(kind: str, entry: Entry) -> dict:
+    """What the component's own `info` says; for encoders, what the contract lets us compute
+    for any of them (a plugin's included), so no column is left blank."""
+    try:
+        params = entry.params()
+    except ValidationError:
+        return {"parameters": "required ones have no default: facts need them"} if kind == "encoder" else {}
+    facts = dict(entry.info(params)) if entry.info else {}
+    if kind == "encoder":
+        facts.setdefault("dim", _fact(params.embed_dim))
+        facts.setdefault("tokens at 256 px", _fact(lambda: params.tokens_for(256)))
+        facts.setdefault("weights here", "not reported by its plugin (it says where it looks when built)")
+    return facts
+
+
+def _fact(compute) -> str:
+    try:
+        return str(compute())
+    except Exception as exc:  # a plugin's params method: a fact we cannot show is said, not raised
+        return f"unknown ({type(exc).__name__})"
 
 
 def check_outcome(kind: str, entry: Entry) -> tuple[str, str]:
@@ -73,7 +110,7 @@ def print_check(kind_name: str | None) -> int:
     """`repa plugins --check`: every component built on tiny inputs and checked (repa.testing);
     exit 2 when one breaks its contract or a plugin failed to load."""
     components = get_components()
-    console = Console(width=200)
+    console = Console()
     failures = 0
     for kind in _kind(kind_name):
         for entry in components[kind]:
@@ -93,7 +130,7 @@ def print_results(title: str, rows: list[dict]) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", overflow="fold")
     for row in rows:
         table.add_row(*[f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns])
-    Console(width=160).print(table)
+    Console().print(table)

@@ -56,7 +56,8 @@ def test_run_writes_what_a_researcher_watches(tiny_toml, tmp_path):
         "0000001.png", "0000002.png", "0000004.png", "ground_truth.png"]
     from PIL import Image
 
-    assert Image.open(run / "samples" / "0000002.png").size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
+    # 4 samples of 16 px: a 2x2 grid of cells upscaled 4x (nearest neighbour) to 64 px, 2 px apart
+    assert Image.open(run / "samples" / "0000002.png").size == (2 * 64 + 3 * 2, 2 * 64 + 3 * 2)
     assert (run / "config.resolved.toml").read_text().startswith("# config hash ")
     log_lines = (run / "log.txt").read_text().splitlines()
     assert "run tiny" in log_lines[0] and "done at step 4" in log_lines[-1]

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from repa.engine.progress import status
 from repa.storage import write_atomic, writing
 from repa.weights import digits_model_path
 
@@ -91,7 +92,8 @@ def _shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> t
 
 
 @torch.enable_grad()
-def train_classifier(model: nn.Module, seed: int, epochs: int, lr: float = 3e-3, batch: int = 128) -> nn.Module:
+def train_classifier(model: nn.Module, seed: int, epochs: int, lr: float = 3e-3, batch: int = 128,
+                     on_epoch=lambda: None) -> nn.Module:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     data = digits_split("train")
@@ -109,6 +111,7 @@ def train_classifier(model: nn.Module, seed: int, epochs: int, lr: float = 3e-3,
             loss.backward()
             optimizer.step()
             schedule.step()
+        on_epoch()
     return model.eval().requires_grad_(False)
 
 
@@ -133,8 +136,8 @@ def cached_model(name: str, build, seed: int, epochs: int) -> tuple[nn.Module, P
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent processes (DDP ranks, test workers) train it once
         if not path.is_file():
             log.info("repa: training the offline %s on the embedded digits (once; cached at %s)", name, path)
-            with torch.random.fork_rng():
-                train_classifier(model, seed, epochs)
+            with torch.random.fork_rng(), status(f"training {name}, epoch", total=epochs) as advance:
+                train_classifier(model, seed, epochs, on_epoch=advance)
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             with writing(path, temporary=[tmp]):
                 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))

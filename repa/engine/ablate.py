@@ -29,7 +29,7 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
     max_steps = {r.run_id: c.train.max_steps for r, c in zip(runs, configs)}
     evaluate = bool(ablation.steps) and bool(configs[0].eval.metrics)
     statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate) for r in runs}
-    console = Console(width=160)
+    console = Console()  # the terminal's width; columns fold, never cut
     _print_plan(console, ablation, runs, configs, statuses)
     if dry_run:
         return 0
@@ -67,7 +67,7 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
 def _print_plan(console, ablation, runs, configs, statuses) -> None:
     table = RichTable(title=f"ablation {ablation.name}: {len(runs)} runs ({ablation.mode})")
     for column in ["run id", *[a.label for a in ablation.axes], "seed", "steps", "status"]:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for run, config in zip(runs, configs):
         table.add_row(run.run_id, *run.labels.values(), str(run.seed), str(config.train.max_steps), statuses[run.run_id])
     console.print(table)
@@ -81,7 +81,7 @@ def _print_plan(console, ablation, runs, configs, statuses) -> None:
 def _print_table(console, name, header, body) -> None:
     table = RichTable(title=name)
     for column in header:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in body:
         table.add_row(*row)
     console.print(table)

@@ -39,13 +39,39 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).to("cpu", dtype=torch.uint8).numpy()
 
 
-def image_grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
-    """uint8 [N,H,W,3] -> one uint8 image, round(sqrt(N)) columns."""
+def image_grid(images: np.ndarray, pad: int = 2, columns: int | None = None,
+               column_labels: Sequence[str] | None = None, min_cell: int = 64) -> np.ndarray:
+    """uint8 [N,H,W,3] -> one uint8 image: `columns` columns (default round(sqrt(N))), each cell
+    upscaled by an integer factor (nearest neighbour: pixels stay sharp) to at least `min_cell`
+    px, and a label above each column when given (e.g. its class)."""
     n, h, w, c = images.shape
-    cols = max(1, round(math.sqrt(n)))
+    scale = max(1, math.ceil(min_cell / max(1, min(h, w))))
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    cols = columns or max(1, round(math.sqrt(n)))
     rows = math.ceil(n / cols)
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    header = LABEL_BAND if column_labels else 0
+    grid = np.full((header + rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i, image in enumerate(images):
         r, k = divmod(i, cols)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = image
+        top, left = header + pad + r * (h + pad), pad + k * (w + pad)
+        grid[top : top + h, left : left + w] = image
+    if column_labels:
+        grid = _label_columns(grid, column_labels[:cols], w, pad)
     return grid
+
+
+LABEL_BAND = 14  # px above the cells for the column labels (PIL's default font is 11 px high)
+
+
+def _label_columns(grid: np.ndarray, labels: Sequence[str], cell: int, pad: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(grid)
+    draw = ImageDraw.Draw(image)
+    for k, label in enumerate(labels):
+        left = pad + k * (cell + pad)
+        width = draw.textlength(str(label))
+        draw.text((left + max(0, (cell - width) / 2), 1), str(label), fill=(0, 0, 0))
+    return np.asarray(image)

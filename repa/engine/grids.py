@@ -36,8 +36,9 @@ class SampleGrids:
         self.parallel.after_inference(ema)
         if main:
             images = to_uint8(self.autoencoder.decode(x0.float()))
+            grid = image_grid(images, **class_columns(n, self.dataset.num_classes))
             for tracker in trackers:
-                tracker.log_images(step, {"samples": image_grid(images)})
+                tracker.log_images(step, {"samples": grid})
         acc.wait_for_everyone()
 
     def ground_truth(self, run_dir: Path) -> None:
@@ -49,3 +50,15 @@ class SampleGrids:
         n = min(self.config.train.sample_images, len(self.dataset))
         images = torch.stack([self.dataset[i]["image"] for i in range(n)]).permute(0, 2, 3, 1).numpy()
         RunRecord(run_dir).write_image("ground_truth", image_grid(images))
+
+
+MAX_LABELLED_CLASSES = 32  # more classes than this make columns too many to read
+
+
+def class_columns(n: int, num_classes: int) -> dict:
+    """A balanced grid (sample i has class i mod C) with one column per class, labelled, when the
+    classes fit in a row; else a square grid."""
+    if num_classes <= min(n, MAX_LABELLED_CLASSES):
+        return {"columns": num_classes, "column_labels": [f"class {k}" if num_classes < 8 else str(k)
+                                                          for k in range(num_classes)]}
+    return {}

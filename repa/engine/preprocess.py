@@ -209,8 +209,8 @@ def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
         else:
             jobs.append((index, str(source), str(out / name), resolution))
     workers = workers or max(1, (os.cpu_count() or 1))
-    with progress_bar("crop") as bar, multiprocessing.get_context("spawn").Pool(workers) as pool:
-        task = bar.add_task("crop", total=len(jobs), rate="", visible=progress)
+    with progress_bar("crop", enabled=progress) as bar, multiprocessing.get_context("spawn").Pool(workers) as pool:
+        task = bar.add_task("crop", total=len(jobs), rate="")
         for index, error, fault in pool.imap_unordered(_crop_one, jobs, chunksize=16):
             if fault:  # the other workers' half-written files go too; finished images stay for a rerun
                 pool.terminate()
@@ -251,8 +251,8 @@ def encode_latents(src: Path, dest: Path, autoencoder, batch_size: int = 64, pro
     todo = [n for i, n in enumerate(names) if i % state.num_processes == state.process_index
             and not (out / _latent_for(n)).is_file()]
     autoencoder.to(state.device)
-    with progress_bar("encode") as bar:
-        task = bar.add_task("encode", total=len(todo), rate="", visible=progress and state.is_main_process)
+    with progress_bar("encode", enabled=progress) as bar:
+        task = bar.add_task("encode", total=len(todo), rate="", visible=state.is_main_process)
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
             batch = torch.stack([torch.from_numpy(_read_png(images_dir / n)) for n in chunk]).to(state.device)
@@ -311,8 +311,8 @@ def pack(src: Path, dest: Path, resolution: int, shard_size: int = 8192, workers
     indices = list(range(start, len(dataset)))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=None,
                                          num_workers=workers)
-    with progress_bar("pack") as bar:
-        task = bar.add_task("pack", total=len(dataset), completed=start, rate="", visible=progress)
+    with progress_bar("pack", enabled=progress) as bar:
+        task = bar.add_task("pack", total=len(dataset), completed=start, rate="")
         for index, item in zip(indices, loader):
             values = {"images": item["image"].numpy(), "labels": item["y"]}
             if latents:

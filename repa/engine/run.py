@@ -103,6 +103,7 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
             else:
                 log.info("repa: done at step %d; samples in %s, metrics in %s", step, run_dir / "samples",
                          run_dir / "metrics.jsonl")
+                log.info("next: %s", next_command(config, experiment_file, run_dir))
     except BaseException as exc:
         if handler is not None and not isinstance(exc, KeyboardInterrupt):
             record_failure(handler, exc)
@@ -112,6 +113,14 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
             detach_log_file(handler)
         lock.release()
     return 130 if trainer.stopped else 0
+
+
+def next_command(config: ExperimentConfig, experiment_file: str, run_dir: Path) -> str:
+    """What a researcher does after training: score the checkpoints, or draw samples to look at."""
+    if config.eval.metrics:
+        return f"repa evaluate {shlex.quote(str(run_dir))}  (scores every checkpoint with {', '.join(m.kind for m in config.eval.metrics)})"
+    return (f"repa sample {shlex.quote(experiment_file)}  (draws from the latest checkpoint; set [eval] metrics "
+            f"to score it with repa evaluate {shlex.quote(str(run_dir))})")
 
 
 def refuse_existing_checkpoints(run_dir: Path) -> None:

@@ -126,6 +126,28 @@ def sampling_autocast(config: ExperimentConfig, device) -> torch.dtype | None:
     return autocast_dtype(precision)
 
 
+def experiment_checkpoint(config: ExperimentConfig, experiment_file: str | None) -> Path | None:
+    """The checkpoint `repa sample` uses without --checkpoint: the latest of the experiment's own
+    run; the released SiT-XL/2 model (None) only for its ImageNet recipe or without an experiment."""
+    from repa.engine.run import run_dir_of
+    from repa.presets import RELEASED_EXPERIMENT
+
+    if experiment_file is None:
+        return None
+    run_dir = run_dir_of(config)
+    found = ckpt.complete_checkpoints(run_dir / "checkpoints")
+    if found:
+        log.info("repa: sampling from %s, the latest checkpoint of %s", found[-1], run_dir)
+        return found[-1]
+    released = (config.backbone.kind == RELEASED_EXPERIMENT["backbone"]
+                and config.data.params.resolution == RELEASED_EXPERIMENT["data"]["resolution"])
+    if released:
+        log.info("repa: %s has no checkpoint yet; sampling from the released SiT-XL/2 REPA model", run_dir)
+        return None
+    raise CheckpointError(f"{experiment_file}: its run {run_dir} has no checkpoint yet; train it first "
+                          f"(repa run {experiment_file}) or pass --checkpoint")
+
+
 def default_out(config: ExperimentConfig, checkpoint: Path | None, seed: int, labels: str) -> Path:
     """samples/<name>-<sampler>-<steps>-cfg<scale>-seed<seed>-<digest of everything else>."""
     import hashlib
@@ -241,14 +263,14 @@ class SampleRun:
         todo = self.my_batches()
         if self.state.is_main_process:
             estimate = self.estimate()
-            log.info("repa: sampling %d images (%s, %d steps, cfg %.2f) from %s; estimated %s for all of them, "
-                     "%s for 50,000", self.num, self.config.sample.sampler.kind, self.config.sample.steps,
-                     self.config.sample.cfg_scale, self.source, _duration(estimate),
-                     _duration(estimate * 50_000 / self.num))
+            todo_images = sum(len(b) for b in todo) * self.state.num_processes
+            log.info("repa: sampling %d images (%s, %d steps, cfg %.2f) from %s; %d to draw, estimated %s",
+                     self.num, self.config.sample.sampler.kind, self.config.sample.steps, self.config.sample.cfg_scale,
+                     self.source, min(todo_images, self.num), _duration(estimate * min(todo_images, self.num) / self.num))
         started, done = time.perf_counter(), 0
-        with progress_bar("sample") as bar:
+        with progress_bar("sample", enabled=self.progress) as bar:
             task = bar.add_task("sample", total=sum(len(b) for b in todo), rate="",
-                                visible=self.progress and self.state.is_main_process)
+                                visible=self.state.is_main_process)
             for batch in todo:
                 self._batch(batch)
                 done += len(batch)

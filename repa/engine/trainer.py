@@ -299,7 +299,8 @@ class Trainer:
                                    counters.step, config.train.max_steps)
         loader = make_loader(self.dataset, sampler, config.train.num_workers, self.device.type == "cuda")
         restore_signals = self._install_signal_handlers()
-        progress = TrainingProgress(config.train.max_steps, counters.step, enabled=self.show_progress and acc.is_main_process)
+        progress = TrainingProgress(config.train.max_steps, counters.step, enabled=self.show_progress,
+                                    visible=acc.is_main_process)
         try:
             self._loop(Window(), iter(loader), sampler, progress)
         finally:
@@ -313,17 +314,18 @@ class Trainer:
         try:
             with progress:
                 while counters.step < config.train.max_steps:
+                    started = time.perf_counter()
                     micro = [next(batches) for _ in range(config.train.grad_accum_steps)]
                     values = self.train_step(micro, sampler)
                     window.add(values)
-                    progress.update(counters.step, values, window)
+                    progress.update(counters.step, values, time.perf_counter() - started)
                     if counters.step % config.train.log_every == 0 or counters.step == config.train.max_steps:
                         self._log(window)
                         window = Window()
                     if counters.step == 1 or counters.step % config.train.sample_every == 0:
-                        self.grids.samples(self.ema, counters.step, self.trackers)
+                        self._sample_grid()
                     if counters.step % config.train.checkpoint_every == 0:
-                        self.save_checkpoint()
+                        self._checkpoint()
                     if self._should_stop():
                         stopped = True
                         break
@@ -332,6 +334,17 @@ class Trainer:
         if window.steps:
             self._log(window)
         if not (self.checkpoints.folder / ckpt.checkpoint_name(counters.step)).is_dir():
-            self.save_checkpoint()
+            self._checkpoint()
         if not stopped and counters.step % config.train.sample_every:
-            self.grids.samples(self.ema, counters.step, self.trackers)
+            self._sample_grid()
+
+    def _sample_grid(self) -> None:
+        self.grids.samples(self.ema, self.counters.step, self.trackers)
+        if self.acc.is_main_process:
+            log.info("repa: samples at step %d: %s", self.counters.step,
+                     self.run_dir / "samples" / f"{self.counters.step:07d}.png")
+
+    def _checkpoint(self) -> None:
+        folder = self.save_checkpoint()
+        if self.acc.is_main_process:
+            log.info("repa: checkpoint at step %d: %s", self.counters.step, folder)

@@ -1,0 +1,147 @@
+"""What a person sees: listings that fit the terminal, the live training display and its ETA,
+plain lines without a terminal, next-step hints, readable grids, the shared-machine warning."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def squeeze(text: str) -> str:
+    return "".join(text.split())
+
+
+@pytest.mark.parametrize("kind", [None, "encoder", "guidance"])
+def test_plugins_fit_80_columns_and_lose_no_text(kind):
+    from repa.cli_tables import _kind, describe_params
+    from repa.plugins import get_components
+
+    result = run_cli("plugins", *([kind] if kind else []), env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0] == ("repa components" if kind is None else f"repa {kind} components")
+    shown = squeeze(result.stdout)
+    components = get_components()
+    for name in _kind(kind):
+        for entry in components[name]:
+            for text in (entry.name, entry.distribution, entry.description, describe_params(entry)):
+                assert squeeze(text) in shown, (name, entry.name, text)
+    if kind == "guidance":
+        assert "only for t in [low, high]" in " ".join(result.stdout.split())  # markup does not eat it
+    if kind == "encoder":  # every encoder, a plugin's included, has every fact
+        blocks = re.split(r"\n  (?=\S)", result.stdout.split("encoder (", 1)[1])[1:]
+        assert len(blocks) == len(components["encoder"])
+        assert all(all(fact in squeeze(b) for fact in ("weightshere:", "dim:", "tokensat256px:")) for b in blocks)
+
+
+def test_training_under_a_terminal_shows_a_consistent_eta_and_every_grid_and_checkpoint(tiny_toml, tmp_path):
+    args = ["run", str(tiny_toml()), "--set", "train.max_steps=60", "--set", "backbone.hidden_size=256",
+            "--set", "train.global_batch_size=32", "--set", "train.checkpoint_every=30", "--set",
+            "train.sample_every=30", "--set", "train.log_every=30"]
+    text = _in_a_terminal([sys.executable, "-m", "repa.cli", *args])
+    frames = [(int(step), float(rate), int(h) * 3600 + int(m) * 60 + int(s)) for step, rate, h, m, s in
+              re.findall(r"(\d+)/60 .*?([\d.]+) steps/s eta (\d+):(\d\d):(\d\d)", text)]
+    warm = [f for f in frames if f[0] >= 10 and f[0] < 60]
+    assert warm, text[-2000:]
+    for step, rate, eta in warm:
+        expected = (60 - step) / rate
+        assert expected / 2 - 1 <= eta <= 2 * expected + 1, (step, rate, eta)  # the shown second is rounded
+    run = tmp_path / "exps" / "tiny"
+    for step in (30, 60):
+        assert f"repa: samples at step {step}: {run / 'samples' / f'{step:07d}.png'}" in text
+        assert f"repa: checkpoint at step {step}: {run / 'checkpoints' / f'{step:07d}'}" in text
+    assert f"next: repa sample {tiny_toml()}" in " ".join(text.split())
+
+
+def _in_a_terminal(command: list[str]) -> str:
+    """Run `command` with a pseudo-terminal as its stdout and stderr; its output without colours."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    assert process.wait(timeout=300) == 0, output.decode(errors="replace")[-3000:]
+    return ANSI.sub("", output.decode(errors="replace")).replace("\r", "\n")
+
+
+def test_without_a_terminal_training_prints_plain_lines(tiny_toml):
+    result = run_cli("run", str(tiny_toml()), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^step 4/4: loss \d\.\d{4}, align -?\d\.\d{4}, [\d.]+ steps/s, eta 0:00:00$", result.stderr, re.M)
+    assert "━" not in result.stderr  # no bar characters in a log
+
+
+def test_a_run_failing_before_step_1_leaves_nothing(tiny_toml, tmp_path):
+    missing = tmp_path / "nowhere"
+    result = run_cli("run", str(tiny_toml()), "--no-progress", "--set", f'data={{ kind = "folder", path = "{missing}", '
+                     'resolution = 16, num_classes = 10, latents = "" }')
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert str(missing) in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "exps").exists()
+
+
+def test_sample_grids_are_readable_and_labelled_by_class():
+    from repa.engine.generation import LABEL_BAND, image_grid
+    from repa.engine.grids import class_columns
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8)
+    grid = image_grid(images, **class_columns(20, 10))
+    cell, pad = 64, 2
+    assert grid.shape == (LABEL_BAND + 2 * (cell + pad) + pad, 10 * (cell + pad) + pad, 3)
+    first = grid[LABEL_BAND + pad : LABEL_BAND + pad + cell, pad : pad + cell]
+    assert np.array_equal(first, images[0].repeat(4, axis=0).repeat(4, axis=1))  # nearest neighbour, exact
+    twelfth = grid[LABEL_BAND + 2 * pad + cell :][:cell, pad + (cell + pad) : pad + (cell + pad) + cell]
+    assert np.array_equal(twelfth, images[11].repeat(4, axis=0).repeat(4, axis=1))  # row 2, column 1: class 1
+    for k in range(10):  # a dark label above every column
+        band = grid[:LABEL_BAND, pad + k * (cell + pad) : pad + k * (cell + pad) + cell]
+        assert band.min() < 128, k
+    assert class_columns(64, 1000) == {}  # ImageNet: a square grid, too many classes for a row
+    assert image_grid(images[:4], min_cell=64).shape == (2 * 66 + 2, 2 * 66 + 2, 3)
+
+
+def test_a_shared_machine_is_said_once_with_what_to_do(monkeypatch):
+    import torch
+
+    from repa.engine import progress
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    assert progress.shared_machine_warning() is None  # idle
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 1.0, 1.0))
+    line = progress.shared_machine_warning()
+    assert "load average 1.9 on 2 core(s)" in line and "OMP_NUM_THREADS" in line
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert "torch uses 8 threads but this process may use 2 core(s)" in progress.shared_machine_warning()
+
+
+def test_eta_is_remaining_steps_over_the_shown_rate_and_moves_smoothly():
+    from repa.engine.progress import StepClock
+
+    clock = StepClock()
+    for _ in range(50):
+        clock.add(0.2)
+    assert clock.rate() == pytest.approx(5.0) and clock.eta(100) == pytest.approx(20.0)
+    clock.add(0.25)  # a slower step moves it a little, not 100x
+    assert 20.0 < clock.eta(100) < 21.0
