@@ -264,6 +264,24 @@ def test_sample_writes_pngs_and_an_adm_npz(trained_run, tmp_path):
     assert info["step"] == 2 and info["sample"]["sampler"]["kind"] == "euler"
 
 
+def test_sampling_an_experiment_draws_from_its_own_run(trained_run, tmp_path):
+    experiment, run = trained_run
+    result = run_cli("sample", str(experiment), "--num-samples", "4", "--batch-size", "4", "--out",
+                     str(tmp_path / "s"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    latest = run / "checkpoints" / "0000002"
+    assert f"repa: sampling from {latest}, the latest checkpoint of {run}" in result.stderr
+    info = json.loads((tmp_path / "s" / "sample_info.json").read_text())
+    assert info["step"] == 2 and info["checkpoint"] == str(latest)
+    assert result.stdout.splitlines()[-1] == f"next: repa evaluate {tmp_path / 's' / 'samples.npz'} --experiment {experiment}"
+    untrained = run_cli("sample", str(experiment), "--set", "experiment.name=untrained", "--num-samples", "4",
+                        "--out", str(tmp_path / "u"), "--no-progress")
+    assert untrained.returncode == 1 and "Traceback" not in untrained.stderr
+    assert untrained.stderr.strip().splitlines()[-1] == (
+        f"error: {experiment}: its run {run.parent / 'untrained'} has no checkpoint yet; train it first "
+        f"(repa run {experiment}) or pass --checkpoint")
+
+
 def test_sampling_resumes_and_is_deterministic(trained_run, tmp_path):
     experiment, run = trained_run
     first, _ = sample(experiment, tmp_path / "s", "--checkpoint", str(run))

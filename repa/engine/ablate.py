@@ -14,6 +14,7 @@ from repa.engine.ablation import (
     submit_slurm, training_flops,
 )
 from repa.engine.ablation_report import collect, write_reports
+from repa.engine.progress import progress_bar
 from repa.storage import write_atomic, writing
 
 log = logging.getLogger("repa")
@@ -51,10 +52,14 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
             for job in submitted:
                 job.result()
     else:
-        for i, (run, cmds) in enumerate(jobs, 1):
-            console.print(f"[{i}/{len(jobs)}] run {run.run_id} {run.labels} seed {run.seed}"
-                          f"{' (resuming)' if has_checkpoints(run) else ''}")
-            execute(run, cmds, console.print)
+        with progress_bar("ablation runs") as bar:  # a run's own output goes to its ablation.log
+            task = bar.add_task("runs", total=len(jobs), rate="")
+            for i, (run, cmds) in enumerate(jobs, 1):
+                console.print(f"[{i}/{len(jobs)}] run {run.run_id} {run.labels} seed {run.seed}"
+                              f"{' (resuming)' if has_checkpoints(run) else ''}: log in {run.run_dir}/ablation.log",
+                              markup=False, highlight=False)
+                execute(run, cmds, lambda line: console.print(line, markup=False, highlight=False))
+                bar.advance(task)
     statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate) for r in runs}
     rows = collect(ablation, runs, statuses, max_steps)
     header, body, plots = write_reports(ablation, runs, rows, root)

@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from repa.components.dataset.packed import PackWriter, read_manifest, verify
-from repa.precision import autocast_dtype
+from repa.engine.progress import progress_bar
 from repa.errors import DataError
+from repa.precision import autocast_dtype
+from repa.storage import write_atomic
 from repa.weights import file_digest
 
 RECORD = "features.json"
@@ -44,7 +46,7 @@ def _entry_index(config, encoder_name: str) -> int:
 
 @torch.no_grad()
 def cache_features(config, encoder_name: str, dest: Path, batch_size: int = 64, precision: str = "no",
-                   device: str | None = None, shard_size: int = 16384) -> int:
+                   device: str | None = None, shard_size: int = 16384, progress: bool = True) -> int:
     """Compute the tokens of alignment encoder `encoder_name` for every training sample."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     entry = config.alignment[_entry_index(config, encoder_name)]
@@ -55,12 +57,15 @@ def cache_features(config, encoder_name: str, dest: Path, batch_size: int = 64, 
     writer = PackWriter(Path(dest), len(dataset), config.data.params.resolution,
                         {"tokens": ("float32", (tokens, encoder.embed_dim))}, shard_size)
     done = writer.done_until
-    for start in range(done, len(dataset), batch_size):
-        indices = range(start, min(start + batch_size, len(dataset)))
-        images = torch.stack([dataset[i]["image"] for i in indices]).to(device)
-        for i, row in zip(indices, encoder(encoder.preprocess(images)).cpu().numpy()):
-            writer.write(i, tokens=row)
-    (Path(dest) / RECORD).write_text(json.dumps(describe(config, entry, encoder, dataset, precision), indent=1))
+    with progress_bar(f"{encoder_name} features", enabled=progress) as bar:
+        task = bar.add_task("features", total=len(dataset), completed=done, rate="")
+        for start in range(done, len(dataset), batch_size):
+            indices = range(start, min(start + batch_size, len(dataset)))
+            images = torch.stack([dataset[i]["image"] for i in indices]).to(device)
+            for i, row in zip(indices, encoder(encoder.preprocess(images)).cpu().numpy()):
+                writer.write(i, tokens=row)
+            bar.advance(task, len(indices))
+    write_atomic(Path(dest) / RECORD, json.dumps(describe(config, entry, encoder, dataset, precision), indent=1))
     return len(dataset) - done
 
 

@@ -14,11 +14,15 @@ from repa.weights import hub_offline, reachable
 def load_autoencoder_kl(params):
     from diffusers.models import AutoencoderKL
 
+    from repa.engine.progress import status
+
     directory = sd_vae_present(params)
     if directory is not None:
-        return AutoencoderKL.from_pretrained(str(directory), local_files_only=True)
+        with status(f"loading the SD-VAE from {directory}"):
+            return AutoencoderKL.from_pretrained(str(directory), local_files_only=True)
     if not params.path and not hub_offline() and reachable("huggingface.co"):
-        return AutoencoderKL.from_pretrained(sd_vae_repo(params))
+        with status(f"downloading the SD-VAE {sd_vae_repo(params)} from the Hugging Face hub (once)"):
+            return AutoencoderKL.from_pretrained(sd_vae_repo(params))
     raise MissingWeightsError(sd_vae_missing(params))
 
 
