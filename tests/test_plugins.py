@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -243,8 +244,8 @@ def test_pip_installed_plugin_registers_a_loss_usable_from_toml(tmp_path, tiny_t
     env = {"PYTHONPATH": str(site)}
     listing = run_cli("plugins", "alignment_loss", env=env)
     assert listing.returncode == 0
-    row = next(line for line in listing.stdout.splitlines() if " l1 " in line)
-    assert "repa-test-l1" in row and "scale=1.0" in row
+    block = re.search(r"^  l1  \(from (\S+)\)\n((?:    .*\n)*)", listing.stdout, re.M)
+    assert block.group(1) == "repa-test-l1" and "parameters: scale=1.0" in block.group(2)
     experiment = tiny_toml('\n[[alignment]]\nencoder = { kind = "digits-convnet", epochs = 2 }\n'
                            'depth = 2\nprojector_dim = 32\nloss = { kind = "l1", scale = 2.0 }\n')
     result = run_cli("validate", str(experiment), env=env)

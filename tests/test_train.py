@@ -60,7 +60,8 @@ def test_run_writes_what_a_researcher_watches(tiny_toml, tmp_path):
     assert Image.open(run / "samples" / "0000002.png").size == (2 * 64 + 3 * 2, 2 * 64 + 3 * 2)
     assert (run / "config.resolved.toml").read_text().startswith("# config hash ")
     log_lines = (run / "log.txt").read_text().splitlines()
-    assert "run tiny" in log_lines[0] and "done at step 4" in log_lines[-1]
+    assert "run tiny" in log_lines[0] and "done at step 4" in log_lines[-2]
+    assert log_lines[-1].split(" ", 2)[2].startswith("next: repa sample ")
     assert sum(" step 4: loss " in line for line in log_lines) == 1  # a metrics line per log_every
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["0000002", "0000004"]
     ema, model = weights(run, 4, "ema"), weights(run, 4, "model")
