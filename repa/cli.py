@@ -131,7 +131,8 @@ def cmd_sample(args) -> int:
     if args.backbone:
         overrides.append(f'backbone="{args.backbone}"')  # the named preset as released, not the file's table
     config = _sampling_config(args.experiment, overrides, RELEASED_EXPERIMENT)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else experiment_checkpoint(config, args.experiment)
+    own_run = args.experiment if not args.backbone else None  # --backbone: the released preset's weights
+    checkpoint = Path(args.checkpoint) if args.checkpoint else experiment_checkpoint(config, own_run)
     labels = args.labels or config.sample.label_sampling
     out = Path(args.out) if args.out else default_out(config, checkpoint, args.seed, labels)
     npz = SampleRun(config, checkpoint, out, args.num_samples, args.seed, args.batch_size or config.sample.batch_size,
@@ -300,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate N images (PNG + ADM .npz) from a checkpoint")
     p.add_argument("experiment", nargs="?", help="experiment TOML (default: the released SiT-XL/2 REPA model)")
     p.add_argument("--checkpoint", help="run folder, checkpoint folder, official .pt or bare state dict "
-                                        "(default: the released SiT-XL/2 REPA checkpoint)")
+                                        "(default: the latest checkpoint of the experiment's run; without an "
+                                        "experiment, or with --backbone, the released SiT-XL/2 REPA checkpoint)")
     p.add_argument("--backbone", help="backbone preset, e.g. SiT-XL/2 (default: the experiment's)")
     p.add_argument("--num-samples", type=int, default=50_000)
     p.add_argument("--out", help="output folder (images/ + samples.npz)")
@@ -394,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         number = write_errno(exc)
         if number is None:
             raise
-        print(f"error: {describe(getattr(exc, 'filename', None) or '<unknown path>', number)}", file=sys.stderr)
+        if args.traceback or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):
+            traceback.print_exc()
+        where = getattr(exc, "filename", None) or "<unknown path>"
+        print(f"error: {describe(where, number, action='read or write')}", file=sys.stderr)
         return 1
 
 

@@ -42,6 +42,15 @@ def write_errno(exc: BaseException) -> int | None:
     return number if number in _FAULTS else None
 
 
+def _torch_write_failure(exc: BaseException, path: Path, needed: int | None) -> int | None:
+    """torch.save reports a failed write without errno ("PytorchStreamWriter failed writing file
+    ...: file write failed"); on a file system with less room than the write needs, it was ENOSPC."""
+    if not (isinstance(exc, RuntimeError) and "file write failed" in str(exc)):
+        return None
+    free = free_bytes(path)
+    return errno.ENOSPC if free is not None and free < max(needed or 0, 1 << 20) else None
+
+
 def human_bytes(count: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if count < 1024 or unit == "TiB":
@@ -61,9 +70,9 @@ def free_bytes(path: Path) -> int | None:
         return None
 
 
-def describe(path: Path, number: int, needed: int | None = None) -> str:
+def describe(path: Path, number: int, needed: int | None = None, action: str = "write") -> str:
     what, todo = _FAULTS[number]
-    line = f"{path}: cannot write: {what}"
+    line = f"{path}: cannot {action}: {what}"
     if number in (errno.ENOSPC, errno.EDQUOT):
         free = free_bytes(path)
         amounts = [f"{human_bytes(needed)} needed" if needed else "", f"{human_bytes(free)} free" if free is not None else ""]
@@ -88,7 +97,7 @@ def writing(path: Path, needed: int | None = None, temporary: Iterable[Path] = (
     try:
         yield
     except Exception as exc:
-        number = write_errno(exc)
+        number = write_errno(exc) or _torch_write_failure(exc, path, needed)
         if number is None:
             raise
         _remove(temporary)

@@ -96,12 +96,15 @@ def download(url: str, target: Path, timeout: float = 60.0) -> Path:
     """Stream `url` to `target` atomically, giving up when the connection stalls for `timeout` s."""
     import urllib.request
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    from repa.storage import writing
+
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-        for block in iter(lambda: response.read(1 << 20), b""):
-            out.write(block)
-    os.replace(tmp, target)
+    with writing(target, temporary=[tmp]):  # a full disk keeps no multi-GB .part behind
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+        os.replace(tmp, target)
     return target
 
 

@@ -182,6 +182,21 @@ def test_a_refused_write_is_one_line_and_removes_its_temporary_files(tmp_path):
             raise ValueError("a bug")
 
 
+def test_torch_save_on_a_full_disk_is_a_storage_error(tmp_path, monkeypatch):
+    """torch.save says "file write failed" without an errno; with no room left it was a full disk."""
+    from repa import storage
+
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 4096)
+    with pytest.raises(storage.StorageError, match="optimizer.pt: cannot write: no space left on the device"):
+        with storage.writing(tmp_path / "optimizer.pt", needed=10 * 2**20):
+            raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing "
+                               "file data/3: file write failed")
+    monkeypatch.setattr(storage, "free_bytes", lambda path: 2**40)
+    with pytest.raises(RuntimeError):  # room to spare: some other failure, shown as it is
+        with storage.writing(tmp_path / "optimizer.pt", needed=10 * 2**20):
+            raise RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")
+
+
 def test_resumed_record_drops_the_steps_it_will_redo_and_a_line_cut_by_a_kill(tmp_path):
     from repa.engine.record import RunRecord, read_records
 
@@ -282,8 +297,19 @@ def test_resume_after_a_kill_before_the_first_checkpoint_starts_fresh(tiny_toml,
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # what the killed run had logged
     result = cli(*run_args(tiny_toml(), "train.max_steps=2", "--resume"), expect=0)
-    assert f"no usable checkpoint in {run / 'checkpoints'}; starting from step 0" in result.stderr
+    assert f"no checkpoint in {run / 'checkpoints'} yet (the run stopped before its first); starting from step 0" in result.stderr
     assert [step for step, _ in losses(run)] == [1, 2] and losses(run)[0][1] != 9.0
+
+
+@pytest_slow
+def test_resume_never_starts_over_checkpoints_that_all_fail_to_verify(tiny_toml, tmp_path):
+    run = tmp_path / "exps" / "tiny"
+    (run / "checkpoints" / "0000004").mkdir(parents=True)  # e.g. copied without its manifest
+    (run / "checkpoints" / "0000004" / "model.safetensors").write_bytes(b"weights")
+    result = cli(*run_args(tiny_toml(), "--resume"), expect=1)
+    assert last_line(result) == (f"error: {run / 'checkpoints'}: no checkpoint verifies (see the lines above); "
+                                 "restore one, or move the folder away to start this run again")
+    assert (run / "checkpoints" / "0000004" / "model.safetensors").read_bytes() == b"weights"
 
 
 @pytest_slow

@@ -34,9 +34,16 @@ def console_logging(console: Console):
     """While a bar is live, the console's log lines go through its console (printed above the
     bar) instead of a stream handler writing under it."""
     root = logging.getLogger()
-    streams = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    streams = [h for h in root.handlers if type(h) is logging.StreamHandler
+               and getattr(h, "stream", None) in (sys.stderr, sys.__stderr__)]
+    if not streams:
+        yield
+        return
     through = _ConsoleHandler(console)
-    through.setFormatter(streams[0].formatter if streams else logging.Formatter("%(message)s"))
+    through.setFormatter(streams[0].formatter)
+    through.setLevel(streams[0].level)
+    for log_filter in streams[0].filters:
+        through.addFilter(log_filter)
     for handler in streams:
         root.removeHandler(handler)
     root.addHandler(through)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from repa.config import ExperimentConfig, config_hash, to_toml
 from repa.engine.checkpoint import complete_checkpoints
+from repa.engine.parallel import main_decides
 from repa.engine.run_lock import RunLock
 from repa.errors import RepaError
 from repa.storage import write_atomic, writing
@@ -84,14 +85,18 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
     trainer = Trainer(config, run_dir, resume=resume, progress=progress)
     trainer.setup()  # builds and checks every component: a broken one stops here, nothing written
     handler = None
+
+    def claim_run_folder():
+        with writing(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()  # held until this process ends; a second `repa run` here is refused
+        if not resume:
+            refuse_existing_checkpoints(run_dir)  # written by a run that finished meanwhile
+        write_atomic(run_dir / "config.resolved.toml", f"# config hash {config_hash(config)}\n{to_toml(config)}")
+
     try:
+        main_decides(trainer.acc, claim_run_folder)  # refused: every process of the launch stops
         if trainer.acc.is_main_process:
-            with writing(run_dir):
-                run_dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire()  # held until this process ends; a second `repa run` here is refused
-            if not resume:
-                refuse_existing_checkpoints(run_dir)  # written by a run that finished meanwhile
-            write_atomic(run_dir / "config.resolved.toml", f"# config hash {config_hash(config)}\n{to_toml(config)}")
             handler = attach_log_file(run_dir)
             log.info("repa: run %s (config hash %s) in %s on %d process(es), %s", config.experiment.name,
                      config_hash(config), run_dir, trainer.acc.num_processes, trainer.device)

@@ -10,6 +10,7 @@ from pathlib import Path
 from repa.config import ExperimentConfig, config_hash
 from repa.engine import checkpoint as ckpt
 from repa.engine.alignment import checkpoint_layout, network_layout
+from repa.engine.parallel import main_decides
 from repa.errors import CheckpointError
 from repa.storage import require_space, writing
 
@@ -39,9 +40,13 @@ class RunCheckpoints:
             saved = ckpt.read(folder, rank)
         else:
             found = ckpt.latest_usable(self.folder, rank, log.warning)
+            if found is None and ckpt.complete_checkpoints(self.folder):  # all corrupt: never start over them
+                raise CheckpointError(f"{self.folder}: no checkpoint verifies (see the lines above); restore one, "
+                                      "or move the folder away to start this run again")
             if found is None:
                 if acc.is_main_process:
-                    log.warning("repa: no usable checkpoint in %s; starting from step 0", self.folder)
+                    log.warning("repa: no checkpoint in %s yet (the run stopped before its first); starting from "
+                                "step 0", self.folder)
                 return None
             folder, saved = found
         if saved.state.get("layout") != ckpt.LAYOUT:
@@ -71,9 +76,10 @@ class RunCheckpoints:
         tmp = self.folder / f".tmp-{name}"
         model_state, ema_state, optimizer_state = self.parallel.states(model, ema, optimizer)
         needed = ckpt.state_bytes((model_state, ema_state, optimizer_state))
-        with writing(tmp, needed, temporary=[tmp]):  # a full disk: one line, no .tmp-* left, older ones kept
+        main_decides(acc, lambda: require_space(self.folder, needed))  # every process stops, not only main
+        # a full disk: one line, no .tmp-* left (main removes it: the folder is shared), older ones kept
+        with writing(tmp, needed, temporary=[tmp] if acc.is_main_process else []):
             if acc.is_main_process:
-                require_space(self.folder, needed)
                 ckpt.begin(self.folder, step) if not diagnostic else tmp.mkdir(parents=True, exist_ok=True)
             acc.wait_for_everyone()
             ckpt.write_rank_state(tmp, acc.process_index, self.parallel.unwrapped(model))

@@ -1,10 +1,14 @@
-"""One process per run folder: <run>/.lock, held with an OS lock (flock) for the life of the run.
+"""One process per run folder: <run>/.lock, held with an OS lock for the life of the run.
 
 The kernel drops the lock when its process ends, however it ends (kill -9 included), so a stale
-.lock file never blocks a resume; the file only says who held it last."""
+.lock file never blocks a resume; the file only says who held it last. POSIX record locks
+(lockf), not flock: forked DataLoader workers do not inherit them, so a worker outliving a
+killed run for a few seconds does not hold the folder. (A process drops its record lock when it
+closes any descriptor of the file: only this class opens it.)"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -36,7 +40,7 @@ class RunLock:
             return  # no lock file (or unreadable: acquire() will say)
         try:  # shared: the processes of one launch check at once without refusing each other
             self._try_lock(fd, fcntl.LOCK_SH)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 
@@ -56,14 +60,16 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 
     def _try_lock(self, fd: int, mode: int = fcntl.LOCK_EX) -> None:
         try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, mode | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):  # what lockf says when another process holds it
+                raise
             raise RunFolderBusy(f"{self.run_dir}: in use by {self._holder()}; wait for it to finish or stop it, "
                                 f"or choose another experiment.name") from None
 

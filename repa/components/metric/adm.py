@@ -97,9 +97,12 @@ def write_reference_batch(source: Path, out: Path, resolution: int = 256, keep: 
         seen += len(images)
     mu, sigma = gaussian_stats(np.concatenate(pool))
     mu_s, sigma_s = gaussian_stats(np.concatenate(spatial))
+    from repa.storage import writing
+
     tmp = Path(out).with_name(f".{Path(out).stem}.tmp.npz")
-    np.savez(tmp, arr_0=np.stack(kept), mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
-    os.replace(tmp, out)
+    with writing(Path(out), temporary=[tmp]):
+        np.savez(tmp, arr_0=np.stack(kept), mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
+        os.replace(tmp, out)
     return seen
 
 
