@@ -210,7 +210,7 @@ def shared_machine_warning() -> str | None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if threads > cores:
         why = f"torch uses {threads} threads but this process may use {cores} core(s)"
-    elif load >= 1.0 and threads + load > cores + 0.5:
+    elif load >= max(1.0, 0.75 * cores) and threads + load > cores + 0.5:  # a lagging average: clear cases only
         why = f"the machine is already busy (load average {load:.1f} on {cores} core(s)) and torch adds {threads} threads"
     else:
         return None
