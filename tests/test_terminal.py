@@ -116,6 +116,7 @@ def test_sample_grids_are_readable_and_labelled_by_class():
         band = grid[:LABEL_BAND, pad + k * (cell + pad) : pad + k * (cell + pad) + cell]
         assert band.min() < 128, k
     assert class_columns(64, 1000) == {}  # ImageNet: a square grid, too many classes for a row
+    assert class_columns(64, 1) == {}  # unconditional: a square grid, not one 64-cell column
     assert image_grid(images[:4], min_cell=64).shape == (2 * 66 + 2, 2 * 66 + 2, 3)
 
 

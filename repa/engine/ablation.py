@@ -43,6 +43,7 @@ from repa.config.source import key_lines, read_toml
 from repa.engine.record import read_records
 from repa.errors import ConfigError
 from repa.plugins.contract import metric_outputs
+from repa.storage import write_atomic, writing
 
 # ============================================================================
 # The ablation file
@@ -300,16 +301,18 @@ def commands(run: Run, base: Path, launcher: Launcher, resume: bool, evaluate: b
 
 def execute(run: Run, cmds: list[list[str]], log) -> bool:
     """Run the commands in order; on failure keep the reason in the run folder (shown in the table)."""
-    Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+    with writing(Path(run.run_dir)):
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     failure = Path(run.run_dir) / "ablation_failure.txt"
     failure.unlink(missing_ok=True)
     for cmd in cmds:
         result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-        with open(Path(run.run_dir) / "ablation.log", "a") as f:
-            f.write(f"$ {' '.join(cmd)}\n{result.stdout}{result.stderr}\n")
+        entry = f"$ {' '.join(cmd)}\n{result.stdout}{result.stderr}\n"
+        with writing(Path(run.run_dir) / "ablation.log", len(entry)), open(Path(run.run_dir) / "ablation.log", "a") as f:
+            f.write(entry)
         if result.returncode != 0:
             lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()] or [f"exit {result.returncode}"]
-            failure.write_text(lines[-1].removeprefix("error: "))
+            write_atomic(failure, lines[-1].removeprefix("error: "))
             log(f"run {run.run_id} failed: {lines[-1]}")
             return False
     return True
@@ -349,6 +352,6 @@ def submit_slurm(jobs: list[tuple[Run, list[list[str]]]], launcher: Launcher, fo
     for run, cmds in jobs:
         job = executor.submit(SubmititRun(run, cmds))
         (Path(run.run_dir)).mkdir(parents=True, exist_ok=True)
-        (Path(run.run_dir) / "ablation_job.txt").write_text(str(job.job_id))
+        write_atomic(Path(run.run_dir) / "ablation_job.txt", str(job.job_id))
         submitted.append(job)
     return submitted

@@ -58,7 +58,7 @@ MAX_LABELLED_CLASSES = 32  # more classes than this make columns too many to rea
 def class_columns(n: int, num_classes: int) -> dict:
     """A balanced grid (sample i has class i mod C) with one column per class, labelled, when the
     classes fit in a row; else a square grid."""
-    if num_classes <= min(n, MAX_LABELLED_CLASSES):
+    if 2 <= num_classes <= min(n, MAX_LABELLED_CLASSES):  # one class: a square grid, not one tall column
         return {"columns": num_classes, "column_labels": [f"class {k}" if num_classes < 8 else str(k)
                                                           for k in range(num_classes)]}
     return {}
