@@ -171,8 +171,8 @@ def test_a_refused_write_is_one_line_and_removes_its_temporary_files(tmp_path):
     assert str(info.value).endswith("free); free some space or write elsewhere")
     assert not tmp.exists()
 
-    class SafetensorError(Exception):  # safetensors' Rust writer reports errno in its text
-        pass
+    class SafetensorError(Exception):
+        """Stands for safetensors' Rust writer error, which reports errno only in its text."""
 
     with pytest.raises(StorageError, match="permission denied"):
         with writing(tmp_path / "x.safetensors"):
