@@ -14,7 +14,7 @@ from repa import __version__
 from repa.errors import ConfigError, RepaError
 
 TRACEBACK_ENV = "REPA_TRACEBACK"
-COMPUTE_COMMANDS = {"run", "sample", "evaluate", "preprocess", "bench"}  # where PyTorch's threads set the pace
+COMPUTE_COMMANDS = {"run", "sample", "evaluate", "preprocess", "bench", "analyze"}  # where PyTorch's threads set the pace
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -207,6 +207,102 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from pathlib import Path
+
+    from repa.engine.analysis import Settings, analyze, encoder_components, load_target
+    from repa.engine.analysis_report import tables, write_outputs
+
+    if not args.targets and not args.encoders:
+        raise RepaError("repa analyze: give run folders to analyse (RUN_DIR ...) or an encoder (--encoder NAME)")
+    if not args.targets and not args.experiment:
+        raise RepaError("repa analyze --encoder: say which data with --experiment FILE "
+                        "(e.g. --experiment experiments/quickstart.toml)")
+    settings = Settings(times=_times(args.t), samples=args.samples, token_images=args.token_images,
+                        batch_size=args.batch_size, latest_only=args.latest, split=args.split)
+    targets = [load_target(Path(t), settings.latest_only) for t in args.targets]
+    experiment = load_experiment_args(args) if args.experiment else None
+    encoders = encoder_components(targets, [_encoder(name, targets) for name in args.encoders])
+    analyses = _analyses(args.analyses)
+    rows, notes = analyze(targets, experiment, encoders, analyses, settings, progress=not args.no_progress)
+    out = Path(args.out) if args.out else _analysis_folder(args.targets)
+    depths = {t.name: t.depths for t in targets}
+    runs = {t.name: {"checkpoints": [str(c) for c in t.checkpoints], "aligned_blocks": t.depths} for t in targets}
+    written = write_outputs(rows, notes, settings.describe(), runs, out, depths)
+    _print_tables(tables(rows))
+    for note in notes:
+        print(f"note: {note}")
+    print(f"{out}: {', '.join(p.name for p in written[:2])} and {len(written) - 2} plots in {out / 'plots'}")
+    return 0
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _times(text: str) -> tuple[float, ...]:
+    try:
+        times = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise RepaError(f"--t {text}: expected comma-separated times in [0, 1], e.g. 0.1,0.5,0.9") from None
+    if not times or not all(0.0 <= t <= 1.0 for t in times):
+        raise RepaError(f"--t {text}: every t must lie in [0, 1] (0: data, 1: noise)")
+    return times
+
+
+def _encoder(name: str, targets):
+    """A run's own configuration of that encoder (its weights, its seed) when it aligns with it."""
+    from repa.config import validate_component
+
+    for target in targets:
+        for entry in target.config.alignment:
+            if entry.encoder.kind == name:
+                return entry.encoder
+    return validate_component("encoder", name, {}, "--encoder")
+
+
+def _analyses(names: str | None) -> dict:
+    from repa.config import validate_component
+    from repa.plugins import get_components
+
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else get_components()["analysis"].names()
+    return {name: validate_component("analysis", name, {}, "--analyses").build() for name in chosen}
+
+
+def _analysis_folder(targets: list[str]):
+    from pathlib import Path
+
+    if not targets:
+        return Path("analysis")
+    first = Path(targets[0])
+    run_dir = first.parent.parent if first.parent.name == "checkpoints" else first
+    others = [Path(t).name for t in targets[1:]]
+    return run_dir / "analysis" / ("vs-" + "-".join(others) if others else "")
+
+
+def _print_tables(found) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for title, header, body in found:
+        table = Table(title=title)
+        for i, column in enumerate(header):
+            table.add_column(column, justify="left" if i == 0 else "right", overflow="fold")
+        for row in body:
+            table.add_row(*row)
+        console.print(table)
+
+
 def load_experiment_args(args):
     from repa.config import load_experiment
 
@@ -324,6 +420,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("analyze", help="CKNNA, linear probes and spatial scores of a run's hidden states or an encoder")
+    p.add_argument("targets", nargs="*", metavar="RUN_DIR",
+                   help="run folders (every checkpoint) or checkpoint folders; two or more are overlaid")
+    p.add_argument("--encoder", dest="encoders", action="append", default=[], metavar="NAME",
+                   help="compare with this encoder (default: the runs' aligned encoders); alone: analyse its tokens")
+    p.add_argument("--experiment", help="experiment TOML whose data the encoders are analysed on (without RUN_DIR)")
+    p.add_argument("--analyses", help="comma-separated analysis names (default: all; `repa plugins analysis`)")
+    p.add_argument("--t", default="0.1,0.3,0.5,0.7,0.9", help="noise levels (0: data, 1: noise)")
+    p.add_argument("--samples", type=_at_least(4), default=10_000, help="images analysed (default 10,000, or all there are)")
+    p.add_argument("--token-images", type=_at_least(1), default=100,
+                   help="images whose every token is kept (per-token CKNNA, spatial scores)")
+    p.add_argument("--batch-size", type=_at_least(1), default=64)
+    p.add_argument("--latest", action="store_true", help="only the latest checkpoint of each run")
+    p.add_argument("--split", default="train",
+                   help="the data split read (the digits also have 'heldout': images no model trained on)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/analysis, or RUN_DIR/analysis/vs-OTHER)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of --experiment")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("ablate", help="run an ablation grid and write its table (Markdown, CSV, LaTeX) and plots")
     p.add_argument("ablation", help="ablation TOML (see experiments/ablations/)")

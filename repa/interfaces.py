@@ -19,6 +19,7 @@ This module imports only pydantic; torch appears in annotations only.
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 from pydantic import BaseModel, ConfigDict
@@ -368,6 +369,11 @@ class Dataset(abc.ABC):
     @abc.abstractmethod
     def __getitem__(self, i: int) -> dict[str, Any]: ...
 
+    def foreground(self, image: torch.Tensor) -> torch.Tensor | None:
+        """bool [R,R]: the pixels of the object in `image` (uint8 [3,R,R]), for spatial analyses that
+        contrast object and background (iREPA's SRSS, `repa analyze`); None: not known."""
+        return None
+
 
 class Metric(abc.ABC):
     """Scores samples (uint8 [N,H,W,3]) against a reference, in three parts so that metrics with
@@ -415,3 +421,58 @@ class Optimizer(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+# ============================================================================
+# Analysis: measurements of representations (`repa analyze`)
+# ============================================================================
+
+
+@dataclass(frozen=True)
+class Representation:
+    """One representation of the analysed images: a block's hidden states at one t, or an encoder's tokens.
+
+    pooled [N, D]: the tokens' mean, for every analysed image (N up to 10,000s);
+    tokens [n, T, D]: every token of the first n images only (memory: n << N), laid out row-major
+    on `grid` (rows, columns), rows * columns = T."""
+
+    name: str
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class AnalysisInputs:
+    """What an analysis may read. `labels` [N] int64 are the images' classes; the first `fit` images
+    are the fitting split of methods that fit (a linear probe), the rest its held-out split (the
+    images come in a seeded random order). `reference` is the encoder compared with (None when the
+    analysis does not declare it needs one); `foreground` [n, T] bool marks the object's tokens of
+    the first n images on `representation.grid` (None when the dataset does not know them)."""
+
+    representation: Representation
+    labels: torch.Tensor
+    fit: int
+    reference: Representation | None = None
+    foreground: torch.Tensor | None = None
+
+
+ANALYSIS_NEEDS = ("reference", "foreground")
+"""What an analysis can declare it needs beyond the representation and the labels."""
+
+
+class Analysis(abc.ABC):
+    """A measurement of a representation for `repa analyze`: CKNNA against an encoder, a linear
+    probe, spatial-structure scores. Built once per `repa analyze`; `measure` runs once per
+    representation (every block x t x checkpoint, and every encoder).
+
+    `needs` declares the optional inputs it reads (a subset of ANALYSIS_NEEDS): with "reference" it
+    is measured against every encoder analysed, and only there; with "foreground" it is skipped
+    (with a note) where the data has no foreground masks. Scores are higher-is-better or say so
+    in the registered description."""
+
+    needs: frozenset = frozenset()
+
+    @abc.abstractmethod
+    def measure(self, inputs: AnalysisInputs) -> dict[str, float]:
+        """-> {score name: value}; NaN where the score is undefined for these inputs (said in the table)."""

@@ -119,3 +119,13 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     with writing(path, len(payload), temporary=[tmp]):
         tmp.write_bytes(payload)
         os.replace(tmp, path)
+
+
+def save_figure(figure, path: Path, dpi: int = 120) -> Path:
+    """A matplotlib figure as a PNG at `path`, written whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    with writing(path, temporary=[tmp]):
+        figure.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    return path

@@ -280,6 +280,34 @@ def check_tracker(tracker: Any, where: str = ANY) -> None:
     _run(where, "finish", tracker.finish)
 
 
+def check_analysis(analysis: Any, where: str = ANY) -> None:
+    """measure() on a tiny representation (12 images, 4x4 token grid, 3 classes), with a reference
+    and foreground masks when it declares it needs them -> {name: float} (NaN allowed: undefined);
+    the same inputs give the same scores."""
+    import math
+
+    from repa.interfaces import ANALYSIS_NEEDS, AnalysisInputs, Representation
+
+    needs = getattr(analysis, "needs", frozenset())
+    unknown = set(needs) - set(ANALYSIS_NEEDS)
+    if unknown:
+        raise _fail(where, f"needs {sorted(unknown)}, which repa analyze does not provide ({', '.join(ANALYSIS_NEEDS)})")
+    g = _generator(2)
+    tokens = torch.randn(12, 16, 8, generator=g)
+    rep = Representation("tiny", tokens.mean(1), tokens, (4, 4))
+    other = torch.randn(12, 16, 6, generator=g)
+    reference = Representation("reference", other.mean(1), other, (4, 4)) if "reference" in needs else None
+    foreground = (torch.arange(16) % 4 < 2).repeat(12, 1) if "foreground" in needs else None
+    inputs = AnalysisInputs(rep, torch.arange(12) % 3, 8, reference, foreground)
+    scores = _run(where, "measure(inputs)", lambda: analysis.measure(inputs))
+    if not isinstance(scores, dict) or not scores or not all(
+            isinstance(k, str) and isinstance(v, float) for k, v in scores.items()):
+        raise _fail(where, f"measure returned {scores!r}; expected {{score name: float}}")
+    again = analysis.measure(inputs)
+    if any(not (math.isnan(v) and math.isnan(again.get(k, 0.0))) and again.get(k) != v for k, v in scores.items()):
+        raise _fail(where, f"measure is not deterministic: {scores} then {again}")
+
+
 def check_optimizer(optimizer: Any, parameter: torch.nn.Parameter, where: str = ANY) -> None:
     """step() moves the parameter along its gradient; state_dict() loads back."""
     before = parameter.detach().clone()
@@ -346,6 +374,8 @@ def _tiny(kind: str, entry, params, kwargs: dict) -> tuple[dict, Callable[[Any],
         reference = kwargs.pop("reference", None)
         names = contract.metric_outputs(entry.name, params)
         return kwargs, lambda obj: check_metric(obj, images, reference, names, where)
+    if kind == "analysis":
+        return kwargs, lambda obj: check_analysis(obj, where)
     simple = {"path": check_path, "prediction": check_prediction, "weighting": check_weighting,
               "alignment_loss": check_alignment_loss, "target_transform": check_target_transform}
     return kwargs, lambda obj: simple[kind](obj, where=where)
@@ -397,8 +427,8 @@ def _offline():
 
 
 __all__ = [
-    "ContractError", "check_alignment_loss", "check_autoencoder", "check_backbone", "check_component",
-    "check_dataset", "check_encoder", "check_guidance", "check_metric", "check_optimizer", "check_path",
+    "ContractError", "check_alignment_loss", "check_analysis", "check_autoencoder", "check_backbone",
+    "check_component", "check_dataset", "check_encoder", "check_guidance", "check_metric", "check_optimizer", "check_path",
     "check_prediction", "check_projector", "check_sampler", "check_target_transform", "check_tracker",
     "check_weighting",
 ]

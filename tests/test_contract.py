@@ -209,13 +209,14 @@ def examples(tmp_path, monkeypatch):
 
 EXAMPLES = [("encoder", "patch-pixels", {"resolution": 32}), ("alignment_loss", "normalised-mse", {}),
             ("projector", "conv", {}), ("target_transform", "spatial-norm", {}), ("backbone", "patch-mlp", {}),
-            ("sampler", "midpoint", {}), ("metric", "pixel-diversity", {})]
+            ("sampler", "midpoint", {}), ("metric", "pixel-diversity", {}), ("analysis", "spread", {})]
 
 
 def test_contributing_has_an_example_per_kind_and_each_keeps_the_contract(examples):
     _, modules, components = examples
     assert sorted(modules) == sorted(f"repa_example.{m}" for m in
-                                     ("encoder", "loss", "projector", "transform", "backbone", "sampler", "metric"))
+                                     ("encoder", "loss", "projector", "transform", "backbone", "sampler", "metric",
+                                      "analysis"))
     assert components.failed == []
     for kind, name, context in EXAMPLES:
         check_component(kind, name, **context)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from pathlib import Path
 from statistics import mean, stdev
 
 from repa.engine.ablation import Ablation, Run
 from repa.engine.record import read_records
-from repa.storage import write_atomic, writing
+from repa.storage import save_figure, write_atomic, writing
 
 
 def value_at(records: list[dict], step: int, metric: str) -> float | None:
@@ -132,13 +131,8 @@ def plot(ablation: Ablation, runs: list[Run], folder: Path) -> list[Path]:
         axes.set_title(f"{ablation.name}: {metric}")
         axes.legend(fontsize=7)
         figure.tight_layout()
-        path = folder / f"{metric}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        with writing(path, temporary=[tmp]):
-            figure.savefig(tmp, dpi=120)
-            os.replace(tmp, path)
+        written.append(save_figure(figure, folder / f"{metric}.png"))
         plt.close(figure)
-        written.append(path)
     return written
 
 

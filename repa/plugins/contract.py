@@ -52,6 +52,7 @@ CONTRACTS: dict[str, Contract] = {
     "dataset": Contract(interfaces.Dataset, ("split",), interfaces.DatasetParams),
     "metric": Contract(interfaces.Metric, ()),
     "tracker": Contract(interfaces.Tracker, ("run_dir", "config")),
+    "analysis": Contract(interfaces.Analysis, ()),
     "optimizer": Contract(None, ("parameters",), interfaces.OptimizerParams,
                           required=tuple(interfaces.Optimizer.__annotations__) + tuple(
                               n for n in vars(interfaces.Optimizer) if not n.startswith("_"))),

@@ -39,6 +39,7 @@ HOOKS = {
     "metric": "repa_register_metrics",
     "tracker": "repa_register_trackers",
     "optimizer": "repa_register_optimizers",
+    "analysis": "repa_register_analyses",
 }
 KINDS = tuple(HOOKS)
 
@@ -125,3 +126,9 @@ def repa_register_trackers(registry):
 def repa_register_optimizers(registry):
     """Add optimizers. factory(params, *, parameters) -> torch.optim.Optimizer.
     Params subclass `repa.interfaces.OptimizerParams`."""
+
+
+@hookspec
+def repa_register_analyses(registry):
+    """Add measurements of representations for `repa analyze`. factory(params) ->
+    `repa.interfaces.Analysis` (declares in `needs` whether it compares with an encoder)."""

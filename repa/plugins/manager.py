@@ -29,7 +29,7 @@ PLUGINS_ENV = "REPA_PLUGINS"
 # The entry points our own pyproject declares (tests/test_plugins.py keeps the two in step):
 # a partial list at run time means a stale install, not a missing feature.
 BUILTIN_ENTRY_POINTS = (
-    "alignment_losses", "autoencoders", "backbones", "datasets", "encoders", "guidances", "metrics",
+    "alignment_losses", "analyses", "autoencoders", "backbones", "datasets", "encoders", "guidances", "metrics",
     "optimizers", "paths", "predictions", "projectors", "samplers", "target_transforms", "trackers", "weightings",
 )
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from repa.interfaces import Dataset
 
 SPLIT_SEED = 0
+INK = 64  # uint8 intensity from which a pixel is part of the stroke
 
 
 def digits_arrays(resolution: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,3 +45,7 @@ class DigitsDataset(torch.utils.data.Dataset, Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"image": self.images[i], "y": int(self.labels[i])}
+
+    def foreground(self, image: torch.Tensor) -> torch.Tensor:
+        """The ink: white strokes on a black background (a quarter of full intensity and up)."""
+        return image.amax(0) >= INK
