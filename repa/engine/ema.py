@@ -16,12 +16,21 @@ def make_ema(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model, over all parameters (pos_embed included, as official)."""
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, apply: torch.Tensor | None = None) -> None:
+    """ema = decay * ema + (1 - decay) * model, over all parameters (pos_embed included, as official),
+    as two multi-tensor operations. `apply` (a bool tensor on the device): where it is False (a
+    skipped step) the EMA stays as it is, decided on the device without a synchronisation."""
     ema_named, named = dict(ema.named_parameters()), dict(model.named_parameters())
     if ema_named.keys() != named.keys():
         raise ValueError("the EMA and the model have different parameters")
     ema_params = [ema_named[k] for k in named]
     params = [p.detach() for p in named.values()]
-    torch._foreach_mul_(ema_params, decay)
-    torch._foreach_add_(ema_params, params, alpha=1 - decay)
+    if apply is None:
+        torch._foreach_mul_(ema_params, decay)
+        torch._foreach_add_(ema_params, params, alpha=1 - decay)
+        return
+    keep = torch.where(apply, decay, 1.0).to(ema_params[0].dtype)
+    take = torch.where(apply, 1 - decay, 0.0).to(ema_params[0].dtype)  # 1 - decay in float64, as alpha above
+    torch._foreach_mul_(ema_params, keep)
+    # ema + p * take in one rounding, as add(alpha=) computes ema + alpha * p: bitwise the same update
+    torch._foreach_addcmul_(ema_params, params, [take] * len(params))

@@ -16,8 +16,9 @@ import torch
 from repa.weights import load_state_strict, strip_prefix
 
 
-def _as_float(value) -> float:
-    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+def _full(value) -> torch.Tensor:
+    """A gradient norm as a plain tensor on the device (an FSDP norm is a distributed tensor)."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 class DDPStrategy:
@@ -38,8 +39,9 @@ class DDPStrategy:
     def no_sync(self, model):
         return self.acc.no_sync(model)
 
-    def clip(self, model, max_norm: float) -> float:
-        return _as_float(self.acc.clip_grad_norm_(model.parameters(), max_norm))
+    def clip(self, model, max_norm: float) -> torch.Tensor:
+        """Clip the gradients' global L2 norm; returns the norm before clipping, on the device."""
+        return _full(self.acc.clip_grad_norm_(model.parameters(), max_norm))
 
     def after_inference(self, module) -> None:
         """Nothing to do: a replicated module holds its whole parameters at all times (FSDP's
@@ -83,8 +85,8 @@ class FSDPStrategy:
     def no_sync(self, model):
         return contextlib.nullcontext()  # gradients are reduce-scattered every micro-batch
 
-    def clip(self, model, max_norm: float) -> float:
-        return _as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    def clip(self, model, max_norm: float) -> torch.Tensor:
+        return _full(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
 
     def after_inference(self, module) -> None:
         """The root unit keeps its parameters gathered after a forward without backward (the EMA

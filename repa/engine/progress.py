@@ -160,6 +160,7 @@ class StepClock:
 class TrainingProgress:
     def __init__(self, total: int, start: int, enabled: bool = True, visible: bool = True):
         self.total, self.visible, self.clock = total, visible, StepClock()
+        self.shown = {"loss": "-", "align": "-"}  # as of the last log line
         self.live = visible and interactive(enabled)
         self.console = Console(file=sys.stderr)
         self.progress = Progress(
@@ -182,15 +183,20 @@ class TrainingProgress:
         self._logging.__exit__(*exc)
         return self.progress.__exit__(*exc)
 
-    def update(self, step: int, values: dict, step_seconds: float) -> None:
+    def show(self, record: dict) -> None:
+        """The values of the last log line (read from the device once per log, not per step)."""
+        aligns = [v for k, v in record.items() if k.startswith("align_loss_")]
+        if "loss" in record:
+            self.shown["loss"] = f"{record['loss']:.4f}"
+        self.shown["align"] = f"{sum(aligns) / len(aligns):.4f}" if aligns else "-"
+
+    def update(self, step: int, step_seconds: float) -> None:
         """After each step; `step_seconds`: the time of the step alone."""
         if not self.visible:
             return
         self.clock.add(step_seconds)
-        aligns = [v for k, v in values.items() if k.startswith("align_loss_")]
         rate, eta = self.clock.rate(), self.clock.eta(self.total - step)
-        shown = {"loss": f"{values['loss']:.4f}", "align": f"{sum(aligns) / len(aligns):.4f}" if aligns else "-",
-                 "rate": f"{rate:.2f}" if rate else "-", "eta": duration(eta) if eta is not None else "-"}
+        shown = {**self.shown, "rate": f"{rate:.2f}" if rate else "-", "eta": duration(eta) if eta is not None else "-"}
         if self.live:
             self.progress.update(self.task, completed=step, **shown)
         elif time.perf_counter() - self._last_line >= PLAIN_EVERY or step == self.total:

@@ -40,25 +40,47 @@ class TrainingStopped(RepaError):
     """Training stopped on purpose (non-finite losses); the message says what was saved."""
 
 
+OK, NONFINITE_LOSS, NONFINITE_GRADIENT = 0, 1, 2  # a step's outcome, kept on the device until the log
+PROBLEMS = {NONFINITE_LOSS: "loss", NONFINITE_GRADIENT: "gradient norm"}
+
+
 @dataclass
 class Window:
-    """Means over the steps since the last log line (skipped steps' non-finite values left out)."""
+    """The steps since the last log line, as device tensors: nothing is read to the host until
+    `means()` or `outcomes()` (one synchronisation each), so a step never waits for the device."""
 
-    steps: int = 0
-    sums: dict = field(default_factory=dict)
-    counts: dict = field(default_factory=dict)
+    values: list = field(default_factory=list)
+    codes: list = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
-    def add(self, values: dict) -> None:
-        self.steps += 1
-        for key, value in values.items():  # every key on every rank, so the gathers line up
-            finite = math.isfinite(value)
-            self.sums[key] = self.sums.get(key, 0.0) + (float(value) if finite else 0.0)
-            self.counts[key] = self.counts.get(key, 0) + int(finite)
+    @property
+    def steps(self) -> int:
+        return len(self.values)
+
+    def add(self, values: dict, code: torch.Tensor) -> None:
+        self.values.append(values)
+        self.codes.append(code)
+
+    def outcomes(self) -> list[int]:
+        """Each unsettled step's outcome (OK / NONFINITE_*), then forgets them."""
+        codes, self.codes = self.codes, []
+        return torch.stack(codes).tolist() if codes else []
 
     def means(self) -> dict:
-        """NaN for a key with no finite value in this window."""
-        return {k: v / self.counts[k] if self.counts[k] else float("nan") for k, v in self.sums.items()}
+        """Means of each value over the window's steps, non-finite values left out; NaN for a key
+        with no finite value. Every key on every rank, so the gathers line up."""
+        keys = list(self.values[0]) if self.values else []
+        if not keys:
+            return {}
+        stacked = torch.stack([torch.stack([v[k].double() for v in self.values]) for k in keys])  # [keys, steps]
+        finite = torch.isfinite(stacked)
+        sums, counts = torch.where(finite, stacked, 0).sum(1), finite.sum(1)
+        means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
+        return dict(zip(keys, means.tolist()))
+
+
+def _accumulate(values: dict, key: str, value: torch.Tensor) -> None:
+    values[key] = values[key] + value if key in values else value
 
 
 def check_stored_moments(config: ExperimentConfig, dataset) -> None:
@@ -167,35 +189,39 @@ class Trainer:
 
     # ----------------------------------------------------------------- step
 
-    def train_step(self, micro_batches, sampler: StepBatchSampler) -> dict:
-        """One optimizer step over `micro_batches` (gradient accumulation); returns the logged values."""
+    def train_step(self, micro_batches, sampler: StepBatchSampler) -> tuple[dict, torch.Tensor]:
+        """One optimizer step over `micro_batches` (gradient accumulation) -> (the logged values and
+        the step's outcome code), both on the device: the step never waits for the device to finish."""
         config, acc = self.config, self.acc
         shape = (self.geometry[1], self.geometry[0], self.geometry[0])
         draws = draw_step(config.experiment.seed, self.counters.step, config.train.global_batch_size, shape,
                           self.objective.weighting, self.objective.path, config.train.label_dropout, self.device)
-        accum, finite = len(micro_batches), True
-        values = {"loss": 0.0, "denoising_loss": 0.0}
+        accum = len(micro_batches)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        values = {}
         for m, batch in enumerate(micro_batches):
             sync = m == accum - 1
             with contextlib.nullcontext() if sync else self.parallel.no_sync(self.model):
                 parts = self._micro_step(batch, draws.rows(*sampler.rows_of(m)))
-                finite = finite and bool(torch.isfinite(parts.total))
+                finite = finite & torch.isfinite(parts.total.detach())
                 acc.backward(parts.total / accum)
-            values["loss"] += parts.total.item() / accum
-            values["denoising_loss"] += parts.denoising.mean().item() / accum
+            _accumulate(values, "loss", parts.total.detach().float() / accum)
+            _accumulate(values, "denoising_loss", parts.denoising.mean().float() / accum)
             for k, align in enumerate(parts.alignment):
-                values[f"align_loss_{k}"] = values.get(f"align_loss_{k}", 0.0) + align.mean().item() / accum
-        finite = bool(acc.gather(torch.tensor([finite], device=self.device)).all())
-        values["grad_norm"] = self._update(finite)
-        return values
+                _accumulate(values, f"align_loss_{k}", align.mean().float() / accum)
+        if acc.num_processes > 1:
+            finite = acc.gather(finite.reshape(1)).all()
+        values["grad_norm"], code = self._update(finite)
+        return values, code
 
     def _micro_step(self, batch, rows):
         images = batch["image"].to(self.device, non_blocking=True)
         with torch.no_grad():
-            moments = batch["moments"].to(self.device) if "moments" in batch else self.autoencoder.encode(images)
+            moments = (batch["moments"].to(self.device, non_blocking=True) if "moments" in batch
+                       else self.autoencoder.encode(images))
             x0 = self.autoencoder.sample(moments, rows.posterior)
             targets = self._targets(batch, images)
-        y = batch["y"].to(self.device)
+        y = batch["y"].to(self.device, non_blocking=True)
         if self.config.train.legacy_label_dropout:
             y = torch.where(rows.legacy_drop, torch.full_like(y, self._unwrapped().num_classes), y)
         with self.acc.autocast():
@@ -206,43 +232,61 @@ class Trainer:
         for k, encoder in enumerate(self.encoders):
             cached = batch.get(f"features_{k}")
             if cached is not None:
-                targets.append(cached.to(self.device))
+                targets.append(cached.to(self.device, non_blocking=True))
                 continue
             if id(encoder) not in computed:
                 computed[id(encoder)] = encoder(encoder.preprocess(images))
             targets.append(computed[id(encoder)])
         return targets
 
-    def _update(self, finite: bool) -> float:
-        """Clip and step, or skip the step when the loss or the gradient is not finite. A finite loss
-        can still give an infinite gradient (a huge coefficient): stepping on it would wipe the
-        weights, skipping it silently would train nothing. An fp16 grad scaler skips such steps
-        itself (and lowers its scale): that is its normal working, not a non-finite step."""
-        counters = self.counters
-        grad_norm, problem = float("nan"), "loss"
-        if finite:
-            grad_norm = self.parallel.clip(self.model, self.config.optim.params.max_grad_norm)
-            finite = math.isfinite(grad_norm) or self.acc.scaler is not None
-            problem = "gradient norm"
-        if finite:
+    def _update(self, finite: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip and step, or skip the step when the loss or the gradient is not finite -> (grad norm,
+        outcome code). A finite loss can still give an infinite gradient (a huge coefficient):
+        stepping on it would wipe the weights, skipping it silently would train nothing.
+
+        The skip happens on the device: an optimizer with a fused step (AdamW's default here) takes
+        `found_inf` and leaves weights, moments and step count as they were, and the EMA's decay
+        becomes 1. Under an fp16 grad scaler, which skips non-finite gradients itself (its normal
+        working, not a non-finite step), or with an optimizer without that step, the outcome is read
+        once per step instead (a synchronisation)."""
+        grad_norm = self.parallel.clip(self.model, self.config.optim.params.max_grad_norm)
+        gradient_ok = torch.isfinite(grad_norm) if self.acc.scaler is None else torch.ones_like(finite)
+        code = torch.where(finite, torch.where(gradient_ok, OK, NONFINITE_GRADIENT), NONFINITE_LOSS)
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
+        if self.acc.scaler is None and getattr(inner, "_step_supports_amp_scaling", False):
+            ok = code == OK
+            inner.found_inf = (~ok).float()
+            try:
+                self.optimizer.step()
+            finally:
+                del inner.found_inf
+            update_ema(self.ema, self._unwrapped(), self.config.train.ema_decay, ok)
+        elif bool(code == OK):
             self.optimizer.step()
             update_ema(self.ema, self._unwrapped(), self.config.train.ema_decay)
-            counters.nonfinite_in_row = 0
-        else:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.counters.step += 1
+        return grad_norm.detach().float(), code
+
+    def _settle(self, window: Window) -> None:
+        """Count the window's non-finite steps (once per log, checkpoint and stop check), warn about
+        each, and stop the run when too many came in a row."""
+        counters = self.counters
+        first = counters.step - len(window.codes)
+        for offset, code in enumerate(window.outcomes()):
+            if code == OK:
+                counters.nonfinite_in_row = 0
+                continue
             counters.nonfinite_total += 1
             counters.nonfinite_in_row += 1
             log.warning("repa: non-finite %s at step %d; update skipped (%d in a row)",
-                        problem, counters.step, counters.nonfinite_in_row)
-        self.optimizer.zero_grad(set_to_none=True)
-        counters.step += 1
-        if counters.nonfinite_in_row >= self.config.train.max_nonfinite_steps:
-            folder = self.save_checkpoint(diagnostic=True)
-            raise TrainingStopped(
-                f"{counters.nonfinite_in_row} non-finite steps (loss or gradient) in a row at step {counters.step}; stopped. State "
-                f"saved to {folder} for diagnosis. Try a lower optim.lr, train.mixed_precision = \"bf16\", or "
-                f"resume from the last good checkpoint with --resume"
-            )
-        return grad_norm
+                        PROBLEMS[code], first + offset, counters.nonfinite_in_row)
+            if counters.nonfinite_in_row >= self.config.train.max_nonfinite_steps:
+                folder = self.save_checkpoint(diagnostic=True)
+                raise TrainingStopped(
+                    f"{counters.nonfinite_in_row} non-finite steps (loss or gradient) in a row at step "
+                    f"{first + offset + 1}; stopped. State saved to {folder} for diagnosis. Try a lower optim.lr, "
+                    f"train.mixed_precision = \"bf16\", or resume from the last good checkpoint with --resume")
 
     # ----------------------------------------------------------------- loop
 
@@ -267,14 +311,23 @@ class Trainer:
         return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
     def _should_stop(self) -> bool:
+        """A signal asks every process to stop at the same step. One process: its own flag; several:
+        agreed at log and checkpoint steps only (a collective read is a synchronisation)."""
+        if self.acc.num_processes == 1:
+            return self.stop_requested
+        step, train = self.counters.step, self.config.train
+        if step % train.log_every and step % train.checkpoint_every and step != train.max_steps:
+            return False
         flag = torch.tensor([self.stop_requested], device=self.device)
         return bool(self.acc.gather(flag).any())
 
-    def _log(self, window: Window) -> None:
+    def _log(self, window: Window) -> dict:
         config, acc = self.config, self.acc
+        self._settle(window)
+        means = window.means()  # waits for the device: the window's time below is its real time
         elapsed = time.perf_counter() - window.started
         means = {k: float(acc.gather(torch.tensor([v], device=self.device, dtype=torch.float64)).nanmean())
-                 for k, v in window.means().items()}
+                 for k, v in means.items()}
         means = {k: v for k, v in means.items() if math.isfinite(v)}  # all skipped: leave the key out
         rate = window.steps / elapsed if elapsed > 0 else float("nan")
         record = {**means, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": rate,
@@ -285,6 +338,7 @@ class Trainer:
         if acc.is_main_process:  # log.txt keeps the run's history next to metrics.jsonl
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
             record_log.info("step %d: %s", self.counters.step, shown)
+        return record
 
     def run(self) -> int:
         """Train; `setup()` must have run (run_experiment calls it before writing the run folder)."""
@@ -316,15 +370,16 @@ class Trainer:
                 while counters.step < config.train.max_steps:
                     started = time.perf_counter()
                     micro = [next(batches) for _ in range(config.train.grad_accum_steps)]
-                    values = self.train_step(micro, sampler)
-                    window.add(values)
-                    progress.update(counters.step, values, time.perf_counter() - started)
+                    values, code = self.train_step(micro, sampler)
+                    window.add(values, code)
+                    progress.update(counters.step, time.perf_counter() - started)
                     if counters.step % config.train.log_every == 0 or counters.step == config.train.max_steps:
-                        self._log(window)
+                        progress.show(self._log(window))
                         window = Window()
                     if counters.step == 1 or counters.step % config.train.sample_every == 0:
                         self._sample_grid()
                     if counters.step % config.train.checkpoint_every == 0:
+                        self._settle(window)  # the checkpoint records the non-finite count
                         self._checkpoint()
                     if self._should_stop():
                         stopped = True

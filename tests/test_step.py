@@ -1,0 +1,114 @@
+"""The training step on the device's terms: it never waits for the device outside logging steps,
+skips a non-finite step on the device, and computes what the step before it computed."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from repa.config import load_experiment
+
+# Every way a tensor's value reaches the host: each one waits for the device to finish.
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def counting_host_reads(monkeypatch):
+    calls = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    try:
+        yield calls
+    finally:
+        monkeypatch.undo()
+
+
+def _trainer(tiny_toml, tmp_path, *sets):
+    from repa.engine.data import StepBatchSampler, make_loader
+    from repa.engine.trainer import Trainer
+
+    config = load_experiment(tiny_toml(), list(sets))
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.setup()
+    train = config.train
+    sampler = StepBatchSampler(len(trainer.dataset), train.global_batch_size, 0, 1, train.grad_accum_steps,
+                               config.experiment.seed, 0, train.max_steps)
+    batches = iter(make_loader(trainer.dataset, sampler, 0, False))
+    return trainer, sampler, lambda: [next(batches) for _ in range(train.grad_accum_steps)]
+
+
+@pytest.mark.parametrize("sets", [(), ("train.grad_accum_steps=2",)])
+def test_a_training_step_never_reads_the_device(tiny_toml, tmp_path, monkeypatch, sets):
+    trainer, sampler, batch = _trainer(tiny_toml, tmp_path, *sets)
+    trainer.train_step(batch(), sampler)  # the first step builds the optimizer's state
+    micro = batch()
+    with counting_host_reads(monkeypatch) as calls:
+        values, code = trainer.train_step(micro, sampler)
+    assert calls == []
+    assert all(v.device == trainer.device and v.ndim == 0 for v in values.values()) and code.ndim == 0
+    assert int(code) == 0 and trainer.counters.step == 2
+
+
+def test_a_non_finite_step_is_skipped_on_the_device(tiny_toml, tmp_path, monkeypatch):
+    """A gradient made infinite by the loss: weights, AdamW moments and step count, and the EMA stay
+    as they were, without the step reading anything; the outcome says why."""
+    trainer, sampler, batch = _trainer(tiny_toml, tmp_path)
+    trainer.train_step(batch(), sampler)
+    model, ema = trainer._unwrapped(), trainer.ema
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in ema.state_dict().items()}
+    first = min(trainer.optimizer.state_dict()["state"])  # the first parameter with a state (pos_embed is fixed)
+    moments = {k: v.clone() for k, v in trainer.optimizer.state_dict()["state"][first].items()}
+    trainer.objective.terms[0].coeff = 1e38  # finite loss, infinite gradient norm
+    micro = batch()
+    with counting_host_reads(monkeypatch) as calls:
+        values, code = trainer.train_step(micro, sampler)
+    assert calls == []
+    assert int(code) == 2 and not torch.isfinite(values["grad_norm"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(ema_before[k], v) for k, v in ema.state_dict().items())
+    after = trainer.optimizer.state_dict()["state"][first]
+    assert all(torch.equal(moments[k], after[k]) for k in moments)  # step count included
+    trainer.objective.terms[0].coeff = 0.5
+    values, code = trainer.train_step(batch(), sampler)
+    assert int(code) == 0 and int(trainer.optimizer.state_dict()["state"][first]["step"]) == 2
+
+
+def _losses_and_weights(tiny_toml, tmp_path, *sets, steps=4):
+    trainer, sampler, batch = _trainer(tiny_toml, tmp_path, *sets)
+    losses = [float(trainer.train_step(batch(), sampler)[0]["loss"]) for _ in range(steps)]
+    return (losses, {k: v.clone() for k, v in trainer._unwrapped().state_dict().items()},
+            {k: v.clone() for k, v in trainer.ema.state_dict().items()})
+
+
+def test_the_fused_step_computes_what_the_previous_step_computed(tiny_toml, tmp_path):
+    """Against the step before this work (foreach AdamW, EMA outside the skip): the EMA update is
+    bitwise the same; the fused AdamW kernel rounds differently, within the stated tolerance."""
+    from repa.engine.ema import make_ema, update_ema
+
+    losses, weights, ema = _losses_and_weights(tiny_toml, tmp_path / "a")
+    old_losses, old_weights, old_ema = _losses_and_weights(tiny_toml, tmp_path / "b", "optim.fused=false")
+    assert losses[0] == old_losses[0]  # the same initial weights and draws
+    torch.testing.assert_close(losses, old_losses, rtol=1e-5, atol=1e-6)
+    for key in weights:
+        torch.testing.assert_close(weights[key], old_weights[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ema[key], old_ema[key], rtol=1e-5, atol=1e-6)
+    # the EMA update alone: bitwise equal to the unconditional one when the step is kept
+    model = torch.nn.Linear(16, 8)
+    old, new = make_ema(model), make_ema(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    update_ema(old, model, 0.9999)
+    update_ema(new, model, 0.9999, torch.tensor(True))
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    update_ema(new, model, 0.9999, torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
