@@ -232,7 +232,8 @@ def cmd_analyze(args) -> int:
     _print_tables(tables(rows))
     for note in notes:
         print(f"note: {note}")
-    print(f"{out}: {', '.join(p.name for p in written[:2])} and {len(written) - 2} plots in {out / 'plots'}")
+    plots = f" and {len(written) - 2} plots in {out / 'plots'}" if len(written) > 2 else ""
+    print(f"{out}: {', '.join(p.name for p in written[:2])}{plots}")
     return 0
 
 
@@ -270,11 +271,16 @@ def _encoder(name: str, targets):
     return validate_component("encoder", name, {}, "--encoder")
 
 
+ANALYSIS_ORDER = ["cknna", "cknna-tokens", "linear-probe", "lds", "cds", "srss", "rmsc"]  # table columns
+
+
 def _analyses(names: str | None) -> dict:
     from repa.config import validate_component
     from repa.plugins import get_components
 
-    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else get_components()["analysis"].names()
+    registered = sorted(get_components()["analysis"].names(), key=lambda n: (ANALYSIS_ORDER.index(n)
+                                                                             if n in ANALYSIS_ORDER else 99, n))
+    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else registered
     return {name: validate_component("analysis", name, {}, "--analyses").build() for name in chosen}
 
 

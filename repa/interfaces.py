@@ -241,8 +241,9 @@ class Backbone(abc.ABC):
         once per sampling run, before the first step). Default: accept everything."""
 
     def shard_units(self) -> list:
-        """Submodules to shard one by one under train.distributed = "fsdp" (e.g. the blocks);
-        default: none (the whole model is one unit)."""
+        """The repeated units (e.g. the blocks): sharded one by one under train.distributed = "fsdp" and
+        compiled one by one under train.compile (regional compilation); default: none (the whole
+        model is one unit)."""
         return []
 
 

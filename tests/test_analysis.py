@@ -257,9 +257,10 @@ def test_analyze_two_runs_prints_both_tables_and_writes_scores_and_plots(two_run
     _, repa_run, baseline = two_runs
     out = tmp_path / "analysis"
     result = run_cli("analyze", str(repa_run), str(baseline), "--samples", "120", "--t", "0.25,0.5",
-                     "--token-images", "16", "--out", str(out), "--no-progress")
+                     "--token-images", "16", "--out", str(out), "--no-progress", env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
-    for title in ("tiny: step 4, t = 0.5", "tiny-baseline: step 4, t = 0.5", "encoders, on the analysed images"):
+    for title in ("tiny: step 4, t = 0.5; CKNNA against digits-convnet", "tiny-baseline: step 4, t = 0.5; CKNNA",
+                  "encoders, on the analysed images"):
         assert title in result.stdout
     rows = _rows(out / "analysis.csv")
     hidden = [r for r in rows if r["run"]]

@@ -153,6 +153,31 @@ def test_guidance_combines_as_cfg():
     assert cfg.combine(cond, uncond, 0.5).item() == 4.0
 
 
+class EvaluateBoth(ClassifierFreeGuidance):
+    """The unconditional half evaluated at every step and discarded outside the interval: what the
+    sampler computed before it skipped that half."""
+
+    def active(self, t):
+        return self.scale != 1.0
+
+    def combine(self, cond, uncond, t):
+        return super().combine(cond, uncond, t) if self.low <= t <= self.high else cond
+
+
+def test_skipping_the_unconditional_half_outside_the_interval_changes_no_sample(official_model):
+    """The paper's sampler (SDE, CFG 1.8 on [0, 0.7]): 30% of the unconditional evaluations are
+    skipped, and the samples equal those of evaluating both halves at every step."""
+    labels = torch.arange(4)
+    skip = generate(Denoiser(official_model, VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(1.8, 0.0, 0.7)),
+                    EulerMaruyamaSampler(10), range(4), labels, seed=0, shape=(4, 8, 8), device="cpu")
+    both = generate(Denoiser(official_model, VelocityPrediction(), LinearPath(), EvaluateBoth(1.8, 0.0, 0.7)),
+                    EulerMaruyamaSampler(10), range(4), labels, seed=0, shape=(4, 8, 8), device="cpu")
+    torch.testing.assert_close(skip, both, atol=1e-5, rtol=0)
+    assert not torch.allclose(skip, generate(
+        Denoiser(official_model, VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(1.8, 0.0, 1.0)),
+        EulerMaruyamaSampler(10), range(4), labels, seed=0, shape=(4, 8, 8), device="cpu"))  # the interval matters
+
+
 def test_sample_i_depends_only_on_seed_and_i(official_model):
     denoiser = Denoiser(official_model, VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(1.5, 0.0, 0.7))
     sampler = EulerMaruyamaSampler(4)

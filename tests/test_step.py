@@ -112,3 +112,29 @@ def test_the_fused_step_computes_what_the_previous_step_computed(tiny_toml, tmp_
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
     update_ema(new, model, 0.9999, torch.tensor(False))
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+
+
+def test_the_gpu_script_runs_dry_on_the_cpu(tmp_path):
+    """benchmarks/gpu.sh --dry-run: every eager case at toy size, the table and the JSON, so the GPU
+    script cannot rot between the sessions that have a GPU."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "gpu-dry-run.json").read_text())
+    rows = {row["case"]: row for row in figures["rows"]}
+    trained = [r for r in rows.values() if r["case"].startswith("train") and "skipped" not in r]
+    assert len(trained) == 2 and all(r["images_per_s"] > 0 and r["tflops_per_step"] > 0 for r in trained)
+    assert sum("skipped" in r for r in rows.values()) == 2  # the compiled cases, listed
+    sampled = {c: r for c, r in rows.items() if c.startswith("sample")}
+    assert len(sampled) == 4
+    for case, row in sampled.items():  # evaluations as counted equal the expected; [0, 0.7] skips some
+        assert row["nfe_per_image"] == pytest.approx(row["nfe_per_image_expected"], rel=0.15), case
+    fp32 = {c.split(" on ")[1]: r["nfe_per_image"] for c, r in sampled.items() if "fp32" in c}
+    assert fp32["[0.0, 0.7]"] < fp32["[0.0, 1.0]"]
+    assert rows[next(c for c in rows if c.startswith("packed"))]["samples_per_s"] > 0
+    assert "written:" in result.stdout and "case" in result.stdout

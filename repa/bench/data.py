@@ -84,3 +84,19 @@ def bench_data(count: int = 10_000, workers: int = 2, batch: int = 64, root: str
             "packed_over_official": packed_rate / official_rate, "official_gib": disk["official"],
             "packed_gib": disk["packed"], "write_synthetic_s": write_s, "pack_s": pack_s,
             "center_crop_images_per_s_one_process (500x375 -> 256)": crop_rate}
+
+
+def packed_throughput(count: int, workers: int | None = None, batch: int = 256, seconds: float = 20.0) -> dict:
+    """The packed format's loader samples/s (every core a worker), on `count` synthetic samples."""
+    from repa.components.dataset import PackedParams
+    from repa.components.dataset.packed import PackedDataset
+    from repa.engine.preprocess import pack
+
+    workers = workers or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        synthetic_official(tmp / "official", count)
+        pack(tmp / "official", tmp / "packed", 256, shard_size=4096, workers=workers, progress=False)
+        packed = PackedDataset(PackedParams(path=str(tmp / "packed"), resolution=256, verify="quick"))
+        rate = loader_throughput(packed, min(batch, count // 4), workers, seconds)
+    return {"samples_per_s": rate, "workers": workers}

@@ -115,6 +115,82 @@ def bench_sample(device: str | None = None, num: int = 64, **_) -> dict:
     return results
 
 
+def sample_case(device: str, precision: str, interval: tuple[float, float], toy: bool = False, num: int = 64) -> dict:
+    """`repa sample` with the paper's sampler (SDE, CFG 1.8 on `interval`) on SiT-XL/2 with random
+    weights and a random SD-VAE (toy: the quickstart-size SiT, 8 steps, on the CPU): images/s and the
+    network evaluations per image it made (conditional rows + unconditional rows, divided by images)."""
+    import tempfile
+    from pathlib import Path
+
+    from repa.config import Source, validate_experiment
+    from repa.engine.alignment import checkpoint_layout
+    from repa.engine.build import build_network
+    from repa.engine.sampling import SampleRun, nfe_per_sample
+    from repa.presets import PAPER_PRESET
+
+    if toy:
+        raw = {"data": {"kind": "digits"}, "autoencoder": "identity", "backbone": {"kind": "sit", "depth": 4,
+               "hidden_size": 128, "num_heads": 4, "patch_size": 4}, "sample": {"batch_size": 16}}
+        overrides = [o for o in PAPER_PRESET if not o.startswith("autoencoder")] + ["sample.steps=8"]
+        num, classes = 16, 10
+    else:
+        raw = {"data": {"kind": "folder", "path": "", "resolution": 256}, "backbone": "SiT-XL/2",
+               "autoencoder": {"kind": "sd-vae", "path": _random_sd_vae()},
+               "alignment": [{"encoder": "dinov2-vit-b", "depth": 8}], "sample": {"batch_size": num}}
+        overrides, classes = [o for o in PAPER_PRESET if not o.startswith("autoencoder")], 1000
+    overrides += [f"sample.precision={precision}", f"sample.guidance_interval=[{interval[0]}, {interval[1]}]"]
+    config = validate_experiment(raw, Source("<bench>"), overrides)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_network(config, classes)
+        checkpoint = Path(tmp) / "weights.pt"
+        torch.save(checkpoint_layout(model.state_dict()), checkpoint)
+        run = SampleRun(config, checkpoint, Path(tmp) / "out", num, 0, config.sample.batch_size, progress=False)
+        counting = _count_rows(rows)
+        started = time.perf_counter()
+        with counting:
+            run.run()
+        elapsed = time.perf_counter() - started
+    return {"images_per_s": num / elapsed, "nfe_per_image": sum(rows) / num,
+            "nfe_per_image_expected": nfe_per_sample(config)}
+
+
+class _count_rows:
+    """Counts the rows every SiT forward evaluates inside `Denoiser.sample` while active (the doubled
+    CFG batch counts twice; `repa sample`'s timing forwards before sampling do not count)."""
+
+    def __init__(self, rows: list):
+        self.rows = rows
+
+    def __enter__(self):
+        from repa.components.backbone.sit import SiT
+        from repa.engine.denoiser import Denoiser
+
+        self.forward, self.sample = SiT.forward, Denoiser.sample
+        rows, state = self.rows, {"sampling": False}
+
+        def forward(module, x, *args, **kwargs):
+            if state["sampling"]:
+                rows.append(len(x))
+            return self.forward(module, x, *args, **kwargs)
+
+        def sample(denoiser, *args, **kwargs):
+            state["sampling"] = True
+            try:
+                return self.sample(denoiser, *args, **kwargs)
+            finally:
+                state["sampling"] = False
+
+        SiT.forward, Denoiser.sample = forward, sample
+        return self
+
+    def __exit__(self, *exc):
+        from repa.components.backbone.sit import SiT
+        from repa.engine.denoiser import Denoiser
+
+        SiT.forward, Denoiser.sample = self.forward, self.sample
+
+
 def _random_sd_vae() -> str:
     """The SD-VAE architecture with random weights (decode cost is what matters here)."""
     import tempfile

@@ -10,9 +10,12 @@ from repa.precision import autocast_dtype
 
 
 def _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, precision, device):
-    from repa.engine.ema import update_ema
+    """The trainer's step (repa.engine.trainer): nothing read from the device, fused AdamW skipping a
+    non-finite step on the device, the EMA likewise."""
+    from repa.engine.trainer import apply_step, skips_on_device
 
     batch = len(x0)
+    device_side = skips_on_device(optimizer)
 
     def step():
         with torch.no_grad():
@@ -21,12 +24,22 @@ def _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, p
         with autocast(device, precision):
             parts = objective(model, x0, noise, t, y, targets, step=0)
         parts.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        update_ema(ema, model, 0.9999)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        ok = torch.isfinite(parts.total.detach()) & torch.isfinite(norm)
+        apply_step(optimizer, ema, model, 0.9999, ok, device_side)
 
     return step
+
+
+def step_flops(step) -> int:
+    """FLOPs of one call of `step` (forward, backward, encoder), counted from the model's operations
+    by torch.utils.flop_counter (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
 
 
 def bench_train(device: str | None = None, size: str | None = None, batch: int | None = None,
@@ -49,7 +62,8 @@ def bench_train(device: str | None = None, size: str | None = None, batch: int |
     return results
 
 
-def train_case(device: str, size: str, batch: int, precision: str, compiled: bool, features: str) -> dict:
+def train_case(device: str, size: str, batch: int, precision: str, compiled: bool | str, features: str,
+               count_flops: bool = False, repeat: int = 5) -> dict:
     from repa.bench.models import sit_b2
     from repa.components.alignment.losses import CosineAlignment
     from repa.components.encoder.specs import SPECS
@@ -66,9 +80,9 @@ def train_case(device: str, size: str, batch: int, precision: str, compiled: boo
     x0 = torch.randn(batch, 4, 32, 32, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
     objective = Objective(LinearPath(), VelocityPrediction(), UniformWeighting(), [AlignmentTerm(CosineAlignment(), 0.5)])
-    model = sit_b2(device, compiled, size).train()
+    model = sit_b2(device, False, size).train()
     ema = make_ema(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     cached = None
     if features == "cached":
         with torch.no_grad():
@@ -76,7 +90,16 @@ def train_case(device: str, size: str, batch: int, precision: str, compiled: boo
         del encoder  # a cache means the encoder is not in memory during training
         encoder = None
     step = _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, precision, device)
+    flops = step_flops(step) if count_flops else None  # eager: the compiled graph does the same arithmetic
+    if compiled:
+        from repa.engine.trainer import compile_network
+
+        compile_network(model, compiled)
     reset_peak(device)
-    timing = timed(step, device, warmup=3 if compiled else 2, repeat=5)
-    return {"step_ms": 1000 * timing["median_s"], "images_per_s": batch / timing["median_s"],
-            "peak_memory_gib": peak_gib(device)}
+    timing = timed(step, device, warmup=3 if compiled else 2, repeat=repeat)
+    figures = {"step_ms": 1000 * timing["median_s"], "images_per_s": batch / timing["median_s"],
+               "peak_memory_gib": peak_gib(device)}
+    if flops:
+        figures["tflops_per_step"] = flops / 1e12
+        figures["achieved_tflops"] = flops / timing["median_s"] / 1e12
+    return figures

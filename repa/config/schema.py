@@ -72,7 +72,9 @@ class TrainSection(Section):
     sample_images: int = Field(64, ge=1, description="images in each sample grid")
     log_every: int = Field(100, ge=1)
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | Literal["blocks", "model"] = Field(
+        False, description='torch.compile: true or "blocks" compiles each backbone block in place (regional: one '
+        'compilation serves every block); "model" the whole network')
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
     num_workers: int = Field(4, ge=0, description="data loader worker processes")
     device: Literal["auto", "cpu", "cuda"] = "auto"

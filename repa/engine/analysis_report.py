@@ -28,6 +28,11 @@ def series_key(row: dict) -> str:
     return row["score"] + (f" vs {row['reference']}" if row["reference"] else "")
 
 
+def column_key(row: dict, references: set) -> str:
+    """A table column: the score alone when every comparison is with one encoder (named in the title)."""
+    return row["score"] if len(references) <= 1 else series_key(row)
+
+
 def middle_t(rows: list[dict]) -> float | None:
     times = sorted({r["t"] for r in rows if r["t"] is not None})
     return min(times, key=lambda t: abs(t - 0.5)) if times else None
@@ -62,6 +67,7 @@ def plot(rows: list[dict], depths: dict[str, list[int]], folder: Path) -> list[P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     hidden = [r for r in rows if r["run"]]
     if not hidden:
@@ -80,6 +86,7 @@ def plot(rows: list[dict], depths: dict[str, list[int]], folder: Path) -> list[P
             axes[2].plot(*_curve(hidden, series, run, "step", t=t_mid, block=block), marker="o", label=run)
         titles = (f"vs block (t = {t_mid}, latest checkpoint)", f"vs t (block {block}, latest checkpoint)",
                   f"vs training step (block {block}, t = {t_mid})")
+        axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax, title, xlabel in zip(axes, titles, ("block", "t (0: data, 1: noise)", "training step")):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel(xlabel)
@@ -109,13 +116,15 @@ def tables(rows: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     out = []
     hidden = [r for r in rows if r["run"]]
     t_mid, latest = middle_t(hidden), latest_steps(hidden)
+    references = {r["reference"] for r in hidden if r["reference"]}
+    against = f"; CKNNA against {next(iter(references))}" if len(references) == 1 else ""
     for run in dict.fromkeys(r["run"] for r in hidden):
         chosen = [r for r in hidden if r["run"] == run and r["step"] == latest[run] and r["t"] == t_mid]
-        series = list(dict.fromkeys(series_key(r) for r in chosen))
-        values = {(r["block"], series_key(r)): r["value"] for r in chosen}
+        series = list(dict.fromkeys(column_key(r, references) for r in chosen))
+        values = {(r["block"], column_key(r, references)): r["value"] for r in chosen}
         blocks = sorted({r["block"] for r in chosen})
         body = [[str(b)] + [_fmt(values.get((b, s))) for s in series] for b in blocks]
-        out.append((f"{run}: step {latest[run]}, t = {t_mid}", ["block"] + series, body))
+        out.append((f"{run}: step {latest[run]}, t = {t_mid}{against}", ["block"] + series, body))
     encoders = [r for r in rows if not r["run"]]
     if encoders:
         series = list(dict.fromkeys(series_key(r) for r in encoders))

@@ -52,6 +52,7 @@ class Window:
     values: list = field(default_factory=list)
     codes: list = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    paused: float = 0.0  # seconds spent on grids and checkpoints: not training, not in steps_per_s
 
     @property
     def steps(self) -> int:
@@ -77,6 +78,40 @@ class Window:
         sums, counts = torch.where(finite, stacked, 0).sum(1), finite.sum(1)
         means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
         return dict(zip(keys, means.tolist()))
+
+
+def skips_on_device(optimizer) -> bool:
+    """Whether the optimizer's step takes `found_inf` (fused Adam/AdamW/SGD): then a step can be
+    skipped on the device. `optimizer` may be accelerate's wrapper."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return bool(getattr(inner, "_step_supports_amp_scaling", False))
+
+
+def apply_step(optimizer, ema, network, decay: float, ok: torch.Tensor, device_side: bool) -> None:
+    """Optimizer step and EMA update where `ok` (a bool tensor), then zero the gradients. Device side:
+    nothing is read (found_inf, EMA decay 1 on a skip); otherwise `ok` is read once."""
+    if device_side:
+        inner = getattr(optimizer, "optimizer", optimizer)
+        inner.found_inf = (~ok).float()
+        try:
+            optimizer.step()
+        finally:
+            del inner.found_inf
+        update_ema(ema, network, decay, ok)
+    elif bool(ok):
+        optimizer.step()
+        update_ema(ema, network, decay)
+    optimizer.zero_grad(set_to_none=True)
+
+
+def compile_network(network, mode: bool | str) -> None:
+    """torch.compile in place, so parameter names (checkpoints, EMA) stay as they are. true /
+    "blocks": regional compilation of the backbone's repeated units (`Backbone.shard_units()`, its
+    blocks): one graph is compiled and reused by every block, in seconds rather than minutes, and the
+    rest stays eager. "model" (or a backbone without units): the whole network as one graph."""
+    units = network.backbone.shard_units() if mode in (True, "blocks") else []
+    for unit in units or [network]:
+        unit.compile()
 
 
 def _accumulate(values: dict, key: str, value: torch.Tensor) -> None:
@@ -161,7 +196,7 @@ class Trainer:
         self.model, self.ema, self.optimizer = self.parallel.wrap(
             model, make_ema(model), lambda parameters: config.optim.build(parameters=parameters))
         if config.train.compile:
-            self.model = torch.compile(self.model)
+            compile_network(self._unwrapped(), config.train.compile)
         self.geometry = input_geometry(config)
         self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective,
                                  sampler, guidance)
@@ -252,19 +287,8 @@ class Trainer:
         grad_norm = self.parallel.clip(self.model, self.config.optim.params.max_grad_norm)
         gradient_ok = torch.isfinite(grad_norm) if self.acc.scaler is None else torch.ones_like(finite)
         code = torch.where(finite, torch.where(gradient_ok, OK, NONFINITE_GRADIENT), NONFINITE_LOSS)
-        inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
-        if self.acc.scaler is None and getattr(inner, "_step_supports_amp_scaling", False):
-            ok = code == OK
-            inner.found_inf = (~ok).float()
-            try:
-                self.optimizer.step()
-            finally:
-                del inner.found_inf
-            update_ema(self.ema, self._unwrapped(), self.config.train.ema_decay, ok)
-        elif bool(code == OK):
-            self.optimizer.step()
-            update_ema(self.ema, self._unwrapped(), self.config.train.ema_decay)
-        self.optimizer.zero_grad(set_to_none=True)
+        device_side = self.acc.scaler is None and skips_on_device(self.optimizer)
+        apply_step(self.optimizer, self.ema, self._unwrapped(), self.config.train.ema_decay, code == OK, device_side)
         self.counters.step += 1
         return grad_norm.detach().float(), code
 
@@ -325,7 +349,7 @@ class Trainer:
         config, acc = self.config, self.acc
         self._settle(window)
         means = window.means()  # waits for the device: the window's time below is its real time
-        elapsed = time.perf_counter() - window.started
+        elapsed = time.perf_counter() - window.started - window.paused
         means = {k: float(acc.gather(torch.tensor([v], device=self.device, dtype=torch.float64)).nanmean())
                  for k, v in means.items()}
         means = {k: v for k, v in means.items() if math.isfinite(v)}  # all skipped: leave the key out
@@ -376,11 +400,13 @@ class Trainer:
                     if counters.step % config.train.log_every == 0 or counters.step == config.train.max_steps:
                         progress.show(self._log(window))
                         window = Window()
+                    paused = time.perf_counter()
                     if counters.step == 1 or counters.step % config.train.sample_every == 0:
                         self._sample_grid()
                     if counters.step % config.train.checkpoint_every == 0:
                         self._settle(window)  # the checkpoint records the non-finite count
                         self._checkpoint()
+                    window.paused += time.perf_counter() - paused
                     if self._should_stop():
                         stopped = True
                         break

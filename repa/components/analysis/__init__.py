@@ -14,14 +14,14 @@ class CKNNAParams(Params):
 
 
 class TokenCKNNAParams(CKNNAParams):
-    points: int = Field(4096, ge=16, description="(image, token) pairs drawn for the per-token kernel "
+    points: int = Field(2048, ge=16, description="(image, token) pairs drawn for the per-token kernel "
                         "(memory grows with its square)")
     seed: int = Field(0, ge=0, description="seed of that draw (the same pairs for every representation)")
 
 
 class ProbeParams(Params):
     l2: float = Field(1e-4, ge=0, description="L2 penalty on the weights of the logistic regression")
-    iterations: int = Field(200, ge=1, description="L-BFGS iterations (full batch, from zero weights)")
+    iterations: int = Field(100, ge=1, description="L-BFGS iterations at most (full batch, from zero weights)")
 
 
 class LDSParams(Params):

@@ -27,11 +27,14 @@ def knn_mask(kernel: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def hsic_unbiased(kernel_a: torch.Tensor, kernel_b: torch.Tensor) -> torch.Tensor:
-    """Unbiased HSIC (Song et al. 2012, Eq. 5), accumulated in float64. sum(A @ B) is computed as
-    colsum(A) . rowsum(B), which needs no N x N product."""
-    m = kernel_a.shape[0]
-    a = kernel_a.clone().fill_diagonal_(0)
-    b = kernel_b.clone().fill_diagonal_(0)
+    """Unbiased HSIC (Song et al. 2012, Eq. 5) of two kernels (their diagonals are ignored)."""
+    return _hsic_zero_diagonal(kernel_a.clone().fill_diagonal_(0), kernel_b.clone().fill_diagonal_(0))
+
+
+def _hsic_zero_diagonal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The same for kernels whose diagonals are zero, accumulated in float64. sum(A @ B) is computed
+    as colsum(A) . rowsum(B), which needs no N x N product."""
+    m = a.shape[0]
     wide = torch.float64 if a.device.type != "mps" else torch.float32
     trace_term = torch.sum(a * b.T, dtype=wide)
     sums_term = torch.sum(a, dtype=wide) * torch.sum(b, dtype=wide) / ((m - 1) * (m - 2))
@@ -52,11 +55,11 @@ def cknna(features_a: torch.Tensor, features_b: torch.Tensor, k: int = 10, norma
     if normalize:
         a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     kernel_a, kernel_b = a @ a.T, b @ b.T
-    mask_a, mask_b = knn_mask(kernel_a, k), knn_mask(kernel_b, k)
+    mask_a, mask_b = knn_mask(kernel_a, k), knn_mask(kernel_b, k)  # never i itself: zero diagonals below
     both = mask_a & mask_b
-    cross = hsic_unbiased(kernel_a * both, kernel_b * both)
-    self_a = hsic_unbiased(kernel_a * mask_a, kernel_a * mask_a)
-    self_b = hsic_unbiased(kernel_b * mask_b, kernel_b * mask_b)
+    cross = _hsic_zero_diagonal(kernel_a * both, kernel_b * both)
+    near_a, near_b = kernel_a * mask_a, kernel_b * mask_b
+    self_a, self_b = _hsic_zero_diagonal(near_a, near_a), _hsic_zero_diagonal(near_b, near_b)
     return float(cross / (torch.sqrt(self_a * self_b) + 1e-6))
 
 
