@@ -250,6 +250,12 @@ def _at_least(low: int):
     return parse
 
 
+def _batch_size(text: str):
+    if text == "auto":
+        return text
+    return _at_least(1)(text)
+
+
 def _times(text: str) -> tuple[float, ...]:
     try:
         times = tuple(float(v) for v in text.split(",") if v.strip())
@@ -413,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "or the same count per class")
     p.add_argument("--preset", choices=["paper"], help="paper: SDE Euler-Maruyama, 250 steps, cfg 1.8 on [0, 0.7], "
                                                        "sd-vae ft-ema")
-    p.add_argument("--batch-size", type=int, help="samples per process per forward (default: sample.batch_size)")
+    p.add_argument("--batch-size", type=_batch_size,
+                   help='samples per process per forward, or "auto" (default: sample.batch_size)')
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sample)

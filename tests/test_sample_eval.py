@@ -374,3 +374,15 @@ def test_class_count_of_a_checkpoint_comes_from_the_dataset_not_the_label_dropou
     wrong = checkpoint_layout(build_network(load_experiment(tiny_toml()), 12).state_dict())
     with pytest.raises(CheckpointError, match=r"ckpt.pt: the label embedding has 13 rows but data.num_classes is 10"):
         load_model(load_experiment(tiny_toml()), wrong, "ckpt.pt")
+
+
+def test_batch_size_auto_and_compiled_blocks_draw_the_same_images(trained_run, tmp_path):
+    """Samples depend on (seed, index) only: an automatic batch size (64 on a CPU) and regionally
+    compiled blocks draw the images a fixed batch of 4 draws (compiled: up to one grey level)."""
+    experiment, run = trained_run
+    fixed, labels = sample(experiment, tmp_path / "a", "--checkpoint", str(run))
+    auto, auto_labels = sample(experiment, tmp_path / "b", "--checkpoint", str(run), "--batch-size", "auto")
+    np.testing.assert_array_equal(fixed, auto)
+    assert labels.tolist() == auto_labels.tolist()
+    compiled, _ = sample(experiment, tmp_path / "c", "--checkpoint", str(run), "--set", "sample.compile=true")
+    assert np.abs(compiled.astype(int) - fixed.astype(int)).max() <= 1

@@ -92,7 +92,7 @@ def train_case(device: str, size: str, batch: int, precision: str, compiled: boo
     step = _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, precision, device)
     flops = step_flops(step) if count_flops else None  # eager: the compiled graph does the same arithmetic
     if compiled:
-        from repa.engine.trainer import compile_network
+        from repa.engine.build import compile_network
 
         compile_network(model, compiled)
     reset_peak(device)

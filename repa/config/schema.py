@@ -92,7 +92,10 @@ class SampleSection(Section):
     state_dtype: Literal["float64", "model"] = Field("float64", description="dtype of the sampler state")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="the network's autocast while sampling (fp16 needs a GPU; bf16 on a CPU)")
-    batch_size: int = Field(64, ge=1, description="samples per process per forward")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        64, description='samples per process per forward; "auto": as many as 80% of the free GPU memory holds '
+        '(measured on a probe batch; 64 on a CPU)')
+    compile: bool = Field(False, description="torch.compile the backbone's blocks for sampling (regional)")
     label_sampling: Literal["uniform", "balanced"] = "uniform"
 
     @field_validator("guidance_interval")

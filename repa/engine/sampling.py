@@ -22,7 +22,7 @@ import torch
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
 from repa.engine.alignment import network_layout
-from repa.engine.build import build_network, build_objective_parts, build_sampling, input_geometry
+from repa.engine.build import build_network, build_objective_parts, build_sampling, compile_network, input_geometry
 from repa.engine.denoiser import Denoiser
 from repa.engine.generation import class_labels, generate, to_uint8
 from repa.errors import CheckpointError, MissingWeightsError, RepaError
@@ -160,6 +160,32 @@ def default_out(config: ExperimentConfig, checkpoint: Path | None, seed: int, la
                 f"-cfg{config.sample.cfg_scale}-seed{seed}-{digest}")
 
 
+AUTO_BATCH_CAP = 1024
+CPU_AUTO_BATCH = 64  # a CPU is limited by compute, not memory: the default
+
+
+@torch.no_grad()
+def auto_batch_size(model, shape: tuple[int, ...], device, guided: bool, dtype, probe: int = 8) -> int:
+    """The batch whose forward (doubled under guidance) fills 80% of the free GPU memory, from the
+    peak memory of a probe batch; CPU_AUTO_BATCH on a CPU."""
+    from repa.precision import autocast_to
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_AUTO_BATCH
+    rows = probe * (2 if guided else 1)
+    x = torch.randn(rows, *shape, device=device)
+    t, y = torch.full((rows,), 0.5, device=device), torch.zeros(rows, dtype=torch.long, device=device)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with autocast_to(device.type, dtype):
+        model(x, t, y, align=False)
+    per_sample = max(torch.cuda.max_memory_allocated(device) - base, 1) / probe
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(AUTO_BATCH_CAP, 0.8 * free // per_sample)))
+
+
 class SampleRun:
     def __init__(self, config: ExperimentConfig, checkpoint: Path | None, out: Path, num: int, seed: int,
                  batch_size: int, labels: str = "uniform", progress: bool = True):
@@ -175,9 +201,16 @@ class SampleRun:
         sampler, guidance = build_sampling(config)
         path, prediction, _ = build_objective_parts(config)
         self.sampler = sampler
-        self.denoiser = Denoiser(self.model, prediction, path, guidance, sampling_autocast(config, self.state.device))
+        dtype = sampling_autocast(config, self.state.device)
+        self.denoiser = Denoiser(self.model, prediction, path, guidance, dtype)
         side, channels = input_geometry(config)
         self.shape = (channels, side, side)
+        if config.sample.compile:
+            compile_network(self.model, "blocks")
+        if batch_size == "auto":
+            guided = config.sample.cfg_scale != 1.0
+            self.batch_size = min(auto_batch_size(self.model, self.shape, self.state.device, guided, dtype), num)
+            log.info("repa: sample.batch_size = auto: %d per forward", self.batch_size)
 
     def settings(self) -> dict:
         """What the images depend on (besides their index): a resumed folder must match it."""

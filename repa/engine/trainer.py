@@ -16,8 +16,8 @@ import torch
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
 from repa.engine.build import (
-    build_network, build_objective_parts, build_sampling, build_terms, input_geometry, probe_alignment, probe_data,
-    probe_generation, probe_network,
+    build_network, build_objective_parts, build_sampling, build_terms, compile_network, input_geometry, probe_alignment,
+    probe_data, probe_generation, probe_network,
 )
 from repa.engine.data import StepBatchSampler, make_loader
 from repa.engine.ema import make_ema, update_ema
@@ -102,16 +102,6 @@ def apply_step(optimizer, ema, network, decay: float, ok: torch.Tensor, device_s
         optimizer.step()
         update_ema(ema, network, decay)
     optimizer.zero_grad(set_to_none=True)
-
-
-def compile_network(network, mode: bool | str) -> None:
-    """torch.compile in place, so parameter names (checkpoints, EMA) stay as they are. true /
-    "blocks": regional compilation of the backbone's repeated units (`Backbone.shard_units()`, its
-    blocks): one graph is compiled and reused by every block, in seconds rather than minutes, and the
-    rest stays eager. "model" (or a backbone without units): the whole network as one graph."""
-    units = network.backbone.shard_units() if mode in (True, "blocks") else []
-    for unit in units or [network]:
-        unit.compile()
 
 
 def _accumulate(values: dict, key: str, value: torch.Tensor) -> None:
