@@ -448,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.add_argument("--latest", action="store_true", help="only the latest checkpoint of each run")
     p.add_argument("--split", default="train",
-                   help="the data split read (the digits also have 'heldout': images no model trained on)")
+                   help="the data split read (the digits also have 'heldout', images no model trained on, and "
+                        "'all'; datasets without splits read all their images)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/analysis, or RUN_DIR/analysis/vs-OTHER)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of --experiment")

@@ -331,6 +331,8 @@ def test_an_analysis_from_a_plugin_is_measured(two_runs, tmp_path):
     (("{missing}",), "{missing}: not a run folder or a checkpoint folder"),
     (("{run}", "--t", "0.5,1.5"), "--t 0.5,1.5: every t must lie in [0, 1] (0: data, 1: noise)"),
     (("{run}", "--analyses", "cknnna"), "unknown analysis 'cknnna'"),
+    (("{run}", "--split", "test"), "digits: no split 'test'; the splits are train, heldout, all"),
+    (("{run}", "--samples", "2"), "argument --samples: must be at least 4, got 2"),
 ])
 def test_analyze_refuses_bad_input_in_one_line(two_runs, tmp_path, args, message):
     from conftest import run_cli

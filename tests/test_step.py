@@ -4,6 +4,7 @@ skips a non-finite step on the device, and computes what the step before it comp
 from __future__ import annotations
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -138,3 +139,20 @@ def test_the_gpu_script_runs_dry_on_the_cpu(tmp_path):
     assert fp32["[0.0, 0.7]"] < fp32["[0.0, 1.0]"]
     assert rows[next(c for c in rows if c.startswith("packed"))]["samples_per_s"] > 0
     assert "written:" in result.stdout and "case" in result.stdout
+
+
+def test_the_learning_rate_schedule_is_a_function_of_the_step(tiny_toml, tmp_path):
+    from repa.engine.trainer import learning_rate
+
+    assert [learning_rate(1.0, s, 10, "constant", 0) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [learning_rate(1.0, s, 10, "constant", 4) for s in (0, 1, 3, 4)] == [0.25, 0.5, 1.0, 1.0]
+    cosine = [learning_rate(2.0, s, 10, "cosine", 2) for s in range(10)]
+    assert cosine[:3] == [1.0, 2.0, 2.0] and cosine[-1] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert all(a > b for a, b in zip(cosine[2:], cosine[3:]))
+    trainer, sampler, batch = _trainer(tiny_toml, tmp_path, "train.lr_schedule=cosine", "train.warmup_steps=1")
+    lrs = []
+    for _ in range(4):
+        trainer.train_step(batch(), sampler)
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+    base = trainer.config.optim.params.lr
+    assert lrs == [learning_rate(base, s, 4, "cosine", 1) for s in range(4)] and lrs[0] == base

@@ -55,6 +55,9 @@ class AlignmentEntry(Section):
 class TrainSection(Section):
     global_batch_size: int = Field(256, ge=1, description="summed over processes and accumulation steps")
     max_steps: int = Field(400_000, ge=1)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description='"constant" (REPA); "cosine": from optim.lr down to 0 at max_steps')
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to optim.lr over these steps")
     grad_accum_steps: int = Field(1, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
     allow_tf32: bool = True

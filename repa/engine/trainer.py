@@ -104,6 +104,17 @@ def apply_step(optimizer, ema, network, decay: float, ok: torch.Tensor, device_s
     optimizer.zero_grad(set_to_none=True)
 
 
+def learning_rate(base: float, step: int, max_steps: int, schedule: str, warmup: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): a function of the step only, so a
+    resumed run continues the schedule exactly."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, max_steps - warmup)
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base
+
+
 def _accumulate(values: dict, key: str, value: torch.Tensor) -> None:
     values[key] = values[key] + value if key in values else value
 
@@ -264,6 +275,15 @@ class Trainer:
             targets.append(computed[id(encoder)])
         return targets
 
+    def _set_learning_rate(self) -> None:
+        train = self.config.train
+        if train.lr_schedule == "constant" and not train.warmup_steps:
+            return  # the optimizer's own lr, as built
+        lr = learning_rate(self.config.optim.params.lr, self.counters.step, train.max_steps, train.lr_schedule,
+                           train.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _update(self, finite: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip and step, or skip the step when the loss or the gradient is not finite -> (grad norm,
         outcome code). A finite loss can still give an infinite gradient (a huge coefficient):
@@ -274,6 +294,7 @@ class Trainer:
         becomes 1. Under an fp16 grad scaler, which skips non-finite gradients itself (its normal
         working, not a non-finite step), or with an optimizer without that step, the outcome is read
         once per step instead (a synchronisation)."""
+        self._set_learning_rate()
         grad_norm = self.parallel.clip(self.model, self.config.optim.params.max_grad_norm)
         gradient_ok = torch.isfinite(grad_norm) if self.acc.scaler is None else torch.ones_like(finite)
         code = torch.where(finite, torch.where(gradient_ok, OK, NONFINITE_GRADIENT), NONFINITE_LOSS)

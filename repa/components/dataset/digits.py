@@ -36,7 +36,12 @@ class DigitsDataset(torch.utils.data.Dataset, Dataset):
     def __init__(self, params, split: str = "train"):
         images, labels = digits_arrays(params.resolution)
         train, heldout = split_indices(len(labels), params.heldout_fraction)
-        keep = {"train": train, "heldout": heldout, "all": np.arange(len(labels))}[split]
+        splits = {"train": train, "heldout": heldout, "all": np.arange(len(labels))}
+        if split not in splits:
+            from repa.errors import DataError
+
+            raise DataError(f"digits: no split {split!r}; the splits are {', '.join(splits)}")
+        keep = splits[split]
         self.images, self.labels = images[keep], labels[keep]
         self.resolution = params.resolution
 
