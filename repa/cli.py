@@ -220,9 +220,15 @@ def cmd_analyze(args) -> int:
                         "(e.g. --experiment experiments/quickstart.toml)")
     settings = Settings(times=_times(args.t), samples=args.samples, token_images=args.token_images,
                         batch_size=args.batch_size, latest_only=args.latest, split=args.split)
-    targets = [load_target(Path(t), settings.latest_only) for t in args.targets]
+    if args.targets and (args.experiment or args.overrides):
+        raise RepaError("repa analyze: --experiment and --set are for --encoder alone; a run folder brings its own "
+                        "experiment (its config.resolved.toml)")
+    targets = _distinct_names([load_target(Path(t), settings.latest_only) for t in args.targets])
     experiment = load_experiment_args(args) if args.experiment else None
     encoders = encoder_components(targets, [_encoder(name, targets) for name in args.encoders])
+    if targets and not encoders:
+        print("note: no encoder to compare with (no run has an [[alignment]] entry): CKNNA is not measured; "
+              "name one with --encoder NAME", file=sys.stderr)
     analyses = _analyses(args.analyses)
     rows, notes = analyze(targets, experiment, encoders, analyses, settings, progress=not args.no_progress)
     out = Path(args.out) if args.out else _analysis_folder(args.targets)
@@ -264,6 +270,19 @@ def _times(text: str) -> tuple[float, ...]:
     if not times or not all(0.0 <= t <= 1.0 for t in times):
         raise RepaError(f"--t {text}: every t must lie in [0, 1] (0: data, 1: noise)")
     return times
+
+
+def _distinct_names(targets: list) -> list:
+    """Two targets with one name (two checkpoints of a run, same-named runs elsewhere) get its parent's."""
+    from collections import Counter
+
+    counts = Counter(t.name for t in targets)
+    for target in targets:
+        if counts[target.name] > 1:
+            last = target.checkpoints[-1]
+            target.name = f"{target.name}@{last.name}" if len(target.checkpoints) == 1 else \
+                f"{last.parent.parent.parent.name}/{target.name}"
+    return targets
 
 
 def _encoder(name: str, targets):

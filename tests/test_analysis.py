@@ -333,6 +333,8 @@ def test_an_analysis_from_a_plugin_is_measured(two_runs, tmp_path):
     (("{run}", "--analyses", "cknnna"), "unknown analysis 'cknnna'"),
     (("{run}", "--split", "test"), "digits: no split 'test'; the splits are train, heldout, all"),
     (("{run}", "--samples", "2"), "argument --samples: must be at least 4, got 2"),
+    (("{run}", "--experiment", "{run}/config.resolved.toml"),
+     "repa analyze: --experiment and --set are for --encoder alone; a run folder brings its own experiment"),
 ])
 def test_analyze_refuses_bad_input_in_one_line(two_runs, tmp_path, args, message):
     from conftest import run_cli
@@ -342,3 +344,16 @@ def test_analyze_refuses_bad_input_in_one_line(two_runs, tmp_path, args, message
     result = run_cli("analyze", *(a.format(**fill) for a in args), "--no-progress")
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr
     assert message.format(**fill) in result.stderr.strip().splitlines()[-1]
+
+
+def test_too_few_images_for_cknna_leave_it_out_with_a_note(two_runs, tmp_path):
+    from conftest import run_cli
+
+    _, repa_run, _ = two_runs
+    result = run_cli("analyze", str(repa_run), "--latest", "--samples", "6", "--t", "0.5", "--token-images", "1",
+                     "--analyses", "cknna,cknna-tokens,linear-probe", "--out", str(tmp_path / "a"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "note: cknna: not measured on block 1 vs digits-convnet: CKNNA needs 2 <= k < N - 1 (k = 10, N = 6 images)" \
+        in result.stdout
+    scores = {r["score"] for r in _rows(tmp_path / "a" / "analysis.csv")}
+    assert scores == {"cknna-tokens", "linear-probe"}  # 1 image x 16 tokens: enough (image, token) pairs

@@ -81,6 +81,9 @@ def load_target(path: Path, latest_only: bool) -> Target:
     """A run folder (every complete checkpoint) or one checkpoint folder inside one."""
     path = Path(path)
     if (path / "ema.safetensors").is_file() and path.parent.name == "checkpoints":
+        if not path.name.isdigit():
+            raise DataError(f"{path}: a diagnostic checkpoint (its step is not in its name); analyse the run folder "
+                            f"{path.parent.parent} or one of its numbered checkpoints")
         run_dir, checkpoints = path.parent.parent, [path]
     elif path.is_dir():
         run_dir, checkpoints = path, ckpt.complete_checkpoints(path / "checkpoints")
@@ -170,8 +173,10 @@ def collect_images(config: ExperimentConfig, dataset, encoders: dict, settings: 
     for name, component in encoders.items():
         count = component.params.tokens_for(resolution)
         side = int(round(math.sqrt(count)))
-        grid = (side, side) if side * side == count else (1, count)
-        data.encoders[name] = Representation(name, torch.cat(pooled[name]), torch.cat(tokens[name]), grid)
+        if side * side != count:
+            raise DataError(f"encoder {name}: {count} tokens at {resolution} px are not a square grid; repa analyze "
+                            "compares token grids (per-token CKNNA, spatial scores) and needs a square one")
+        data.encoders[name] = Representation(name, torch.cat(pooled[name]), torch.cat(tokens[name]), (side, side))
     return data
 
 
@@ -224,7 +229,12 @@ def measure(analyses: dict, rep: Representation, data: Images, settings: Setting
             if ref is not None:
                 ref = Representation(ref.name, ref.pooled.to(rep.pooled.device), ref.tokens.float(), ref.grid)
             inputs = AnalysisInputs(local, data.labels, fit, ref, foreground)
-            for score, value in analysis.measure(inputs).items():
+            try:
+                scores = analysis.measure(inputs)
+            except ValueError as exc:  # the inputs do not allow it (e.g. fewer images than CKNNA's k needs)
+                notes.add(f"{name}: not measured on {rep.name}{' vs ' + ref_name if ref_name else ''}: {exc}")
+                continue
+            for score, value in scores.items():
                 rows.append({"reference": ref_name, "score": score, "value": float(value)})
     return rows
 

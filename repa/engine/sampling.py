@@ -160,6 +160,25 @@ def default_out(config: ExperimentConfig, checkpoint: Path | None, seed: int, la
                 f"-cfg{config.sample.cfg_scale}-seed{seed}-{digest}")
 
 
+DECODE_CHUNK = 32  # images per autoencoder decode: its memory stays bounded whatever the batch
+
+
+def decode_in_chunks(autoencoder, z: torch.Tensor) -> torch.Tensor:
+    """decode(z) a chunk at a time (each image is decoded on its own terms: the same result)."""
+    return torch.cat([autoencoder.decode(part) for part in z.split(DECODE_CHUNK)])
+
+
+def smallest_over_processes(value: int, state) -> int:
+    """The smallest of every process's value (a batch size every process can hold)."""
+    if state.num_processes == 1:
+        return value
+    import torch.distributed as dist
+
+    found = torch.tensor([value], device=state.device)
+    dist.all_reduce(found, op=dist.ReduceOp.MIN)
+    return int(found)
+
+
 AUTO_BATCH_CAP = 1024
 CPU_AUTO_BATCH = 64  # a CPU is limited by compute, not memory: the default
 
@@ -209,7 +228,8 @@ class SampleRun:
             compile_network(self.model, "blocks")
         if batch_size == "auto":
             guided = config.sample.cfg_scale != 1.0
-            self.batch_size = min(auto_batch_size(self.model, self.shape, self.state.device, guided, dtype), num)
+            size = min(auto_batch_size(self.model, self.shape, self.state.device, guided, dtype), num)
+            self.batch_size = smallest_over_processes(size, self.state)  # one partition of the indices
             log.info("repa: sample.batch_size = auto: %d per forward", self.batch_size)
 
     def settings(self) -> dict:
@@ -259,7 +279,7 @@ class SampleRun:
         labels = class_labels(self.seed, indices, self.model.num_classes, self.label_mode)
         x0 = generate(self.denoiser, self.sampler, indices, labels, self.seed, self.shape, self.state.device,
                       self.config.sample.state_dtype)
-        images = to_uint8(self.autoencoder.decode(x0.float()))
+        images = to_uint8(decode_in_chunks(self.autoencoder, x0.float()))
         for i, image in zip(indices, images):
             tmp = self.png(i).with_name(f".{i:06d}.tmp.png")
             with writing(self.png(i), image.nbytes, temporary=[tmp]):  # drawn images stay; a rerun resumes
@@ -279,7 +299,7 @@ class SampleRun:
             _synchronize(self.state.device)
             forward = time.perf_counter() - started
             started = time.perf_counter()
-            self.autoencoder.decode(x)
+            decode_in_chunks(self.autoencoder, x)
             _synchronize(self.state.device)
             decode = time.perf_counter() - started
         per_batch = forward * nfe_per_sample(self.config) + decode

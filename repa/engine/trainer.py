@@ -40,6 +40,7 @@ class TrainingStopped(RepaError):
     """Training stopped on purpose (non-finite losses); the message says what was saved."""
 
 
+STOP_CHECK_EVERY = 10  # steps between the processes' agreement on a stop request (several processes)
 OK, NONFINITE_LOSS, NONFINITE_GRADIENT = 0, 1, 2  # a step's outcome, kept on the device until the log
 PROBLEMS = {NONFINITE_LOSS: "loss", NONFINITE_GRADIENT: "gradient norm"}
 
@@ -194,10 +195,11 @@ class Trainer:
         probe_alignment(config, self.objective.terms, self.encoders, self.device)
         sampler, guidance = build_sampling(config)
         probe_generation(config, sampler, guidance, path)
+        ema = make_ema(model)
+        if config.train.compile:  # after the EMA's copy (which stays eager), before DDP/FSDP wrap the blocks
+            compile_network(model, config.train.compile)
         self.model, self.ema, self.optimizer = self.parallel.wrap(
-            model, make_ema(model), lambda parameters: config.optim.build(parameters=parameters))
-        if config.train.compile:
-            compile_network(self._unwrapped(), config.train.compile)
+            model, ema, lambda parameters: config.optim.build(parameters=parameters))
         self.geometry = input_geometry(config)
         self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective,
                                  sampler, guidance)
@@ -304,10 +306,11 @@ class Trainer:
         return grad_norm.detach().float(), code
 
     def _settle(self, window: Window) -> None:
-        """Count the window's non-finite steps (once per log, checkpoint and stop check), warn about
-        each, and stop the run when too many came in a row."""
+        """Count the window's non-finite steps (once per log, checkpoint and stop check) and warn
+        about each; when too many came in a row, stop with a diagnostic checkpoint of the current
+        state (the first such step is named; the warnings say which steps followed)."""
         counters = self.counters
-        first = counters.step - len(window.codes)
+        first, stop_at = counters.step - len(window.codes), None
         for offset, code in enumerate(window.outcomes()):
             if code == OK:
                 counters.nonfinite_in_row = 0
@@ -316,12 +319,16 @@ class Trainer:
             counters.nonfinite_in_row += 1
             log.warning("repa: non-finite %s at step %d; update skipped (%d in a row)",
                         PROBLEMS[code], first + offset, counters.nonfinite_in_row)
-            if counters.nonfinite_in_row >= self.config.train.max_nonfinite_steps:
-                folder = self.save_checkpoint(diagnostic=True)
-                raise TrainingStopped(
-                    f"{counters.nonfinite_in_row} non-finite steps (loss or gradient) in a row at step "
-                    f"{first + offset + 1}; stopped. State saved to {folder} for diagnosis. Try a lower optim.lr, "
-                    f"train.mixed_precision = \"bf16\", or resume from the last good checkpoint with --resume")
+            if stop_at is None and counters.nonfinite_in_row >= self.config.train.max_nonfinite_steps:
+                stop_at = (counters.nonfinite_in_row, first + offset + 1)
+        if stop_at:
+            folder = self.save_checkpoint(diagnostic=True)
+            in_row, step = stop_at
+            reached = "" if step == counters.step else f" (noticed at step {counters.step}, the next log step)"
+            raise TrainingStopped(
+                f"{in_row} non-finite steps (loss or gradient) in a row at step {step}{reached}; stopped. State "
+                f"saved to {folder} for diagnosis. Try a lower optim.lr, train.mixed_precision = \"bf16\", or "
+                f"resume from the last good checkpoint with --resume")
 
     # ----------------------------------------------------------------- loop
 
@@ -347,11 +354,12 @@ class Trainer:
 
     def _should_stop(self) -> bool:
         """A signal asks every process to stop at the same step. One process: its own flag; several:
-        agreed at log and checkpoint steps only (a collective read is a synchronisation)."""
+        agreed every STOP_CHECK_EVERY steps (a collective read waits for the device; so a signal acts
+        within that many steps)."""
         if self.acc.num_processes == 1:
             return self.stop_requested
         step, train = self.counters.step, self.config.train
-        if step % train.log_every and step % train.checkpoint_every and step != train.max_steps:
+        if step % STOP_CHECK_EVERY and step % train.checkpoint_every and step != train.max_steps:
             return False
         flag = torch.tensor([self.stop_requested], device=self.device)
         return bool(self.acc.gather(flag).any())
