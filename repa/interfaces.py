@@ -22,7 +22,7 @@ import abc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +63,10 @@ class BackboneParams(Params):
         """An older checkpoint format of this backbone -> today's keys (default: unchanged)."""
         return dict(state)
 
+    def takes_extra_tokens(self) -> bool:
+        """Whether `Backbone.forward` accepts `extra_tokens` (a jointly denoised quantity, [[joint]])."""
+        return False
+
     def token_grid(self, input_size: int) -> tuple[int, int]:
         """(rows, columns) of the token grid; projectors that use the grid (iREPA's conv) get it."""
         side = int(round(self.num_tokens(input_size) ** 0.5))
@@ -81,6 +85,10 @@ class EncoderParams(Params):
         """Tokens the encoder returns for images of this resolution.
 
         Raises ValueError with a readable reason when the resolution is unsupported."""
+
+    def has_global_token(self) -> bool:
+        """Whether the encoder gives a global token (`Encoder.forward_with_global`), e.g. a class token."""
+        return False
 
 
 class AutoencoderParams(Params):
@@ -111,6 +119,17 @@ class DatasetParams(Params):
 class OptimizerParams(Params):
     lr: float = 1e-4
     max_grad_norm: float = 1.0
+
+
+class JointParams(Params):
+    """Base of a jointly denoised quantity's params ([[joint]] in the experiment file)."""
+
+    coeff: float = Field(1.0, ge=0, description="weight of its denoising loss next to the image's")
+    source: int = Field(0, ge=0, description="the [[alignment]] entry (0-based) whose encoder gives its clean value")
+
+    def needs_global_token(self) -> bool:
+        """Whether `Joint.clean` reads the encoder's global token (then the encoder must have one)."""
+        return True
 
 
 class MetricParams(Params):
@@ -203,6 +222,37 @@ class TargetTransform(abc.ABC):
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor: ...
 
 
+class Joint(abc.ABC):
+    """A quantity denoised jointly with the image ([[joint]]; REG's class token, Wu et al. 2025): K tokens
+    of width D with their own small modules. Subclass it together with torch.nn.Module: its parameters
+    train with the backbone, are averaged by the EMA and stored in checkpoints under `joint.`.
+
+    Training: the clean value z0 = clean(encoder tokens, global token) [B,K,D] of the entry's encoder is
+    noised by the path with the image's t and its own noise, enters the backbone as `embed(z_t)`
+    (K extra tokens), and `head(...)` of the backbone's extra output is regressed on the prediction
+    target of (z0, noise) with weight `params.coeff` (every training step). Sampling: z starts from
+    noise at t=1 and is integrated by the sampler together with the image, guidance included.
+
+    Attributes: `tokens` (K), `width` (D), `aligned`: whether the extra tokens' hidden states join the
+    alignment of the entry (its projector then sees K+T tokens, its target is cat(z0, tokens))."""
+
+    tokens: int
+    width: int
+    aligned: bool = False
+
+    @abc.abstractmethod
+    def clean(self, tokens: torch.Tensor, global_token: torch.Tensor | None) -> torch.Tensor:
+        """The encoder's tokens [B,T,D] and global token [B,D] (None when params do not need it) -> z0 [B,K,D]."""
+
+    @abc.abstractmethod
+    def embed(self, z: torch.Tensor) -> torch.Tensor:
+        """z_t [B,K,D] -> extra tokens [B,K,hidden_size] for the backbone."""
+
+    @abc.abstractmethod
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The backbone's extra output [B,K,hidden_size] -> the prediction for z [B,K,D]."""
+
+
 # ============================================================================
 # Models: backbone, projector, encoder, autoencoder (torch.nn.Module subclasses)
 # ============================================================================
@@ -229,7 +279,14 @@ class Backbone(abc.ABC):
 
         hidden states: one [B,T,hidden_size] tensor per entry of `hidden_depths` (1-based block
         index: the output of that block), in that order. drop_ids[B] bool (train mode only):
-        labels to replace by the null label; None keeps them all. The engine always passes it."""
+        labels to replace by the null label; None keeps them all. The engine always passes it.
+
+        Optional capability (params' `takes_extra_tokens()`), for a jointly denoised quantity
+        ([[joint]], e.g. REG's class token): keyword `extra_tokens` [B,K,hidden_size] are put before
+        the image tokens, without positional embedding, and pass every block with them. Then the
+        hidden states have K+T tokens (the extra ones first), and forward returns a third value:
+        the extra tokens after the final layer's normalisation and conditioning, before its output
+        projection [B,K,hidden_size]. The engine passes `extra_tokens` only to backbones that take them."""
 
     @property
     def has_null_label(self) -> bool:
@@ -278,6 +335,12 @@ class Encoder(abc.ABC):
 
     @abc.abstractmethod
     def tokens_for(self, resolution: int) -> int: ...
+
+    def forward_with_global(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Optional capability (params' `has_global_token()`): preprocessed input -> (the tokens `forward`
+        returns, a global token [B, embed_dim] float32: the class token, or what the encoder's own head
+        reads), in one pass. Used by [[joint]] quantities (REG's class token)."""
+        raise NotImplementedError(f"{type(self).__name__} has no global token")
 
     def preprocessing(self) -> dict | None:
         """What `preprocess` depends on (e.g. mean, std, resize), recorded by feature caches so that a

@@ -155,6 +155,31 @@ def check_projector(projector: Any, tokens: int = 4, in_dim: int = 16, out_dim: 
         _tensor(where, "the projection under bf16 autocast", projector(hidden), (2, tokens, out_dim))
 
 
+def check_joint(joint: Any, hidden_size: int = 16, width: int = 8, tokens: int = 4, where: str = ANY) -> None:
+    """clean -> [B,K,width]; embed -> [B,K,hidden_size]; head -> [B,K,width]; embed and head trainable;
+    deterministic; finite under bf16 autocast (`repa.interfaces.Joint`)."""
+    if not isinstance(joint, torch.nn.Module):
+        raise _fail(where, "a joint quantity must be a torch.nn.Module (its parameters train with the backbone)")
+    for name in ("tokens", "width"):
+        if not isinstance(getattr(joint, name, None), int) or getattr(joint, name) < 1:
+            raise _fail(where, f"`{name}` must be a positive int, got {getattr(joint, name, None)!r}")
+    if joint.width != width:
+        raise _fail(where, f"width is {joint.width} but the factory was given width={width}")
+    k, batch = joint.tokens, 2
+    encoder_tokens = torch.randn(batch, tokens, width, generator=_generator(1))
+    clean = joint.clean(encoder_tokens, torch.randn(batch, width, generator=_generator(2)))
+    _tensor(where, "clean(tokens, global token)", clean, (batch, k, width))
+    joint.train()
+    embedded = joint.embed(clean)
+    _tensor(where, "embed(z)", embedded, (batch, k, hidden_size))
+    out = joint.head(embedded)
+    _tensor(where, "head(hidden)", out, (batch, k, width))
+    _check_trainable(where, joint, embedded.square().mean() + joint.head(torch.randn_like(embedded)).sum())
+    _equal(where, "embed(z)", joint.embed(clean), joint.embed(clean))
+    with _bf16():
+        _tensor(where, "head(embed(z)) under bf16 autocast", joint.head(joint.embed(clean)), (batch, k, width))
+
+
 def check_encoder(encoder: Any, resolution: int, tokens: int | None = None, dim: int | None = None,
                   where: str = ANY) -> None:
     """preprocess + forward -> float32 [B, tokens_for(R), embed_dim]; frozen (no gradients, eval mode even
@@ -376,6 +401,9 @@ def _tiny(kind: str, entry, params, kwargs: dict) -> tuple[dict, Callable[[Any],
         return kwargs, lambda obj: check_metric(obj, images, reference, names, where)
     if kind == "analysis":
         return kwargs, lambda obj: check_analysis(obj, where)
+    if kind == "joint":
+        context = {"hidden_size": 16, "width": 8, **kwargs}
+        return context, lambda obj: check_joint(obj, context["hidden_size"], context["width"], where=where)
     simple = {"path": check_path, "prediction": check_prediction, "weighting": check_weighting,
               "alignment_loss": check_alignment_loss, "target_transform": check_target_transform}
     return kwargs, lambda obj: simple[kind](obj, where=where)

@@ -7,7 +7,32 @@ from repa.config.source import Issue
 
 
 def cross_checks(config: ExperimentConfig, processes: int = 1) -> list[Issue]:
-    return _batch_checks(config, processes) + _guidance_checks(config) + _shape_checks(config)
+    return _batch_checks(config, processes) + _guidance_checks(config) + _shape_checks(config) + _joint_checks(config)
+
+
+def _joint_checks(config: ExperimentConfig) -> list[Issue]:
+    """A [[joint]] quantity needs a backbone that takes extra tokens and an entry whose encoder runs
+    online (a feature cache holds patch tokens only) and, when read, gives a global token."""
+    if len(config.joint) > 1:
+        return [Issue(("joint",), f"{len(config.joint)} [[joint]] entries; one jointly denoised quantity per experiment")]
+    issues = []
+    for joint in config.joint:
+        name, where = joint.kind, ("joint", 0, "source")
+        if not config.backbone.params.takes_extra_tokens():
+            issues.append(Issue(("backbone", "kind"), f"{config.backbone.kind} cannot take the extra tokens of [[joint]] "
+                                f"{name}; use a backbone that does (the built-in SiT does)"))
+        if joint.params.source >= len(config.alignment):
+            issues.append(Issue(where, f"{joint.params.source}, but there are {len(config.alignment)} [[alignment]] entries; "
+                                f"[[joint]] {name} takes its clean value from that entry's encoder"))
+            continue
+        entry = config.alignment[joint.params.source]
+        if entry.features != "online":
+            issues.append(Issue(("alignment", joint.params.source, "features"), f"{entry.features!r}: [[joint]] {name} needs "
+                                'the encoder online (a feature cache holds patch tokens only); set features = "online"'))
+        if joint.params.needs_global_token() and not entry.encoder.params.has_global_token():
+            issues.append(Issue(("alignment", joint.params.source, "encoder"), f"{entry.encoder.kind} has no global (class) "
+                                f"token, which [[joint]] {name} needs; use an encoder with one (e.g. dinov2-vit-b)"))
+    return issues
 
 
 def _guidance_checks(config: ExperimentConfig) -> list[Issue]:

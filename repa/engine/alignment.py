@@ -26,15 +26,18 @@ BACKBONE = "backbone."
 
 
 class AlignedNetwork(nn.Module):
-    """forward(x_t, t, y) -> (out [B,C,H,W], [projected hidden state [B,T,D_k] per alignment entry])."""
+    """forward(x_t, t, y) -> (out [B,C,H,W], [projected hidden state [B,T,D_k] per alignment entry]),
+    plus the prediction of the jointly denoised quantity [B,K,D] when there is one ([[joint]])."""
 
-    def __init__(self, backbone: nn.Module, projectors: Sequence[nn.Module], depths: Sequence[int]):
+    def __init__(self, backbone: nn.Module, projectors: Sequence[nn.Module], depths: Sequence[int],
+                 joint: nn.Module | None = None, joint_entry: int = 0):
         super().__init__()
         if len(projectors) != len(depths):
             raise ValueError(f"{len(projectors)} projectors for {len(depths)} depths")
         self.backbone = backbone
         self.projectors = nn.ModuleList(projectors)
         self.depths = [int(d) for d in depths]
+        self.joint, self.joint_entry = joint, joint_entry  # `repa.interfaces.Joint`, checkpointed under joint.
 
     @property
     def num_classes(self) -> int:
@@ -47,12 +50,29 @@ class AlignedNetwork(nn.Module):
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
         self.backbone.check_inputs(x, t, y)
 
-    def forward(self, x, t, y, drop_ids=None, align: bool = True):
-        """align=False (sampling): the backbone's output alone, no hidden states, no projection."""
+    def forward(self, x, t, y, drop_ids=None, align: bool = True, joint_state=None):
+        """align=False (sampling): the backbone's output alone, no hidden states, no projection.
+        joint_state [B,K,D]: the joint quantity at t, with a [[joint]] (None: zeros, for cost probes);
+        then a third value is returned, its prediction [B,K,D]."""
         depths = sorted(set(self.depths)) if align else []
-        out, hidden = self.backbone(x, t, y, drop_ids=drop_ids, hidden_depths=depths)
+        if self.joint is None:
+            out, hidden = self.backbone(x, t, y, drop_ids=drop_ids, hidden_depths=depths)
+        else:
+            if joint_state is None:
+                joint_state = x.new_zeros(x.shape[0], self.joint.tokens, self.joint.width)
+            out, hidden, extra = self.backbone(x, t, y, drop_ids=drop_ids, hidden_depths=depths,
+                                               extra_tokens=self.joint.embed(joint_state))
         by_depth = dict(zip(depths, hidden))
-        return out, [projector(by_depth[d]) for projector, d in zip(self.projectors, self.depths)] if align else []
+        projected = [projector(self._aligned(by_depth[d], k)) for k, (projector, d)
+                     in enumerate(zip(self.projectors, self.depths))] if align else []
+        return (out, projected) if self.joint is None else (out, projected, self.joint.head(extra))
+
+    def _aligned(self, hidden: torch.Tensor, entry: int) -> torch.Tensor:
+        """Entry `entry`'s hidden states: the image tokens, plus the joint's extra tokens in front where
+        the joint is aligned with this entry (REG aligns its class token with the encoder's)."""
+        if self.joint is None or (self.joint.aligned and entry == self.joint_entry):
+            return hidden
+        return hidden[:, self.joint.tokens:]
 
 
 def checkpoint_layout(state: Mapping[str, torch.Tensor]) -> dict:

@@ -27,7 +27,16 @@ def build_network(config: ExperimentConfig, num_classes: int, null_label: bool |
     grid = config.backbone.params.token_grid(side)
     projectors = [entry.projector.build(in_dim=backbone.hidden_size, out_dim=entry.encoder.params.embed_dim(),
                                         projector_dim=entry.projector_dim, grid=grid) for entry in config.alignment]
-    return AlignedNetwork(backbone, projectors, [entry.depth for entry in config.alignment])
+    return AlignedNetwork(backbone, projectors, [entry.depth for entry in config.alignment], *build_joint(config, backbone))
+
+
+def build_joint(config: ExperimentConfig, backbone) -> tuple:
+    """(the [[joint]] module, its [[alignment]] entry), or () without one."""
+    if not config.joint:
+        return ()
+    (joint,) = config.joint
+    width = config.alignment[joint.params.source].encoder.params.embed_dim()
+    return joint.build(hidden_size=backbone.hidden_size, width=width), joint.params.source
 
 
 def compile_network(network, mode: bool | str) -> None:

@@ -1,6 +1,10 @@
 """The training objective, composed from the configured components (REPA Eq. 9):
 
     L = E_t[ w(t) |f(x_t, t, y) - target|^2 ] + sum_k coeff_k * align_k(h_phi_k(h_t), y*_k) / n
+        [ + coeff_J * E_t[ w(t) |g(z_t, ...) - target_z|^2 ] ]
+
+The bracketed term is a quantity denoised jointly with the image ([[joint]], `repa.interfaces.Joint`;
+REG, Wu et al. 2025, loss.py `denoising_loss_cls`): z0 is noised by the same path at the same t.
 
 The weighting gives t, the path x_t, the prediction target what to regress, each alignment
 entry (`repa.engine.alignment.AlignmentTerm`) its loss on its projector's output. With
@@ -27,6 +31,16 @@ class LossParts:
     total: torch.Tensor  # scalar to backpropagate
     denoising: torch.Tensor  # [B] per-sample
     alignment: list[torch.Tensor]  # [B] per entry (zeros if inactive)
+    joint: torch.Tensor | None = None  # [B] the joint quantity's denoising loss, when there is one
+
+
+@dataclass
+class JointBatch:
+    """The joint quantity's clean value z0 [B,K,D], its noise [B,K,D] and its loss coefficient."""
+    clean: torch.Tensor
+    noise: torch.Tensor
+    coeff: float
+    aligned_entry: int | None  # the alignment entry whose target gets z0 in front (REG), or None
 
 
 class Objective:
@@ -40,11 +54,24 @@ class Objective:
         alpha, sigma, _, _ = self.path.broadcast(t, x0)
         return alpha * x0 + sigma * noise, self.prediction.target(x0, noise, t, self.path)
 
-    def __call__(self, model, x0, noise, t, y, targets: list[torch.Tensor], step: int, drop_ids=None) -> LossParts:
+    def __call__(self, model, x0, noise, t, y, targets: list[torch.Tensor], step: int, drop_ids=None,
+                 joint: JointBatch | None = None) -> LossParts:
         x_t, target = self.inputs(x0, noise, t)
-        out, projected = model(x_t, t, y, drop_ids=drop_ids)
+        if joint is None:
+            out, projected = model(x_t, t, y, drop_ids=drop_ids)
+        else:
+            z_t, z_target = self.inputs(joint.clean, joint.noise, t)
+            out, projected, z_out = model(x_t, t, y, drop_ids=drop_ids, joint_state=z_t)
+            if joint.aligned_entry is not None:
+                targets = list(targets)
+                k = joint.aligned_entry
+                targets[k] = torch.cat([joint.clean.to(targets[k].dtype), targets[k]], dim=1)
         denoising = mean_flat((out.float() - target.float()) ** 2) * self.weighting.loss_weight(t).float()
         per_entry, total = [], denoising.mean()
+        joint_loss = None
+        if joint is not None:
+            joint_loss = mean_flat((z_out.float() - z_target.float()) ** 2) * self.weighting.loss_weight(t).float()
+            total = total + joint.coeff * joint_loss.mean()
         for term, z_tilde, z in zip(self.terms, projected, targets):
             loss = term(z_tilde, z)
             per_entry.append(loss.detach())
@@ -52,4 +79,4 @@ class Objective:
             # (DDP requires it) and switching a term off changes nothing else.
             scale = term.coeff / (len(self.terms) if self.reduction == "mean" else 1) if term.active(step) else 0.0
             total = total + scale * loss.mean()
-        return LossParts(total, denoising.detach(), per_entry)
+        return LossParts(total, denoising.detach(), per_entry, None if joint_loss is None else joint_loss.detach())

@@ -26,19 +26,24 @@ class GlobalDraws:
     posterior: torch.Tensor  # [G, C, H, W] noise of the latent draw from the VAE moments
     drop: torch.Tensor  # [G] bool: label replaced by the null label (CFG dropout)
     legacy_drop: torch.Tensor  # [G] bool: the official script's second dropout
+    joint_noise: torch.Tensor | None = None  # [G, K, D] the joint quantity's eps ([[joint]]), drawn last
 
     def rows(self, start: int, stop: int) -> "GlobalDraws":
-        return GlobalDraws(*(getattr(self, f)[start:stop] for f in ("t", "noise", "posterior", "drop", "legacy_drop")))
+        fields = ("t", "noise", "posterior", "drop", "legacy_drop", "joint_noise")
+        return GlobalDraws(*(None if getattr(self, f) is None else getattr(self, f)[start:stop] for f in fields))
 
 
 def draw_step(
     seed: int, step: int, global_batch: int, shape: tuple[int, ...], weighting: Weighting, path: Path,
-    label_dropout: float, device: torch.device,
+    label_dropout: float, device: torch.device, joint_shape: tuple[int, ...] | None = None,
 ) -> GlobalDraws:
+    """The draws of one step; a joint quantity's noise (joint_shape = (K, D)) comes after all the
+    others, so that every other draw is the same with and without it."""
     generator = torch.Generator(device).manual_seed(step_seed(seed, step))
     t = weighting.sample_t(global_batch, generator, path, device=device)
     noise = torch.randn((global_batch, *shape), generator=generator, device=device)
     posterior = torch.randn((global_batch, *shape), generator=generator, device=device)
     drop = torch.rand(global_batch, generator=generator, device=device) < label_dropout
     legacy = torch.rand(global_batch, generator=generator, device=device) < label_dropout
-    return GlobalDraws(t, noise, posterior, drop, legacy)
+    joint = None if joint_shape is None else torch.randn((global_batch, *joint_shape), generator=generator, device=device)
+    return GlobalDraws(t, noise, posterior, drop, legacy, joint)

@@ -23,7 +23,7 @@ from repa.engine.data import StepBatchSampler, make_loader
 from repa.engine.ema import make_ema, update_ema
 from repa.engine.features import FeatureCache, WithFeatures, describe
 from repa.engine.grids import SampleGrids
-from repa.engine.objective import Objective
+from repa.engine.objective import JointBatch, Objective
 from repa.engine.parallel import STRATEGIES
 from repa.engine.randomness import draw_step
 from repa.engine.record import RunRecord
@@ -233,7 +233,8 @@ class Trainer:
         config, acc = self.config, self.acc
         shape = (self.geometry[1], self.geometry[0], self.geometry[0])
         draws = draw_step(config.experiment.seed, self.counters.step, config.train.global_batch_size, shape,
-                          self.objective.weighting, self.objective.path, config.train.label_dropout, self.device)
+                          self.objective.weighting, self.objective.path, config.train.label_dropout, self.device,
+                           self._joint_shape())
         accum = len(micro_batches)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         values = {}
@@ -247,6 +248,8 @@ class Trainer:
             _accumulate(values, "denoising_loss", parts.denoising.mean().float() / accum)
             for k, align in enumerate(parts.alignment):
                 _accumulate(values, f"align_loss_{k}", align.mean().float() / accum)
+            if parts.joint is not None:
+                _accumulate(values, "joint_loss", parts.joint.mean().float() / accum)
         if acc.num_processes > 1:
             finite = acc.gather(finite.reshape(1)).all()
         values["grad_norm"], code = self._update(finite)
@@ -258,24 +261,42 @@ class Trainer:
             moments = (batch["moments"].to(self.device, non_blocking=True) if "moments" in batch
                        else self.autoencoder.encode(images))
             x0 = self.autoencoder.sample(moments, rows.posterior)
-            targets = self._targets(batch, images)
+            targets, joint = self._targets(batch, images, rows)
         y = batch["y"].to(self.device, non_blocking=True)
         if self.config.train.legacy_label_dropout:
             y = torch.where(rows.legacy_drop, torch.full_like(y, self._unwrapped().num_classes), y)
         with self.acc.autocast():
-            return self.objective(self.model, x0, rows.noise, rows.t, y, targets, self.counters.step, rows.drop)
+            return self.objective(self.model, x0, rows.noise, rows.t, y, targets, self.counters.step, rows.drop,
+                                  joint)
 
-    def _targets(self, batch, images):
-        targets, computed = [], {}  # a shared encoder runs once per batch
+    def _targets(self, batch, images, rows) -> tuple[list, JointBatch | None]:
+        """Each entry's target tokens (a shared encoder runs once per batch), and the joint quantity's
+        clean value from its entry's encoder (the same pass, which then also gives the global token)."""
+        joint, spec = self._unwrapped().joint, self.config.joint
+        joint_entry = spec[0].params.source if spec else None
+        targets, computed, clean = [], {}, None
         for k, encoder in enumerate(self.encoders):
             cached = batch.get(f"features_{k}")
             if cached is not None:
                 targets.append(cached.to(self.device, non_blocking=True))
                 continue
-            if id(encoder) not in computed:
-                computed[id(encoder)] = encoder(encoder.preprocess(images))
-            targets.append(computed[id(encoder)])
-        return targets
+            wants_global = k == joint_entry and spec[0].params.needs_global_token()
+            key = (id(encoder), wants_global)
+            if key not in computed:
+                x = encoder.preprocess(images)
+                computed[key] = encoder.forward_with_global(x) if wants_global else (encoder(x), None)
+            tokens, global_token = computed[key]
+            targets.append(tokens)
+            if k == joint_entry:
+                clean = joint.clean(tokens, global_token)
+        if joint is None:
+            return targets, None
+        return targets, JointBatch(clean, rows.joint_noise, spec[0].params.coeff,
+                                   joint_entry if joint.aligned else None)
+
+    def _joint_shape(self) -> tuple[int, int] | None:
+        joint = self._unwrapped().joint
+        return None if joint is None else (joint.tokens, joint.width)
 
     def _set_learning_rate(self) -> None:
         train = self.config.train

@@ -53,6 +53,7 @@ CONTRACTS: dict[str, Contract] = {
     "metric": Contract(interfaces.Metric, ()),
     "tracker": Contract(interfaces.Tracker, ("run_dir", "config")),
     "analysis": Contract(interfaces.Analysis, ()),
+    "joint": Contract(interfaces.Joint, ("hidden_size", "width"), interfaces.JointParams, module=True),
     "optimizer": Contract(None, ("parameters",), interfaces.OptimizerParams,
                           required=tuple(interfaces.Optimizer.__annotations__) + tuple(
                               n for n in vars(interfaces.Optimizer) if not n.startswith("_"))),

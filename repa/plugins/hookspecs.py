@@ -40,6 +40,7 @@ HOOKS = {
     "tracker": "repa_register_trackers",
     "optimizer": "repa_register_optimizers",
     "analysis": "repa_register_analyses",
+    "joint": "repa_register_joints",
 }
 KINDS = tuple(HOOKS)
 
@@ -132,3 +133,11 @@ def repa_register_optimizers(registry):
 def repa_register_analyses(registry):
     """Add measurements of representations for `repa analyze`. factory(params) ->
     `repa.interfaces.Analysis` (declares in `needs` whether it compares with an encoder)."""
+
+
+@hookspec
+def repa_register_joints(registry):
+    """Add quantities denoised jointly with the image ([[joint]], e.g. REG's class token).
+    factory(params, *, hidden_size, width) -> `repa.interfaces.Joint` (an nn.Module); width = the
+    embed_dim of the encoder of the [[alignment]] entry `params.source`. Params subclass
+    `repa.interfaces.JointParams`."""

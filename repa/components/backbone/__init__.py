@@ -27,6 +27,9 @@ class SiTParams(BackboneParams):
     def num_blocks(self) -> int:
         return self.depth
 
+    def takes_extra_tokens(self) -> bool:
+        return True
+
     def num_tokens(self, input_size: int) -> int:
         return (input_size // self.patch_size) ** 2
 

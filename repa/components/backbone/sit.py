@@ -140,9 +140,12 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
-    def forward(self, x, c):
+    def forward(self, x, c, extra: int = 0):
+        """-> the image tokens' output; with `extra` leading tokens, also those tokens normalised and
+        conditioned, before the output projection (REG's FinalLayer reads its class token there)."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        x = modulate(self.norm_final(x), shift, scale)
+        return (self.linear(x[:, extra:]), x[:, :extra]) if extra else self.linear(x)
 
 
 # ============================================================================
@@ -243,11 +246,14 @@ class SiT(nn.Module, Backbone):
                              f"{', null label ' + str(self.null_label) if self.has_null_label else ''}), "
                              f"got {int(y.min())}..{int(y.max())}")
 
-    def forward(self, x, t, y, drop_ids=None, hidden_depths=()):
+    def forward(self, x, t, y, drop_ids=None, hidden_depths=(), extra_tokens=None):
         """x [B,C,H,W], t [B], y [B] -> (out [B,C,H,W], [hidden state [B,T,D] after block k, k in hidden_depths]).
 
         In train mode without `drop_ids`, labels are dropped with probability `label_dropout`
-        (torch's global RNG, as official); the engine passes `drop_ids` for reproducibility."""
+        (torch's global RNG, as official); the engine passes `drop_ids` for reproducibility.
+        extra_tokens [B,K,D]: put before the image tokens without positional embedding (REG's class
+        token has a zero row there); then hidden states have K+T tokens and a third value is returned,
+        the extra tokens after the final norm and modulation (`repa.interfaces.Backbone.forward`)."""
         # Shapes always; the label range only outside training and compilation (reading the
         # labels' range syncs a GPU; the engine's data loader already guarantees it).
         self.check_inputs(x, t, y, labels=not (self.training or torch.compiler.is_compiling()))
@@ -259,6 +265,9 @@ class SiT(nn.Module, Backbone):
         if not self.training:
             drop_ids = None
         x = self.x_embedder(x) + self.pos_embed
+        extra = 0 if extra_tokens is None else extra_tokens.shape[1]
+        if extra:
+            x = torch.cat([extra_tokens.to(x.dtype), x], dim=1)
         c = self.t_embedder(t) + self.y_embedder(y, drop_ids)
         wanted, hidden = set(hidden_depths), {}
         for i, block in enumerate(self.blocks):
@@ -268,7 +277,11 @@ class SiT(nn.Module, Backbone):
                 x = block(x, c)
             if i + 1 in wanted:  # keep only what was asked for (sampling asks for nothing)
                 hidden[i + 1] = x
-        return self.unpatchify(self.final_layer(x, c)), [hidden[d] for d in hidden_depths]
+        hidden = [hidden[d] for d in hidden_depths]
+        if not extra:
+            return self.unpatchify(self.final_layer(x, c)), hidden
+        out, extra_out = self.final_layer(x, c, extra)
+        return self.unpatchify(out), hidden, extra_out
 
 
 def legacy_to_blocks(state: dict, encoder_depth: int) -> dict:

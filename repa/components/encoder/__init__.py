@@ -21,6 +21,9 @@ class PretrainedEncoderParams(EncoderParams):
     def tokens_for(self, resolution: int) -> int:
         return self.spec.tokens_for(resolution)
 
+    def has_global_token(self) -> bool:
+        return self.spec.global_token is not None
+
 
 def params_for(spec: EncoderSpec) -> type[PretrainedEncoderParams]:
     name = "".join(part.capitalize() for part in spec.name.replace("-", "_").split("_")) + "Params"

@@ -63,5 +63,17 @@ class FrozenEncoder(nn.Module, Encoder):
             tokens = self._tokens(self.network, x)
         return tokens[:, self.spec.prefix_tokens:].float()
 
+    @torch.no_grad()
+    def forward_with_global(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (patch tokens, global token [B, D]): the class token after the final norm (DINOv2's
+        x_norm_clstoken, which REG denoises), or the mean token for the digits convnet."""
+        where = self.spec.global_token
+        if where is None:
+            raise NotImplementedError(f"{self.spec.name} has no class token")
+        with autocast_to(x.device.type, self.autocast_dtype):
+            tokens = self._tokens(self.network, x)
+        patches = tokens[:, self.spec.prefix_tokens:].float()
+        return patches, tokens[:, 0].float() if where == "class" else patches.mean(1)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self(self.preprocess(images))

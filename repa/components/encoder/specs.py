@@ -37,6 +37,14 @@ class EncoderSpec:
     user_cache_file: str | None = None  # also accepted: a file under ~/.cache another tool downloads to
     source: str = "local file"
 
+    @property
+    def global_token(self) -> str | None:
+        """Where the image's global token is: "class" (token 0, before the patches), "mean" (the digits
+        convnet's head reads the mean token), None (I-JEPA has no class token)."""
+        if self.family == "digits":
+            return "mean"
+        return "class" if self.prefix_tokens >= 1 else None
+
     def input_size(self, resolution: int) -> int:
         return resolution * 224 // 256 if self.resize == "resize" else resolution
 
