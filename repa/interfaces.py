@@ -67,6 +67,10 @@ class BackboneParams(Params):
         """Whether `Backbone.forward` accepts `extra_tokens` (a jointly denoised quantity, [[joint]])."""
         return False
 
+    def gives_attention(self) -> bool:
+        """Whether `Backbone.record_attention` works (attention alignment, [[attention]])."""
+        return False
+
     def token_grid(self, input_size: int) -> tuple[int, int]:
         """(rows, columns) of the token grid; projectors that use the grid (iREPA's conv) get it."""
         side = int(round(self.num_tokens(input_size) ** 0.5))
@@ -89,6 +93,14 @@ class EncoderParams(Params):
     def has_global_token(self) -> bool:
         """Whether the encoder gives a global token (`Encoder.forward_with_global`), e.g. a class token."""
         return False
+
+    def gives_attention(self) -> bool:
+        """Whether the encoder gives its attention logits (`Encoder.forward_with_attention`)."""
+        return False
+
+    def num_blocks(self) -> int | None:
+        """Its number of blocks (attention alignment checks block indices against it); None: unknown."""
+        return None
 
 
 class AutoencoderParams(Params):
@@ -130,6 +142,17 @@ class JointParams(Params):
     def needs_global_token(self) -> bool:
         """Whether `Joint.clean` reads the encoder's global token (then the encoder must have one)."""
         return True
+
+
+class AttentionParams(Params):
+    """Base of an attention alignment's params ([[attention]]; HASTE's holistic alignment): the
+    backbone's attention logits at `blocks` are aligned with the encoder's at `encoder_blocks`, pair by pair."""
+
+    coeff: float = Field(0.5, ge=0, description="weight of the attention alignment loss")
+    source: int = Field(0, ge=0, description="the [[alignment]] entry (0-based) whose encoder is the teacher")
+    blocks: list[int] = Field(description="the backbone's blocks (1-based) whose attention is aligned")
+    encoder_blocks: list[int] = Field(description="the encoder's blocks (1-based), one per entry of `blocks`")
+    stop_after: int | None = Field(None, ge=0, description="switch it off after this many steps; none = never")
 
 
 class MetricParams(Params):
@@ -211,6 +234,15 @@ class AlignmentLoss(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
+
+
+class AttentionLoss(abc.ABC):
+    """(student[B,H,T,T], teacher[B,H,T,T]) pre-softmax attention logits of one block pair -> per-sample
+    loss[B], float32, differentiable in `student` (the teacher carries no gradient). The engine passes
+    the student's first H heads, H = the teacher's head count. Called every training step ([[attention]])."""
+
+    @abc.abstractmethod
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor: ...
 
 
 class TargetTransform(abc.ABC):
@@ -297,6 +329,12 @@ class Backbone(abc.ABC):
         """Raise ValueError with a readable reason for inputs this backbone cannot take (called
         once per sampling run, before the first step). Default: accept everything."""
 
+    def record_attention(self, depths: Sequence[int]):
+        """Optional capability (params' `gives_attention()`): a context manager yielding a list that
+        every forward inside it fills with the pre-softmax attention logits (q k^T / sqrt(d)) [B,H,T,T]
+        of blocks `depths` (1-based), in block order (HASTE's holistic alignment)."""
+        raise NotImplementedError(f"{type(self).__name__} does not record attention")
+
     def shard_units(self) -> list:
         """The repeated units (e.g. the blocks): sharded one by one under train.distributed = "fsdp" and
         compiled one by one under train.compile (regional compilation); default: none (the whole
@@ -341,6 +379,12 @@ class Encoder(abc.ABC):
         returns, a global token [B, embed_dim] float32: the class token, or what the encoder's own head
         reads), in one pass. Used by [[joint]] quantities (REG's class token)."""
         raise NotImplementedError(f"{type(self).__name__} has no global token")
+
+    def forward_with_attention(self, x: torch.Tensor, depths: Sequence[int]) -> tuple[torch.Tensor, list]:
+        """Optional capability (params' `gives_attention()`): preprocessed input -> (the tokens `forward`
+        returns, the pre-softmax attention logits [B,H,T,T] of blocks `depths` (1-based) between the
+        returned tokens only, float32), in one pass. Used by [[attention]] (HASTE)."""
+        raise NotImplementedError(f"{type(self).__name__} gives no attention logits")
 
     def preprocessing(self) -> dict | None:
         """What `preprocess` depends on (e.g. mean, std, resize), recorded by feature caches so that a

@@ -122,6 +122,24 @@ def check_alignment_loss(loss: Any, tokens: int = 4, dim: int = 8, where: str = 
         raise _fail(where, f"the loss under bf16 autocast is {low.dtype}; compute it in float32 (as REPA's losses do)")
 
 
+def check_attention_loss(loss: Any, heads: int = 2, tokens: int = 4, where: str = ANY) -> None:
+    """Logits [B,H,T,T] x2 -> [B], finite, deterministic, differentiable in the student's logits, float32
+    under bf16 autocast."""
+    g = _generator(1)
+    student = torch.randn(2, heads, tokens, tokens, generator=g, requires_grad=True)
+    teacher = torch.randn(2, heads, tokens, tokens, generator=g)
+    out = _run(where, "the attention loss", lambda: loss(student, teacher))
+    _tensor(where, "the attention loss", out, (2,))
+    _equal(where, "the attention loss", out.detach(), loss(student, teacher).detach())
+    (grad,) = _run(where, "the loss's backward", lambda: torch.autograd.grad(out.sum(), student))
+    if not bool(torch.isfinite(grad).all()) or not bool(grad.abs().sum() > 0):
+        raise _fail(where, "the loss has no finite, non-zero gradient in the student's logits")
+    with _bf16():
+        low = _run(where, "the loss under bf16 autocast", lambda: loss(student.bfloat16(), teacher.bfloat16()))
+    if low.dtype != torch.float32:
+        raise _fail(where, f"the loss under bf16 autocast is {low.dtype}; compute it in float32 (as REPA's losses do)")
+
+
 def check_target_transform(transform: Any, tokens: int = 4, dim: int = 8, where: str = ANY) -> None:
     """[B,T,D] -> [B,T,D], finite, deterministic."""
     contract.probe_target_transform(where, transform, tokens, dim)
@@ -405,7 +423,8 @@ def _tiny(kind: str, entry, params, kwargs: dict) -> tuple[dict, Callable[[Any],
         context = {"hidden_size": 16, "width": 8, **kwargs}
         return context, lambda obj: check_joint(obj, context["hidden_size"], context["width"], where=where)
     simple = {"path": check_path, "prediction": check_prediction, "weighting": check_weighting,
-              "alignment_loss": check_alignment_loss, "target_transform": check_target_transform}
+              "alignment_loss": check_alignment_loss, "target_transform": check_target_transform,
+              "attention_loss": check_attention_loss}
     return kwargs, lambda obj: simple[kind](obj, where=where)
 
 

@@ -57,8 +57,10 @@ def test_every_kind_has_one_contract_and_one_hook():
 def test_every_builtin_factory_matches_its_kinds_keywords():
     components = load_components(autoload=False)
     assert components.failed == [] and components.warnings == []
-    # REPA itself denoises nothing next to the image: jointly denoised quantities are plugins (REG).
-    assert all(len(components[kind]) for kind in KINDS if kind != "joint") and not len(components["joint"])
+    # REPA itself denoises nothing next to the image and aligns no attention: REG and HASTE are plugins.
+    follow_ups = ("joint", "attention_loss")
+    assert all(len(components[kind]) for kind in KINDS if kind not in follow_ups)
+    assert not any(len(components[kind]) for kind in follow_ups)
 
 
 # ============================================================================

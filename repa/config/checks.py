@@ -7,7 +7,45 @@ from repa.config.source import Issue
 
 
 def cross_checks(config: ExperimentConfig, processes: int = 1) -> list[Issue]:
-    return _batch_checks(config, processes) + _guidance_checks(config) + _shape_checks(config) + _joint_checks(config)
+    return (_batch_checks(config, processes) + _guidance_checks(config) + _shape_checks(config)
+            + _joint_checks(config) + _attention_checks(config))
+
+
+def _attention_checks(config: ExperimentConfig) -> list[Issue]:
+    """An [[attention]] alignment pairs backbone blocks with encoder blocks; both must give attention,
+    the teacher entry must run online, and the indices must exist."""
+    issues = []
+    backbone = config.backbone.params
+    for i, term in enumerate(config.attention):
+        params, name = term.params, term.kind
+        if not backbone.gives_attention():
+            issues.append(Issue(("backbone", "kind"), f"{config.backbone.kind} does not record attention, which "
+                                f"[[attention]] {name} aligns; use a backbone that does (the built-in SiT does)"))
+        if len(params.blocks) != len(params.encoder_blocks) or not params.blocks:
+            issues.append(Issue(("attention", i, "encoder_blocks"), f"{len(params.encoder_blocks)} encoder blocks for "
+                                f"{len(params.blocks)} backbone blocks; give one per backbone block"))
+        bad = [b for b in params.blocks if not 1 <= b <= backbone.num_blocks()]
+        if bad:
+            issues.append(Issue(("attention", i, "blocks"), f"{bad}: {config.backbone.kind} has blocks "
+                                f"1..{backbone.num_blocks()}"))
+        if params.source >= len(config.alignment):
+            issues.append(Issue(("attention", i, "source"), f"{params.source}, but there are {len(config.alignment)} "
+                                f"[[alignment]] entries; [[attention]] {name} uses that entry's encoder as teacher"))
+            continue
+        entry = config.alignment[params.source]
+        encoder = entry.encoder.params
+        if entry.features != "online":
+            issues.append(Issue(("alignment", params.source, "features"), f"{entry.features!r}: [[attention]] {name} "
+                                'needs the encoder online (a feature cache holds no attention); set features = "online"'))
+        if not encoder.gives_attention():
+            issues.append(Issue(("alignment", params.source, "encoder"), f"{entry.encoder.kind} gives no attention "
+                                f"logits, which [[attention]] {name} needs; use a ViT encoder (e.g. dinov2-vit-b)"))
+            continue
+        top = encoder.num_blocks()
+        bad = [b for b in params.encoder_blocks if top is not None and not 1 <= b <= top]
+        if bad:
+            issues.append(Issue(("attention", i, "encoder_blocks"), f"{bad}: {entry.encoder.kind} has blocks 1..{top}"))
+    return issues
 
 
 def _joint_checks(config: ExperimentConfig) -> list[Issue]:

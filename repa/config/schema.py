@@ -125,6 +125,8 @@ class ExperimentConfig(Section):
     prediction: Annotated[Component, Kind("prediction", default="v")]
     weighting: Annotated[Component, Kind("weighting", default="uniform")]
     alignment: list[AlignmentEntry] = Field(default_factory=list)
+    attention: list[Annotated[Component, Kind("attention_loss")]] = Field(
+        default_factory=list, description="attention alignments (HASTE's holistic alignment), from plugins")
     joint: list[Annotated[Component, Kind("joint")]] = Field(
         default_factory=list, description="a quantity denoised jointly with the image (REG's class token); at most one")
     optim: Annotated[Component, Kind("optimizer", default="adamw")]

@@ -55,6 +55,14 @@ def build_terms(config: ExperimentConfig) -> list[AlignmentTerm]:
             for entry in config.alignment]
 
 
+def build_attention_terms(config: ExperimentConfig) -> list:
+    """Each [[attention]] entry's loss, coefficient, backbone blocks and early stop."""
+    from repa.engine.objective import AttentionTerm
+
+    return [AttentionTerm(term.build(), term.params.coeff, list(term.params.blocks), term.params.stop_after)
+            for term in config.attention]
+
+
 def build_sampling(config: ExperimentConfig):
     """(sampler, guidance) from the [sample] section."""
     sample = config.sample

@@ -3,8 +3,13 @@
     L = E_t[ w(t) |f(x_t, t, y) - target|^2 ] + sum_k coeff_k * align_k(h_phi_k(h_t), y*_k) / n
         [ + coeff_J * E_t[ w(t) |g(z_t, ...) - target_z|^2 ] ]
 
-The bracketed term is a quantity denoised jointly with the image ([[joint]], `repa.interfaces.Joint`;
+        [ + sum_a coeff_a * mean_pairs attn_a(A_student[block], A_teacher[encoder block]) ]
+
+The first bracketed term is a quantity denoised jointly with the image ([[joint]], `repa.interfaces.Joint`;
 REG, Wu et al. 2025, loss.py `denoising_loss_cls`): z0 is noised by the same path at the same t.
+The second is attention alignment ([[attention]], `repa.interfaces.AttentionLoss`; HASTE, Wang et
+al. 2025, loss.py `attn_loss`): the backbone's attention logits against the encoder's, block pair by
+block pair, averaged over the pairs.
 
 The weighting gives t, the path x_t, the prediction target what to regress, each alignment
 entry (`repa.engine.alignment.AlignmentTerm`) its loss on its projector's output. With
@@ -14,12 +19,14 @@ normalisation (sihyun-yu/REPA @ 67f7145, loss.py: sum over encoders and batch / 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from repa.engine.alignment import AlignmentTerm
-from repa.interfaces import Path, Prediction, Weighting
+from repa.interfaces import AttentionLoss, Path, Prediction, Weighting
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -32,6 +39,38 @@ class LossParts:
     denoising: torch.Tensor  # [B] per-sample
     alignment: list[torch.Tensor]  # [B] per entry (zeros if inactive)
     joint: torch.Tensor | None = None  # [B] the joint quantity's denoising loss, when there is one
+    attention: list[torch.Tensor] = field(default_factory=list)  # [B] per [[attention]] term
+
+
+@dataclass
+class AttentionTerm:
+    """One [[attention]] entry: its loss over the pairs (blocks[i], the teacher's logits i)."""
+    loss: AttentionLoss
+    coeff: float
+    blocks: list[int]
+    stop_after: int | None = None
+
+    def active(self, step: int) -> bool:
+        return self.coeff > 0 and (self.stop_after is None or step < self.stop_after)
+
+    def __call__(self, student: dict[int, torch.Tensor], teachers: list[torch.Tensor]) -> torch.Tensor:
+        """Per-sample loss [B], the mean over the block pairs; the student's first H heads meet the
+        teacher's H (HASTE aligns SiT-XL's first 12 of 16 heads with DINOv2-B's 12)."""
+        losses = []
+        for block, teacher in zip(self.blocks, teachers):
+            heads = teacher.shape[1]
+            if student[block].shape[1] < heads or student[block].shape[2:] != teacher.shape[2:]:
+                raise ValueError(f"attention of block {block} is {list(student[block].shape)} but the teacher's is "
+                                 f"{list(teacher.shape)}: the backbone needs at least as many heads and the same tokens")
+            losses.append(self.loss(student[block][:, :heads], teacher))
+        return torch.stack(losses).mean(0)
+
+
+@dataclass
+class AttentionBatch:
+    """The teachers' attention logits per [[attention]] term, and the backbone's recorder."""
+    teachers: list[list[torch.Tensor]]
+    record: Callable  # record(depths) -> context manager yielding the list the forward fills
 
 
 @dataclass
@@ -45,9 +84,12 @@ class JointBatch:
 
 class Objective:
     def __init__(self, path: Path, prediction: Prediction, weighting: Weighting,
-                 terms: list[AlignmentTerm], reduction: str = "mean"):
+                 terms: list[AlignmentTerm], reduction: str = "mean", attention_terms: list[AttentionTerm] = ()):
         self.path, self.prediction, self.weighting, self.terms = path, prediction, weighting, terms
-        self.reduction = reduction
+        self.reduction, self.attention_terms = reduction, list(attention_terms)
+
+    def attention_depths(self) -> list[int]:
+        return sorted({block for term in self.attention_terms for block in term.blocks})
 
     def inputs(self, x0, noise, t):
         """x_t and the regression target."""
@@ -55,13 +97,16 @@ class Objective:
         return alpha * x0 + sigma * noise, self.prediction.target(x0, noise, t, self.path)
 
     def __call__(self, model, x0, noise, t, y, targets: list[torch.Tensor], step: int, drop_ids=None,
-                 joint: JointBatch | None = None) -> LossParts:
+                 joint: JointBatch | None = None, attention: AttentionBatch | None = None) -> LossParts:
         x_t, target = self.inputs(x0, noise, t)
-        if joint is None:
-            out, projected = model(x_t, t, y, drop_ids=drop_ids)
-        else:
-            z_t, z_target = self.inputs(joint.clean, joint.noise, t)
-            out, projected, z_out = model(x_t, t, y, drop_ids=drop_ids, joint_state=z_t)
+        depths = self.attention_depths() if attention is not None else []
+        with attention.record(depths) if depths else contextlib.nullcontext([]) as recorded:
+            if joint is None:
+                out, projected = model(x_t, t, y, drop_ids=drop_ids)
+            else:
+                z_t, z_target = self.inputs(joint.clean, joint.noise, t)
+                out, projected, z_out = model(x_t, t, y, drop_ids=drop_ids, joint_state=z_t)
+        if joint is not None:
             if joint.aligned_entry is not None:
                 targets = list(targets)
                 k = joint.aligned_entry
@@ -79,4 +124,11 @@ class Objective:
             # (DDP requires it) and switching a term off changes nothing else.
             scale = term.coeff / (len(self.terms) if self.reduction == "mean" else 1) if term.active(step) else 0.0
             total = total + scale * loss.mean()
-        return LossParts(total, denoising.detach(), per_entry, None if joint_loss is None else joint_loss.detach())
+        student = dict(zip(depths, recorded[:len(depths)]))  # gradient checkpointing records again in backward
+        per_attention = []
+        for term, teachers in zip(self.attention_terms, attention.teachers if attention is not None else []):
+            loss = term(student, teachers)
+            per_attention.append(loss.detach())
+            total = total + (term.coeff if term.active(step) else 0.0) * loss.mean()
+        return LossParts(total, denoising.detach(), per_entry, None if joint_loss is None else joint_loss.detach(),
+                         per_attention)

@@ -16,14 +16,14 @@ import torch
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
 from repa.engine.build import (
-    build_network, build_objective_parts, build_sampling, build_terms, compile_network, input_geometry, probe_alignment,
+    build_attention_terms, build_network, build_objective_parts, build_sampling, build_terms, compile_network, input_geometry, probe_alignment,
     probe_data, probe_generation, probe_network,
 )
 from repa.engine.data import StepBatchSampler, make_loader
 from repa.engine.ema import make_ema, update_ema
 from repa.engine.features import FeatureCache, WithFeatures, describe
 from repa.engine.grids import SampleGrids
-from repa.engine.objective import JointBatch, Objective
+from repa.engine.objective import AttentionBatch, JointBatch, Objective
 from repa.engine.parallel import STRATEGIES
 from repa.engine.randomness import draw_step
 from repa.engine.record import RunRecord
@@ -79,6 +79,17 @@ class Window:
         sums, counts = torch.where(finite, stacked, 0).sum(1), finite.sum(1)
         means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
         return dict(zip(keys, means.tolist()))
+
+
+def encode(encoder, x, wants_global: bool, attention_depths: tuple) -> tuple:
+    """-> (tokens, global token or None, {block: attention logits}) from as few passes as possible."""
+    tokens, global_token, logits = None, None, {}
+    if attention_depths:
+        tokens, maps = encoder.forward_with_attention(x, attention_depths)
+        logits = dict(zip(attention_depths, maps))
+    if wants_global:
+        tokens, global_token = encoder.forward_with_global(x)
+    return (encoder(x) if tokens is None else tokens), global_token, logits
 
 
 def skips_on_device(optimizer) -> bool:
@@ -190,7 +201,8 @@ class Trainer:
         torch.manual_seed(config.experiment.seed)
         model = build_network(config, self.dataset.num_classes).to(self.device)
         path, prediction, weighting = build_objective_parts(config)
-        self.objective = Objective(path, prediction, weighting, build_terms(config), config.train.alignment_reduction)
+        self.objective = Objective(path, prediction, weighting, build_terms(config), config.train.alignment_reduction,
+                                   build_attention_terms(config))
         probe_network(config, model, self.device)
         probe_alignment(config, self.objective.terms, self.encoders, self.device)
         sampler, guidance = build_sampling(config)
@@ -250,6 +262,8 @@ class Trainer:
                 _accumulate(values, f"align_loss_{k}", align.mean().float() / accum)
             if parts.joint is not None:
                 _accumulate(values, "joint_loss", parts.joint.mean().float() / accum)
+            for a, attention in enumerate(parts.attention):
+                _accumulate(values, f"attention_loss_{a}", attention.mean().float() / accum)
         if acc.num_processes > 1:
             finite = acc.gather(finite.reshape(1)).all()
         values["grad_norm"], code = self._update(finite)
@@ -261,38 +275,44 @@ class Trainer:
             moments = (batch["moments"].to(self.device, non_blocking=True) if "moments" in batch
                        else self.autoencoder.encode(images))
             x0 = self.autoencoder.sample(moments, rows.posterior)
-            targets, joint = self._targets(batch, images, rows)
+            targets, joint, attention = self._targets(batch, images, rows)
         y = batch["y"].to(self.device, non_blocking=True)
         if self.config.train.legacy_label_dropout:
             y = torch.where(rows.legacy_drop, torch.full_like(y, self._unwrapped().num_classes), y)
         with self.acc.autocast():
             return self.objective(self.model, x0, rows.noise, rows.t, y, targets, self.counters.step, rows.drop,
-                                  joint)
+                                  joint, attention)
 
-    def _targets(self, batch, images, rows) -> tuple[list, JointBatch | None]:
-        """Each entry's target tokens (a shared encoder runs once per batch), and the joint quantity's
-        clean value from its entry's encoder (the same pass, which then also gives the global token)."""
-        joint, spec = self._unwrapped().joint, self.config.joint
-        joint_entry = spec[0].params.source if spec else None
-        targets, computed, clean = [], {}, None
+    def _targets(self, batch, images, rows) -> tuple[list, JointBatch | None, AttentionBatch | None]:
+        """Each entry's target tokens (a shared encoder runs once per batch); the joint quantity's clean
+        value and the [[attention]] teachers' logits come from the same pass of their entry's encoder."""
+        network, config = self._unwrapped(), self.config
+        joint_entry = config.joint[0].params.source if config.joint else None
+        targets, computed, outputs = [], {}, {}
         for k, encoder in enumerate(self.encoders):
             cached = batch.get(f"features_{k}")
             if cached is not None:
                 targets.append(cached.to(self.device, non_blocking=True))
                 continue
-            wants_global = k == joint_entry and spec[0].params.needs_global_token()
-            key = (id(encoder), wants_global)
+            wants_global = k == joint_entry and config.joint[0].params.needs_global_token()
+            depths = tuple(sorted({d for term in config.attention if term.params.source == k
+                                   for d in term.params.encoder_blocks}))
+            key = (id(encoder), wants_global, depths)
             if key not in computed:
-                x = encoder.preprocess(images)
-                computed[key] = encoder.forward_with_global(x) if wants_global else (encoder(x), None)
-            tokens, global_token = computed[key]
-            targets.append(tokens)
-            if k == joint_entry:
-                clean = joint.clean(tokens, global_token)
-        if joint is None:
-            return targets, None
-        return targets, JointBatch(clean, rows.joint_noise, spec[0].params.coeff,
-                                   joint_entry if joint.aligned else None)
+                computed[key] = encode(encoder, encoder.preprocess(images), wants_global, depths)
+            outputs[k] = computed[key]
+            targets.append(outputs[k][0])
+        joint = None
+        if network.joint is not None:
+            tokens, global_token, _ = outputs[joint_entry]
+            joint = JointBatch(network.joint.clean(tokens, global_token), rows.joint_noise,
+                               config.joint[0].params.coeff, joint_entry if network.joint.aligned else None)
+        attention = None
+        if config.attention:
+            teachers = [[outputs[term.params.source][2][d] for d in term.params.encoder_blocks]
+                        for term in config.attention]
+            attention = AttentionBatch(teachers, network.backbone.record_attention)
+        return targets, joint, attention
 
     def _joint_shape(self) -> tuple[int, int] | None:
         joint = self._unwrapped().joint

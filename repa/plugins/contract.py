@@ -54,6 +54,7 @@ CONTRACTS: dict[str, Contract] = {
     "tracker": Contract(interfaces.Tracker, ("run_dir", "config")),
     "analysis": Contract(interfaces.Analysis, ()),
     "joint": Contract(interfaces.Joint, ("hidden_size", "width"), interfaces.JointParams, module=True),
+    "attention_loss": Contract(interfaces.AttentionLoss, (), interfaces.AttentionParams),
     "optimizer": Contract(None, ("parameters",), interfaces.OptimizerParams,
                           required=tuple(interfaces.Optimizer.__annotations__) + tuple(
                               n for n in vars(interfaces.Optimizer) if not n.startswith("_"))),

@@ -41,6 +41,7 @@ HOOKS = {
     "optimizer": "repa_register_optimizers",
     "analysis": "repa_register_analyses",
     "joint": "repa_register_joints",
+    "attention_loss": "repa_register_attention_losses",
 }
 KINDS = tuple(HOOKS)
 
@@ -141,3 +142,9 @@ def repa_register_joints(registry):
     factory(params, *, hidden_size, width) -> `repa.interfaces.Joint` (an nn.Module); width = the
     embed_dim of the encoder of the [[alignment]] entry `params.source`. Params subclass
     `repa.interfaces.JointParams`."""
+
+
+@hookspec
+def repa_register_attention_losses(registry):
+    """Add attention alignments ([[attention]], e.g. HASTE's holistic alignment). factory(params) ->
+    `repa.interfaces.AttentionLoss`. Params subclass `repa.interfaces.AttentionParams`."""

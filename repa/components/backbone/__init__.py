@@ -30,6 +30,9 @@ class SiTParams(BackboneParams):
     def takes_extra_tokens(self) -> bool:
         return True
 
+    def gives_attention(self) -> bool:
+        return True
+
     def num_tokens(self, input_size: int) -> int:
         return (input_size // self.patch_size) ** 2
 

@@ -12,6 +12,7 @@ to the engine's projectors, `repa.engine.alignment`). Differences, all deliberat
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -100,12 +101,16 @@ class Attention(nn.Module):
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
+        self.sink: list | None = None  # set by SiT.record_attention: where this block's logits go
 
     def forward(self, x):
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.sink is not None:  # HASTE: the logits are computed beside the fused kernel, as its SiT does
+            self.sink.append((q * self.head_dim ** -0.5) @ k.transpose(-2, -1))
+        x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
 
 
@@ -199,6 +204,22 @@ class SiT(nn.Module, Backbone):
 
     def shard_units(self) -> list:
         return list(self.blocks)
+
+    @contextlib.contextmanager
+    def record_attention(self, depths):
+        """Inside: forward appends blocks `depths`' attention logits [B,H,T,T] to the yielded list."""
+        for depth in depths:
+            if not 1 <= depth <= len(self.blocks):
+                raise ValueError(f"attention of block {depth} requested; SiT has blocks 1..{len(self.blocks)}")
+        recorded: list = []
+        attentions = [self.blocks[d - 1].attn for d in sorted(set(depths))]
+        for attention in attentions:
+            attention.sink = recorded
+        try:
+            yield recorded
+        finally:
+            for attention in attentions:
+                attention.sink = None
 
     def initialize_weights(self):
         """As official: xavier linears, frozen 2-D sin-cos positions, zeroed adaLN and output (DiT Sec. 3.2)."""

@@ -24,6 +24,12 @@ class PretrainedEncoderParams(EncoderParams):
     def has_global_token(self) -> bool:
         return self.spec.global_token is not None
 
+    def gives_attention(self) -> bool:
+        return self.spec.attention_blocks is not None
+
+    def num_blocks(self) -> int | None:
+        return self.spec.attention_blocks
+
 
 def params_for(spec: EncoderSpec) -> type[PretrainedEncoderParams]:
     name = "".join(part.capitalize() for part in spec.name.replace("-", "_").split("_")) + "Params"

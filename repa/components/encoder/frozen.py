@@ -75,5 +75,35 @@ class FrozenEncoder(nn.Module, Encoder):
         patches = tokens[:, self.spec.prefix_tokens:].float()
         return patches, tokens[:, 0].float() if where == "class" else patches.mean(1)
 
+    @torch.no_grad()
+    def forward_with_attention(self, x: torch.Tensor, depths) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """-> (patch tokens, pre-softmax attention logits [B,H,T,T] of blocks `depths` between the patch
+        tokens, float32), as HASTE's modified DINOv2 returns them (q k^T / sqrt(d), prefix tokens removed).
+        The digits convnet has no attention: its one "block" is its tokens' affinities z_i.z_j / sqrt(D)."""
+        if self.spec.family == "digits":
+            tokens = self(x)
+            return tokens, [(tokens @ tokens.transpose(1, 2) / tokens.shape[-1] ** 0.5)[:, None] for _ in depths]
+        logits, hooks = {}, []
+        for depth in depths:
+            attention = self.network.blocks[depth - 1].attn
+            hooks.append(attention.register_forward_pre_hook(
+                lambda module, args, depth=depth: logits.__setitem__(depth, _attention_logits(module, args[0]))))
+        try:
+            with autocast_to(x.device.type, self.autocast_dtype):
+                tokens = self._tokens(self.network, x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        prefix = self.spec.prefix_tokens
+        return tokens[:, prefix:].float(), [logits[d][:, :, prefix:, prefix:].float() for d in depths]
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self(self.preprocess(images))
+
+
+def _attention_logits(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A timm Attention's pre-softmax logits for its input x [B,N,C]: (q * scale) k^T, [B,H,N,N]."""
+    batch, tokens, _ = x.shape
+    qkv = attention.qkv(x).reshape(batch, tokens, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attention.q_norm(qkv[0]), attention.k_norm(qkv[1])
+    return (q * attention.scale) @ k.transpose(-2, -1)

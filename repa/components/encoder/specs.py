@@ -45,6 +45,14 @@ class EncoderSpec:
             return "mean"
         return "class" if self.prefix_tokens >= 1 else None
 
+    @property
+    def attention_blocks(self) -> int | None:
+        """Blocks whose attention logits the encoder gives: the timm ViTs' blocks; the digits convnet
+        has no attention and gives its tokens' affinities as one block, one head instead; None: CLIP."""
+        if self.family == "digits":
+            return 1
+        return None if self.family == "clip" else self.arch.get("depth")
+
     def input_size(self, resolution: int) -> int:
         return resolution * 224 // 256 if self.resize == "resize" else resolution
 

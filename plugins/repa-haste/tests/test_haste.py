@@ -1,0 +1,133 @@
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from repa.engine.objective import AttentionTerm
+from repa.plugins import load_components
+from repa.testing import check_component
+
+
+# ---- Transcription of the released code (NUS-HPC-AI-Lab/HASTE: models/sit.py Attention.forward with
+# return_act, modify_dinov2/layers/attention.py, loss.py attn_loss) ----
+
+def haste_sit_attention_logits(attn, x):
+    B, N, C = x.shape
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    scale = attn.head_dim ** -0.5
+    return (q * scale) @ k.transpose(-2, -1)
+
+
+def haste_dinov2_attention_logits(attn, x):
+    B, N, C = x.shape
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * attn.scale, qkv[1], qkv[2]
+    attn_logits = q @ k.transpose(-2, -1)
+    return attn_logits[:, :, 1:, 1:]  # remove class token
+
+
+def haste_attn_loss(zs_tilde, zs, tokens, teacher_heads, pairs):
+    attn_loss = 0.0
+    for i, j in pairs:  # released: for i in range(4, 8): zs_tilde[i] <-> zs[i + 4]
+        zsi = (zs_tilde[i])[:, :teacher_heads, :, :].reshape(-1, tokens)
+        zs_j = zs[j].reshape(-1, tokens).softmax(dim=-1)
+        attn_loss += -(zs_j * torch.log(zsi.softmax(dim=-1))).sum(dim=-1).mean()
+    return attn_loss / len(pairs)
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_registered_by_its_distribution_with_the_released_defaults_and_keeps_the_contract():
+    entry = load_components().get("attention_loss", "haste")
+    params = entry.params()
+    assert entry.distribution == "repa-haste"
+    assert (params.blocks, params.encoder_blocks, params.coeff) == ([5, 6, 7, 8], [9, 10, 11, 12], 0.5)
+    check_component("attention_loss", "haste")
+
+
+def test_loss_equals_the_released_attention_loss_on_a_sit_and_a_vit():
+    """Student: a tiny SiT (4 heads) recording blocks 1-2; teacher: a tiny DINOv2-style ViT (2 heads, class
+    token) at blocks 2-3; the released loop over the pairs and heads [:, :2] against AttentionTerm."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from repa.components.backbone.sit import SiT
+
+    torch.manual_seed(0)
+    sit = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=4, num_classes=10)
+    with torch.no_grad():
+        for p in sit.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=2, num_classes=0).eval()
+    x, t, y = torch.randn(3, 4, 8, 8), torch.rand(3), torch.tensor([1, 2, 3])
+    image = torch.randn(3, 3, 16, 16)
+
+    released_student, released_teacher = {}, {}
+    hooks = [sit.blocks[i].attn.register_forward_pre_hook(
+        lambda m, a, i=i: released_student.__setitem__(i, haste_sit_attention_logits(m, a[0]))) for i in range(3)]
+    hooks += [vit.blocks[i].attn.register_forward_pre_hook(
+        lambda m, a, i=i: released_teacher.__setitem__(i, haste_dinov2_attention_logits(m, a[0]))) for i in range(3)]
+    with sit.record_attention([1, 2]) as recorded:
+        sit.eval()(x, t, y)
+    with torch.no_grad():
+        vit.forward_features(image)
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(recorded[0], released_student[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(recorded[1], released_student[1], rtol=1e-5, atol=1e-5)
+    assert all(attention.sink is None for attention in (b.attn for b in sit.blocks))  # recording ended
+
+    teacher = [released_teacher[i] for i in (1, 2)]
+    entry = load_components().get("attention_loss", "haste")
+    loss = entry.build(entry.params())
+    ours = AttentionTerm(loss, 0.5, [1, 2])({1: recorded[0], 2: recorded[1]}, teacher)
+    expected = haste_attn_loss(released_student, released_teacher, 16, 2, [(0, 1), (1, 2)])
+    torch.testing.assert_close(ours.mean(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_encoder_gives_the_released_dinov2_attention_logits():
+    """dinov2-vit-b's architecture at depth 2 with random weights: forward_with_attention equals the
+    released modified DINOv2's logits (q scaled, class token removed) and the tokens of forward."""
+    from repa.components.encoder.specs import SPECS
+    from repa.components.encoder.vit import build_vit_encoder
+
+    torch.manual_seed(0)
+    encoder = build_vit_encoder(SPECS["dinov2-vit-b"], 32, None, depth=2)
+    x = encoder.preprocess(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    released = {}
+    hook = encoder.network.blocks[1].attn.register_forward_pre_hook(
+        lambda m, a: released.__setitem__(1, haste_dinov2_attention_logits(m, a[0])))
+    tokens, (logits,) = encoder.forward_with_attention(x, [2])
+    hook.remove()
+    torch.testing.assert_close(logits, released[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tokens, encoder(x), rtol=0, atol=0)
+    assert logits.shape == (2, 12, tokens.shape[1], tokens.shape[1])
+
+
+def test_tiny_experiment_trains_with_holistic_alignment_and_stops_it(tiny_toml, tmp_path):
+    """digits-convnet has no attention: its one "block" is its tokens' affinities (the README says so)."""
+    from tests.conftest import run_cli
+
+    experiment = tiny_toml('\n[[attention]]\nkind = "haste"\nblocks = [1, 2]\nencoder_blocks = [1, 1]\n'
+                           'stop_after = 2\n')
+    result = run_cli("run", str(experiment), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "exps" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["attention_loss_0"] > 0 for r in records)  # measured (and logged) after the stop too
+    # the loss is a cross-entropy over 16 keys: log(16) when the student's rows are uniform
+    assert all(r["attention_loss_0"] < 2 * torch.log(torch.tensor(16.0)).item() for r in records)
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ('[[attention]]\nkind = "haste"\n', "attention[0].blocks: [5, 6, 7, 8]: sit has blocks 1..2"),
+    ('[[attention]]\nkind = "haste"\nblocks = [1]\nencoder_blocks = [1, 1]\n', "2 encoder blocks for 1 backbone blocks"),
+    ('[[attention]]\nkind = "haste"\nblocks = [1]\nencoder_blocks = [3]\n', "[3]: digits-convnet has blocks 1..1"),
+])
+def test_misconfigured_attention_is_one_line(tiny_toml, extra, expected):
+    from tests.conftest import run_cli
+
+    result = run_cli("validate", str(tiny_toml("\n" + extra)))
+    assert result.returncode != 0 and expected in result.stderr and "Traceback" not in result.stderr
