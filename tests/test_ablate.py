@@ -64,6 +64,15 @@ def test_grid_and_zip_expansion_with_stable_ids(tmp_path):
         ("1", "low"), ("2", "high")]
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "experiments" / "ablations").glob("*.toml")))
+def test_every_shipped_ablation_file_expands_into_valid_runs(name):
+    """Every run of every file in experiments/ablations validates (plugins included: the README installs them)."""
+    path = Path(__file__).parents[1] / "experiments" / "ablations" / name
+    ablation = load_ablation(path)
+    runs, configs = expand(ablation, path)
+    assert len(runs) == len(configs) >= 2 and len({run.run_id for run in runs}) == len(runs)
+
+
 def test_dry_run_validates_every_run_before_anything_starts(tmp_path):
     bad = write(tmp_path, GRID.replace("values = [1, 2]", "values = [1, 5]"))
     result = run_cli("ablate", str(bad), "--dry-run")

@@ -212,14 +212,15 @@ def examples(tmp_path, monkeypatch):
 
 EXAMPLES = [("encoder", "patch-pixels", {"resolution": 32}), ("alignment_loss", "normalised-mse", {}),
             ("projector", "example-conv", {}), ("target_transform", "example-spatial-norm", {}), ("backbone", "patch-mlp", {}),
-            ("sampler", "midpoint", {}), ("metric", "pixel-diversity", {}), ("analysis", "spread", {})]
+            ("sampler", "midpoint", {}), ("metric", "pixel-diversity", {}), ("analysis", "spread", {}),
+            ("joint", "mean-token", {})]
 
 
 def test_contributing_has_an_example_per_kind_and_each_keeps_the_contract(examples):
     _, modules, components = examples
     assert sorted(modules) == sorted(f"repa_example.{m}" for m in
                                      ("encoder", "loss", "projector", "transform", "backbone", "sampler", "metric",
-                                      "analysis"))
+                                      "analysis", "joint"))
     assert components.failed == []
     for kind, name, context in EXAMPLES:
         check_component(kind, name, **context)
@@ -248,6 +249,22 @@ def test_the_contributing_example_plugin_trains_the_quickstart_for_five_steps(ex
     assert len(records) == 1 and '"step": 5' in records[0]  # log_every 50: the last step is logged
     resolved = (tmp_path / "exps" / "quickstart" / "config.resolved.toml").read_text()
     assert 'kind = "example-conv"' in resolved and 'kind = "example-spatial-norm"' in resolved and 'kind = "patch-pixels"' in resolved
+
+
+def test_the_contributing_joint_example_trains_and_samples_with_the_tiny_experiment(examples, tiny_toml, tmp_path):
+    """Another method than REG through [[joint]]: the example's mean token is denoised with the image."""
+    from repa.weights import load_file
+
+    folder, modules, _ = examples
+    block = re.search(r"```toml\n(\[\[joint\]\]\nkind = \"mean-token\".*?)```", (ROOT / "CONTRIBUTING.md").read_text(),
+                      re.S).group(1)
+    experiment = tiny_toml("\n" + block)
+    result = run_cli(*[arg for module in modules for arg in ("-p", module)], "run", str(experiment), "--no-progress",
+                     "--set", "train.sample_every=4", env={"PYTHONPATH": str(folder)}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "exps" / "tiny"
+    assert load_file(run / "checkpoints" / "0000004" / "model.safetensors")["joint.inp.weight"].shape == (32, 128)
+    assert '"joint_loss"' in (run / "metrics.jsonl").read_text() and (run / "samples" / "0000004.png").is_file()
 
 
 def test_irepa_as_a_plugin_equals_a_transcription_of_the_released_code(examples):

@@ -131,3 +131,15 @@ def test_misconfigured_attention_is_one_line(tiny_toml, extra, expected):
 
     result = run_cli("validate", str(tiny_toml("\n" + extra)))
     assert result.returncode != 0 and expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_haste_recipe_validates_with_the_released_settings():
+    from pathlib import Path
+
+    from repa.config import load_experiment
+
+    config = load_experiment(Path(__file__).parents[3] / "experiments" / "sit_xl_haste.toml")
+    (term,) = config.attention
+    assert (term.params.blocks, term.params.encoder_blocks, term.params.coeff) == ([5, 6, 7, 8], [9, 10, 11, 12], 0.5)
+    assert term.params.stop_after == config.alignment[0].stop_after == 250_000
+    assert (config.sample.cfg_scale, tuple(config.sample.guidance_interval)) == (1.65, (0.0, 0.72))

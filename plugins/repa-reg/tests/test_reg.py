@@ -234,3 +234,15 @@ def test_an_encoder_without_a_class_token_is_one_line(tiny_toml):
     result = run_cli("validate", str(experiment))
     assert "jepa-vit-h has no global (class) token, which [[joint]] reg needs" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_reg_recipe_validates_with_the_released_settings():
+    from pathlib import Path
+
+    from repa.config import load_experiment
+
+    config = load_experiment(Path(__file__).parents[3] / "experiments" / "sit_xl_reg.toml")
+    (joint,) = config.joint
+    assert (joint.kind, joint.params.coeff, joint.params.source) == ("reg", 0.03, 0)
+    assert config.alignment[0].encoder.kind == "dinov2-vit-b" and config.alignment[0].depth == 8
+    assert (config.sample.cfg_scale, tuple(config.sample.guidance_interval), config.sample.steps) == (2.3, (0.0, 0.85), 250)
