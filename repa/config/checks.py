@@ -16,6 +16,9 @@ def _attention_checks(config: ExperimentConfig) -> list[Issue]:
     the teacher entry must run online, and the indices must exist."""
     issues = []
     backbone = config.backbone.params
+    if config.attention and config.train.compile:
+        issues.append(Issue(("train", "compile"), f"{config.train.compile!r}: recording attention for [[attention]] is "
+                            "not compiled (it appends to a list inside the blocks); set train.compile = false"))
     for i, term in enumerate(config.attention):
         params, name = term.params, term.kind
         if not backbone.gives_attention():

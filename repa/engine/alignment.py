@@ -104,9 +104,13 @@ class AlignmentTerm:
         """HASTE-style early stop: the term is switched off after `stop_after` steps."""
         return self.coeff > 0 and (self.stop_after is None or step < self.stop_after)
 
-    def __call__(self, projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss [B] against the (transformed) target tokens."""
+    def __call__(self, projected: torch.Tensor, target: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample loss [B] against the (transformed) target tokens; `prefix` [B,K,D] (a [[joint]]
+        quantity aligned with this entry, REG's class token) goes before them after the transform, which
+        sees the encoder's tokens only."""
         if self.transform is not None:
             with torch.no_grad():
                 target = self.transform(target)
+        if prefix is not None:
+            target = torch.cat([prefix.to(target.dtype), target], dim=1)
         return self.loss(projected, target)

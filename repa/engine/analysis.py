@@ -276,6 +276,9 @@ def analyze(targets: list[Target], experiment: ExperimentConfig | None, encoders
     with status(f"hidden states: {passes} passes (checkpoint x t)", passes, progress) as advance:
         for target in targets:
             data = data_by_key[data_key(target.config)]
+            if target.config.joint:
+                notes.add(f"{target.name}: its [[joint]] {target.config.joint[0].kind} quantity is left out: the backbone "
+                          "runs on the image tokens alone, which it never did in training")
             for folder in target.checkpoints:
                 state, step, source = resolve_checkpoint(folder)
                 model = load_model(target.config, state, source).to(device)

@@ -4,6 +4,7 @@ them on tiny inputs before anything is written (`repa.plugins.contract` probes).
 from __future__ import annotations
 
 from repa.config import ExperimentConfig
+from repa.errors import ConfigError, ContractError
 from repa.engine.alignment import AlignedNetwork, AlignmentTerm
 from repa.plugins import contract
 
@@ -86,9 +87,46 @@ def probe_network(config: ExperimentConfig, network: AlignedNetwork, device=None
     tokens = config.backbone.params.num_tokens(side)
     contract.probe_backbone(config.backbone.entry.label, network.backbone, side, channels,
                             sorted(set(network.depths)), tokens, device)
-    for entry, projector in zip(config.alignment, network.projectors):
-        contract.probe_projector(entry.projector.entry.label, projector, tokens, network.backbone.hidden_size,
-                                 entry.encoder.params.embed_dim(), device)
+    joint = network.joint
+    for k, (entry, projector) in enumerate(zip(config.alignment, network.projectors)):
+        seen = tokens + (joint.tokens if joint is not None and joint.aligned and k == network.joint_entry else 0)
+        try:
+            contract.probe_projector(entry.projector.entry.label, projector, seen, network.backbone.hidden_size,
+                                     entry.encoder.params.embed_dim(), device)
+        except ContractError as exc:
+            if seen == tokens:
+                raise
+            raise ConfigError([f"alignment[{k}].projector: [[joint]] {config.joint[0].kind} aligns its {joint.tokens} "
+                               f"token(s) with this entry, so its projector sees {seen} tokens, not a {tokens}-token "
+                               f"grid, and fails ({exc}); use a per-token projector (mlp)"]) from None
+
+
+def probe_attention(config: ExperimentConfig, network: AlignedNetwork, encoders: list, device=None) -> None:
+    """Each [[attention]] pair on one blank image: the backbone must have at least the teacher's heads
+    and the same tokens, so a mismatch is one line before anything is written, not a failed step."""
+    import torch
+
+    if not config.attention:
+        return
+    side, channels = input_geometry(config)
+    resolution = config.data.params.resolution
+    x = torch.zeros(1, channels, side, side, device=device)
+    t, y = torch.full((1,), 0.5, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    backbone, training = network.backbone, network.backbone.training
+    backbone.eval()  # no label dropout: the probe draws nothing from the global RNG
+    for i, term in enumerate(config.attention):
+        params = term.params
+        with torch.no_grad(), backbone.record_attention(params.blocks) as student:
+            backbone(x, t, y, drop_ids=None, hidden_depths=[])
+        encoder = encoders[params.source]
+        images = torch.zeros(1, 3, resolution, resolution, dtype=torch.uint8, device=device)
+        _, teachers = encoder.forward_with_attention(encoder.preprocess(images), list(params.encoder_blocks))
+        mine, theirs = tuple(student[0].shape[1:]), tuple(teachers[0].shape[1:])
+        if mine[0] < theirs[0] or mine[1:] != theirs[1:]:
+            raise ConfigError([f"attention[{i}]: {config.backbone.kind}'s attention is {mine[0]} heads x {mine[1]} "
+                               f"tokens but {config.alignment[params.source].encoder.kind}'s is {theirs[0]} heads x "
+                               f"{theirs[1]} tokens; the backbone needs at least the encoder's heads and its tokens"])
+    backbone.train(training)
 
 
 def probe_data(config: ExperimentConfig, dataset, autoencoder, device=None) -> None:

@@ -39,7 +39,7 @@ class LossParts:
     denoising: torch.Tensor  # [B] per-sample
     alignment: list[torch.Tensor]  # [B] per entry (zeros if inactive)
     joint: torch.Tensor | None = None  # [B] the joint quantity's denoising loss, when there is one
-    attention: list[torch.Tensor] = field(default_factory=list)  # [B] per [[attention]] term
+    attention: list[torch.Tensor | None] = field(default_factory=list)  # [B] per [[attention]] term; None: off
 
 
 @dataclass
@@ -68,8 +68,8 @@ class AttentionTerm:
 
 @dataclass
 class AttentionBatch:
-    """The teachers' attention logits per [[attention]] term, and the backbone's recorder."""
-    teachers: list[list[torch.Tensor]]
+    """The teachers' attention logits per [[attention]] term (None: the term is off), and the backbone's recorder."""
+    teachers: list[list[torch.Tensor] | None]
     record: Callable  # record(depths) -> context manager yielding the list the forward fills
 
 
@@ -88,8 +88,9 @@ class Objective:
         self.path, self.prediction, self.weighting, self.terms = path, prediction, weighting, terms
         self.reduction, self.attention_terms = reduction, list(attention_terms)
 
-    def attention_depths(self) -> list[int]:
-        return sorted({block for term in self.attention_terms for block in term.blocks})
+    def attention_depths(self, step: int) -> list[int]:
+        """The backbone blocks whose attention the active [[attention]] terms read at `step`."""
+        return sorted({block for term in self.attention_terms if term.active(step) for block in term.blocks})
 
     def inputs(self, x0, noise, t):
         """x_t and the regression target."""
@@ -99,36 +100,36 @@ class Objective:
     def __call__(self, model, x0, noise, t, y, targets: list[torch.Tensor], step: int, drop_ids=None,
                  joint: JointBatch | None = None, attention: AttentionBatch | None = None) -> LossParts:
         x_t, target = self.inputs(x0, noise, t)
-        depths = self.attention_depths() if attention is not None else []
+        depths = self.attention_depths(step) if attention is not None else []
         with attention.record(depths) if depths else contextlib.nullcontext([]) as recorded:
             if joint is None:
                 out, projected = model(x_t, t, y, drop_ids=drop_ids)
             else:
                 z_t, z_target = self.inputs(joint.clean, joint.noise, t)
                 out, projected, z_out = model(x_t, t, y, drop_ids=drop_ids, joint_state=z_t)
-        if joint is not None:
-            if joint.aligned_entry is not None:
-                targets = list(targets)
-                k = joint.aligned_entry
-                targets[k] = torch.cat([joint.clean.to(targets[k].dtype), targets[k]], dim=1)
         denoising = mean_flat((out.float() - target.float()) ** 2) * self.weighting.loss_weight(t).float()
         per_entry, total = [], denoising.mean()
         joint_loss = None
         if joint is not None:
             joint_loss = mean_flat((z_out.float() - z_target.float()) ** 2) * self.weighting.loss_weight(t).float()
             total = total + joint.coeff * joint_loss.mean()
-        for term, z_tilde, z in zip(self.terms, projected, targets):
-            loss = term(z_tilde, z)
+        for k, (term, z_tilde, z) in enumerate(zip(self.terms, projected, targets)):
+            loss = term(z_tilde, z, joint.clean if joint is not None and joint.aligned_entry == k else None)
             per_entry.append(loss.detach())
             # An inactive term still enters with weight 0, so every projector gets a gradient
             # (DDP requires it) and switching a term off changes nothing else.
             scale = term.coeff / (len(self.terms) if self.reduction == "mean" else 1) if term.active(step) else 0.0
             total = total + scale * loss.mean()
-        student = dict(zip(depths, recorded[:len(depths)]))  # gradient checkpointing records again in backward
+        # Without a [[joint]]'s extra tokens (they come first): the teacher's tokens are the image's.
+        extra = joint.clean.shape[1] if joint is not None else 0
+        student = {d: logits[:, :, extra:, extra:] for d, logits in zip(depths, recorded)}
         per_attention = []
         for term, teachers in zip(self.attention_terms, attention.teachers if attention is not None else []):
+            if teachers is None:  # switched off (stop_after): neither recorded nor computed, as HASTE's phase II
+                per_attention.append(None)
+                continue
             loss = term(student, teachers)
             per_attention.append(loss.detach())
-            total = total + (term.coeff if term.active(step) else 0.0) * loss.mean()
+            total = total + term.coeff * loss.mean()
         return LossParts(total, denoising.detach(), per_entry, None if joint_loss is None else joint_loss.detach(),
                          per_attention)

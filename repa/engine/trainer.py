@@ -17,7 +17,7 @@ from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
 from repa.engine.build import (
     build_attention_terms, build_network, build_objective_parts, build_sampling, build_terms, compile_network, input_geometry, probe_alignment,
-    probe_data, probe_generation, probe_network,
+    probe_attention, probe_data, probe_generation, probe_network,
 )
 from repa.engine.data import StepBatchSampler, make_loader
 from repa.engine.ema import make_ema, update_ema
@@ -205,6 +205,7 @@ class Trainer:
                                    build_attention_terms(config))
         probe_network(config, model, self.device)
         probe_alignment(config, self.objective.terms, self.encoders, self.device)
+        probe_attention(config, model, self.encoders, self.device)
         sampler, guidance = build_sampling(config)
         probe_generation(config, sampler, guidance, path)
         ema = make_ema(model)
@@ -263,7 +264,8 @@ class Trainer:
             if parts.joint is not None:
                 _accumulate(values, "joint_loss", parts.joint.mean().float() / accum)
             for a, attention in enumerate(parts.attention):
-                _accumulate(values, f"attention_loss_{a}", attention.mean().float() / accum)
+                if attention is not None:  # a switched-off term is not computed (HASTE's phase II)
+                    _accumulate(values, f"attention_loss_{a}", attention.mean().float() / accum)
         if acc.num_processes > 1:
             finite = acc.gather(finite.reshape(1)).all()
         values["grad_norm"], code = self._update(finite)
@@ -284,33 +286,39 @@ class Trainer:
                                   joint, attention)
 
     def _targets(self, batch, images, rows) -> tuple[list, JointBatch | None, AttentionBatch | None]:
-        """Each entry's target tokens (a shared encoder runs once per batch); the joint quantity's clean
-        value and the [[attention]] teachers' logits come from the same pass of their entry's encoder."""
-        network, config = self._unwrapped(), self.config
+        """Each entry's target tokens; the joint quantity's clean value and the active [[attention]]
+        teachers' logits come from the same pass: each encoder runs once per batch for all it is asked."""
+        network, config, step = self._unwrapped(), self.config, self.counters.step
         joint_entry = config.joint[0].params.source if config.joint else None
-        targets, computed, outputs = [], {}, {}
+        active = [term.active(step) for term in self.objective.attention_terms]  # off: not computed at all
+        needs: dict[int, tuple[bool, set]] = {}  # id(encoder) -> (global token, attention blocks)
+        for k, encoder in enumerate(self.encoders):
+            if encoder is None:
+                continue
+            wants_global, depths = needs.get(id(encoder), (False, set()))
+            wants_global |= k == joint_entry and config.joint[0].params.needs_global_token()
+            depths |= {d for term, on in zip(config.attention, active) if on and term.params.source == k
+                       for d in term.params.encoder_blocks}
+            needs[id(encoder)] = (wants_global, depths)
+        targets, outputs = [], {}
         for k, encoder in enumerate(self.encoders):
             cached = batch.get(f"features_{k}")
             if cached is not None:
                 targets.append(cached.to(self.device, non_blocking=True))
                 continue
-            wants_global = k == joint_entry and config.joint[0].params.needs_global_token()
-            depths = tuple(sorted({d for term in config.attention if term.params.source == k
-                                   for d in term.params.encoder_blocks}))
-            key = (id(encoder), wants_global, depths)
-            if key not in computed:
-                computed[key] = encode(encoder, encoder.preprocess(images), wants_global, depths)
-            outputs[k] = computed[key]
-            targets.append(outputs[k][0])
+            if id(encoder) not in outputs:
+                wants_global, depths = needs[id(encoder)]
+                outputs[id(encoder)] = encode(encoder, encoder.preprocess(images), wants_global, tuple(sorted(depths)))
+            targets.append(outputs[id(encoder)][0])
         joint = None
         if network.joint is not None:
-            tokens, global_token, _ = outputs[joint_entry]
+            tokens, global_token, _ = outputs[id(self.encoders[joint_entry])]
             joint = JointBatch(network.joint.clean(tokens, global_token), rows.joint_noise,
                                config.joint[0].params.coeff, joint_entry if network.joint.aligned else None)
         attention = None
         if config.attention:
-            teachers = [[outputs[term.params.source][2][d] for d in term.params.encoder_blocks]
-                        for term in config.attention]
+            teachers = [[outputs[id(self.encoders[term.params.source])][2][d] for d in term.params.encoder_blocks]
+                        if on else None for term, on in zip(config.attention, active)]
             attention = AttentionBatch(teachers, network.backbone.record_attention)
         return targets, joint, attention
 

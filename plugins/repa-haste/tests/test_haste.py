@@ -116,20 +116,58 @@ def test_tiny_experiment_trains_with_holistic_alignment_and_stops_it(tiny_toml, 
     result = run_cli("run", str(experiment), "--no-progress")
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (tmp_path / "exps" / "tiny" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["attention_loss_0"] > 0 for r in records)  # measured (and logged) after the stop too
-    # the loss is a cross-entropy over 16 keys: log(16) when the student's rows are uniform
-    assert all(r["attention_loss_0"] < 2 * torch.log(torch.tensor(16.0)).item() for r in records)
+    # On for steps 1-2; after stop_after it is not computed at all (HASTE's phase II), so not logged.
+    assert [r["step"] for r in records if "attention_loss_0" in r] == [1, 2]
+    # a cross-entropy over 16 keys: log(16) when the student's rows are uniform
+    assert all(0 < r["attention_loss_0"] < 2 * torch.log(torch.tensor(16.0)).item() for r in records[:2])
+
+
+def test_with_reg_and_gradient_checkpointing_the_image_tokens_attention_is_aligned(tiny_toml, tmp_path):
+    """REG's extra token is left out of the student's logits (the teacher has the image tokens only), and
+    the recorded blocks run without gradient checkpointing (their recomputation would not record)."""
+    from tests.conftest import run_cli
+
+    experiment = tiny_toml('\n[[attention]]\nkind = "haste"\nblocks = [1, 2]\nencoder_blocks = [1, 1]\n'
+                           '\n[[joint]]\nkind = "reg"\n')
+    result = run_cli("run", str(experiment), "--no-progress", "--set", "train.grad_checkpointing=true")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "exps" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["attention_loss_0"] > 0 and r["joint_loss"] > 0 for r in records)
+
+
+def test_a_teacher_with_more_heads_than_the_backbone_is_one_line_before_training(tiny_toml):
+    from repa.config import load_experiment
+    from repa.engine.build import build_network, probe_attention
+    from repa.errors import ConfigError
+
+    config = load_experiment(tiny_toml('\n[[attention]]\nkind = "haste"\nblocks = [1]\nencoder_blocks = [1]\n'))
+
+    class EightHeads:  # a teacher with 8 heads over the 16 tokens; the tiny SiT has 2
+        def preprocess(self, images):
+            return images.float()
+
+        def forward_with_attention(self, x, depths):
+            return None, [torch.zeros(1, 8, 16, 16) for _ in depths]
+
+    with pytest.raises(ConfigError, match=r"attention\[0\]: sit's attention is 2 heads x 16 tokens but "
+                                          r"digits-convnet's is 8 heads x 16 tokens"):
+        probe_attention(config, build_network(config, 10), [EightHeads()])
 
 
 @pytest.mark.parametrize("extra,expected", [
     ('[[attention]]\nkind = "haste"\n', "attention[0].blocks: [5, 6, 7, 8]: sit has blocks 1..2"),
     ('[[attention]]\nkind = "haste"\nblocks = [1]\nencoder_blocks = [1, 1]\n', "2 encoder blocks for 1 backbone blocks"),
     ('[[attention]]\nkind = "haste"\nblocks = [1]\nencoder_blocks = [3]\n', "[3]: digits-convnet has blocks 1..1"),
+    ('[[attention]]\nkind = "haste"\nblocks = [1]\nencoder_blocks = [1]\n[train]\n', None),
 ])
 def test_misconfigured_attention_is_one_line(tiny_toml, extra, expected):
     from tests.conftest import run_cli
 
-    result = run_cli("validate", str(tiny_toml("\n" + extra)))
+    if expected is None:  # with train.compile
+        result = run_cli("validate", str(tiny_toml("\n" + extra.replace("[train]\n", ""))), "--set", "train.compile=true")
+        expected = "train.compile: True: recording attention for [[attention]] is not compiled"
+    else:
+        result = run_cli("validate", str(tiny_toml("\n" + extra)))
     assert result.returncode != 0 and expected in result.stderr and "Traceback" not in result.stderr
 
 

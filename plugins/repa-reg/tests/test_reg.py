@@ -246,3 +246,15 @@ def test_the_reg_recipe_validates_with_the_released_settings():
     assert (joint.kind, joint.params.coeff, joint.params.source) == ("reg", 0.03, 0)
     assert config.alignment[0].encoder.kind == "dinov2-vit-b" and config.alignment[0].depth == 8
     assert (config.sample.cfg_scale, tuple(config.sample.guidance_interval), config.sample.steps) == (2.3, (0.0, 0.85), 250)
+
+
+def test_a_grid_projector_on_the_entry_reg_aligns_with_is_one_line_before_training(tiny_toml, tmp_path):
+    """REG aligns its class token with the entry: a conv projector (iREPA) cannot take 1 + 16 tokens."""
+    from tests.conftest import run_cli
+
+    experiment = tiny_toml('\n[[joint]]\nkind = "reg"\n')
+    experiment.write_text(experiment.read_text().replace("projector_dim = 32", 'projector = "conv"'))
+    result = run_cli("run", str(experiment), "--no-progress")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "alignment[0].projector: [[joint]] reg aligns its 1 token(s) with this entry, so its projector sees 17 " \
+           "tokens" in result.stderr and not (tmp_path / "exps" / "tiny").exists()

@@ -292,7 +292,9 @@ class SiT(nn.Module, Backbone):
         c = self.t_embedder(t) + self.y_embedder(y, drop_ids)
         wanted, hidden = set(hidden_depths), {}
         for i, block in enumerate(self.blocks):
-            if self.grad_checkpointing and self.training:
+            # A block whose attention is recorded runs without checkpointing: its recomputation in
+            # backward would not record again, and torch requires the same saved tensors.
+            if self.grad_checkpointing and self.training and block.attn.sink is None:
                 x = checkpoint(block, x, c, use_reentrant=False)
             else:
                 x = block(x, c)
