@@ -12,7 +12,8 @@ from rich.table import Table
 from repa.errors import RepaError
 from repa.plugins import KINDS, Entry, get_components
 
-ALIASES = {"alignment": "alignment_loss", "alignment-loss": "alignment_loss", "loss": "alignment_loss"}
+ALIASES = {"alignment": "alignment_loss", "alignment-loss": "alignment_loss", "loss": "alignment_loss",
+           "attention": "attention_loss", "attention-loss": "attention_loss"}
 
 
 def _kind(name: str | None) -> list[str]:
