@@ -233,7 +233,7 @@ def test_spatial_scores_see_structure_and_its_absence():
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """The tests' tiny experiment trained for 4 steps with REPA and without (checkpoints at 2 and 4)."""
-    from conftest import TINY, run_cli
+    from tests.conftest import TINY, run_cli
 
     folder = tmp_path_factory.mktemp("analyze")
     experiment = folder / "tiny.toml"
@@ -252,7 +252,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_analyze_two_runs_prints_both_tables_and_writes_scores_and_plots(two_runs, tmp_path):
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     _, repa_run, baseline = two_runs
     out = tmp_path / "analysis"
@@ -292,7 +292,7 @@ def test_analyze_two_runs_prints_both_tables_and_writes_scores_and_plots(two_run
 
 def test_the_same_images_and_noise_for_every_checkpoint_and_run(two_runs, tmp_path):
     """--latest measures the latest checkpoint on exactly the inputs the full analysis used."""
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     _, repa_run, _ = two_runs
     common = ("--samples", "120", "--t", "0.5", "--token-images", "16", "--analyses", "cknna,linear-probe",
@@ -305,7 +305,7 @@ def test_the_same_images_and_noise_for_every_checkpoint_and_run(two_runs, tmp_pa
 
 
 def test_an_analysis_from_a_plugin_is_measured(two_runs, tmp_path):
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     _, repa_run, _ = two_runs
     (tmp_path / "norm_plugin.py").write_text(
@@ -337,7 +337,7 @@ def test_an_analysis_from_a_plugin_is_measured(two_runs, tmp_path):
      "repa analyze: --experiment and --set are for --encoder alone; a run folder brings its own experiment"),
 ])
 def test_analyze_refuses_bad_input_in_one_line(two_runs, tmp_path, args, message):
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     _, repa_run, _ = two_runs
     fill = {"missing": str(tmp_path / "nope"), "run": str(repa_run)}
@@ -347,7 +347,7 @@ def test_analyze_refuses_bad_input_in_one_line(two_runs, tmp_path, args, message
 
 
 def test_too_few_images_for_cknna_leave_it_out_with_a_note(two_runs, tmp_path):
-    from conftest import run_cli
+    from tests.conftest import run_cli
 
     _, repa_run, _ = two_runs
     result = run_cli("analyze", str(repa_run), "--latest", "--samples", "6", "--t", "0.5", "--token-images", "1",
