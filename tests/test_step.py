@@ -115,6 +115,39 @@ def test_the_fused_step_computes_what_the_previous_step_computed(tiny_toml, tmp_
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
 
 
+def test_the_ema_update_meets_the_fused_multi_tensor_kernels_conditions():
+    """On CUDA a _foreach_ op runs as one fused kernel only when every tensor-list operand matches the
+    first list tensor for tensor in shape (else: one kernel per parameter). Recorded on the CPU: every
+    _foreach_ call of a skippable EMA update, and that a skipped step leaves the EMA bitwise as it is."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from repa.engine.ema import make_ema, update_ema
+
+    class ForeachCalls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.startswith("_foreach"):
+                self.calls.append((func.__name__, [a for a in args if isinstance(a, (list, tuple))]))
+            return func(*args, **(kwargs or {}))
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 3))
+    ema = make_ema(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    with ForeachCalls() as recorded:
+        update_ema(ema, model, 0.999, torch.tensor(False))
+    assert len(recorded.calls) >= 2  # the update is multi-tensor operations, not a loop over parameters
+    for name, lists in recorded.calls:
+        shapes = [[tuple(t.shape) for t in tensors] for tensors in lists]
+        assert all(s == shapes[0] for s in shapes), f"{name}: operand shapes differ per tensor: {shapes}"
+    assert all(torch.equal(ema.state_dict()[k], before[k]) for k in before)
+
+
 def test_the_gpu_script_runs_dry_on_the_cpu(tmp_path):
     """benchmarks/gpu.sh --dry-run: every eager case at toy size, the table and the JSON, so the GPU
     script cannot rot between the sessions that have a GPU."""

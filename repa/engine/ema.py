@@ -18,8 +18,8 @@ def make_ema(model: torch.nn.Module) -> torch.nn.Module:
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, apply: torch.Tensor | None = None) -> None:
     """ema = decay * ema + (1 - decay) * model, over all parameters (pos_embed included, as official),
-    as two multi-tensor operations. `apply` (a bool tensor on the device): where it is False (a
-    skipped step) the EMA stays as it is, decided on the device without a synchronisation."""
+    as multi-tensor operations. `apply` (a bool tensor on the device): where it is False (a skipped
+    step) the EMA stays as it is, decided on the device without a synchronisation."""
     ema_named, named = dict(ema.named_parameters()), dict(model.named_parameters())
     if ema_named.keys() != named.keys():
         raise ValueError("the EMA and the model have different parameters")
@@ -29,8 +29,11 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, apply
         torch._foreach_mul_(ema_params, decay)
         torch._foreach_add_(ema_params, params, alpha=1 - decay)
         return
-    keep = torch.where(apply, decay, 1.0).to(ema_params[0].dtype)
-    take = torch.where(apply, 1 - decay, 0.0).to(ema_params[0].dtype)  # 1 - decay in float64, as alpha above
-    torch._foreach_mul_(ema_params, keep)
-    # ema + p * take in one rounding, as add(alpha=) computes ema + alpha * p: bitwise the same update
-    torch._foreach_addcmul_(ema_params, params, [take] * len(params))
+    # Every operand is a tensor list matching ema_params shape for shape, or one 0-dim tensor: the
+    # conditions of CUDA's fused multi-tensor kernels (a list of 0-dim tensors, as addcmul would take,
+    # falls back to one kernel per parameter). Multiplying by 1.0 or 0.0 is exact, so a kept step is
+    # bitwise the unconditional update above and a skipped one adds exactly zero.
+    dtype = ema_params[0].dtype
+    kept = torch._foreach_mul(params, apply.to(dtype))
+    torch._foreach_mul_(ema_params, torch.where(apply, decay, 1.0).to(dtype))
+    torch._foreach_add_(ema_params, kept, alpha=1 - decay)
