@@ -1,9 +1,11 @@
 """Loading weights safely, and finding them on this machine (official REPA checkpoints: sihyun-yu/REPA @ 67f7145,
 train.py).
 
-Never unpickles arbitrary objects: `.pt`/`.pth` files go through torch.load(weights_only=True)
-(with argparse.Namespace allowed, which official REPA training checkpoints store under
-"args"), `.safetensors` through safetensors. Every failure is one line naming the file.
+Never unpickles arbitrary objects nor runs code from a file: `.pt`/`.pth` files go through
+torch.load(weights_only=True) (with argparse.Namespace allowed, which official REPA training
+checkpoints store under "args"), `.safetensors` through safetensors; a TorchScript archive is
+refused, or (OpenAI's CLIP release) its tensors are read without running it. Every failure is one
+line naming the file.
 """
 
 from __future__ import annotations
@@ -113,8 +115,12 @@ def download(url: str, target: Path, timeout: float = 60.0) -> Path:
 # ============================================================================
 
 
-def load_file(path: str | Path) -> Any:
-    """Read a .safetensors / .pt / .pth / .bin file as tensors and plain containers."""
+def load_file(path: str | Path, torchscript_tensors: bool = False) -> Any:
+    """Read a .safetensors / .pt / .pth / .bin file as tensors and plain containers.
+
+    Nothing that carries code is ever run: a pickle goes through torch.load(weights_only=True), and a
+    TorchScript archive (which torch.jit.load would execute) is refused, unless `torchscript_tensors`
+    asks for its tensors alone, read without running any of its code (OpenAI's CLIP release)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -130,15 +136,12 @@ def load_file(path: str | Path) -> Any:
 
     import torch
 
-    if _is_torchscript(path):  # e.g. OpenAI's CLIP release: TorchScript, not a pickle; keep its tensors only
-        import warnings
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": the file is what it is
-                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-        except (RuntimeError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: unreadable TorchScript archive ({str(exc).strip().splitlines()[0][:200]})") from None
+    if _is_torchscript(path):
+        if not torchscript_tensors:
+            raise CheckpointError(
+                f"{path}: is a TorchScript archive, which carries code that loading it would run; repa never loads "
+                "one as a checkpoint or weights file. Use a safetensors file or a torch.save'd state dict")
+        return read_torchscript_tensors(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -162,6 +165,107 @@ def _is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
+
+
+# ============================================================================
+# The tensors of a TorchScript archive, without running its code
+# ============================================================================
+#
+# A TorchScript archive's data.pkl pickles the module tree: objects of `__torch__.*` classes (whose
+# code, and any `__setstate__`, lives in code/ and would run under torch.jit.load), each built from a
+# dict of its attributes, tensors among them (storages in data/). This reader resolves no class but
+# inert stand-ins for modules, torch's tensor rebuild and OrderedDict, so no code of the archive runs.
+
+
+class _ScriptObject:
+    """An inert stand-in for a TorchScript object: keeps the state it is built with, runs nothing."""
+
+    def __init__(self, *args):
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+_STORAGE_DTYPES = {
+    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16", "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16", "CharStorage": "int8",
+    "ByteStorage": "uint8", "BoolStorage": "bool",
+}
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+    import torch
+
+    return torch.as_strided(storage, tuple(size), tuple(stride), int(offset)).clone()
+
+
+def read_torchscript_tensors(path: Path) -> dict:
+    """{dotted attribute name: tensor} of a TorchScript archive's module tree (its state dict's keys)."""
+    import collections
+    import pickle
+    import zipfile
+
+    import torch
+
+    def refuse(what: str):
+        raise CheckpointError(f"{path}: TorchScript archive whose data refers to {what}; only module attributes "
+                              "and tensors are read (nothing of the archive is run)")
+
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        root = names[0].split("/")[0]
+        order = archive.read(f"{root}/byteorder").strip() if f"{root}/byteorder" in names else b"little"
+        if order != b"little":
+            refuse(f"{order.decode(errors='replace')}-endian storages")
+
+        class TensorsOnly(pickle.Unpickler):
+            def find_class(self, module, name):
+                if module.startswith("__torch__"):
+                    return _ScriptObject
+                if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+                    return _rebuild_tensor
+                if (module, name) == ("collections", "OrderedDict"):
+                    return collections.OrderedDict
+                if module == "torch" and name in _STORAGE_DTYPES:
+                    return getattr(torch, _STORAGE_DTYPES[name])
+                return refuse(f"{module}.{name}")
+
+            def persistent_load(self, pid):
+                if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                        and isinstance(pid[1], torch.dtype)):
+                    return refuse(f"an unknown record {pid!r}")
+                _, dtype, key, _, numel = pid
+                data = bytearray(archive.read(f"{root}/data/{key}"))
+                flat = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+                if flat.numel() < numel:
+                    raise CheckpointError(f"{path}: storage {key} is truncated")
+                return flat
+
+        try:
+            with archive.open(f"{root}/data.pkl") as stream:
+                tree = TensorsOnly(stream).load()
+        except CheckpointError:
+            raise
+        except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: unreadable TorchScript archive ({type(exc).__name__}: "
+                                  f"{str(exc).strip()[:200]})") from None
+    tensors: dict = {}
+    _collect_tensors(tree, "", tensors)
+    return tensors
+
+
+def _collect_tensors(node, prefix: str, out: dict) -> None:
+    import torch
+
+    state = node.state if isinstance(node, _ScriptObject) else None
+    if not isinstance(state, dict):
+        return
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor):
+            out[prefix + name] = value
+        elif isinstance(value, _ScriptObject):
+            _collect_tensors(value, f"{prefix}{name}.", out)
 
 
 def unwrap_state_dict(obj: Any, keys: Iterable[str] = ("ema", "model", "state_dict")) -> dict:

@@ -46,7 +46,7 @@ def resample_positions(visual, grid: int) -> None:
 
 
 def load_clip_weights(visual, path: Path, source: str) -> None:
-    state = load_file(path)
+    state = load_file(path, torchscript_tensors=True)  # OpenAI's release is TorchScript: its tensors only
     if any(k.startswith("visual.") for k in state):
         state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     load_state_strict(visual, state, source)
