@@ -56,7 +56,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from repa.engine.run import run_experiment
+    from repa.engine.train.run import run_experiment
 
     config = _load(args)
     resume = True if args.resume == "latest" else args.resume
@@ -67,7 +67,7 @@ def cmd_run(args) -> int:
 def cmd_preprocess(args) -> int:
     from pathlib import Path
 
-    from repa.engine import preprocess
+    from repa.engine.prep import preprocess
 
     if args.step == "images":
         summary = preprocess.preprocess_images(Path(args.src), Path(args.dest), args.resolution, args.workers,
@@ -99,7 +99,7 @@ def cmd_preprocess(args) -> int:
         print(f"{args.dest}: {written} samples packed")
         print(f"next: in the experiment, [data] kind = \"packed\", path = \"{args.dest}\"")
         return 0
-    from repa.engine.features import cache_features
+    from repa.engine.prep.features import cache_features
     from repa.precision import effective_precision, on_cpu
 
     config = load_experiment_args(args)
@@ -124,7 +124,7 @@ def _autoencoder(args):
 def cmd_sample(args) -> int:
     from pathlib import Path
 
-    from repa.engine.sampling import SampleRun, default_out, experiment_checkpoint
+    from repa.engine.generate.sampling import SampleRun, default_out, experiment_checkpoint
     from repa.presets import PAPER_PRESET, RELEASED_EXPERIMENT
 
     overrides = (PAPER_PRESET if args.preset == "paper" else []) + args.overrides
@@ -159,7 +159,7 @@ def cmd_evaluate(args) -> int:
     from pathlib import Path
 
     from repa.cli_tables import print_results
-    from repa.engine.evaluation import evaluate_images, evaluate_run, read_samples
+    from repa.engine.generate.evaluation import evaluate_images, evaluate_run, read_samples
     from repa.presets import METRICS_ONLY_EXPERIMENT
 
     target = Path(args.target)
@@ -187,7 +187,7 @@ def _toml_list(names: str) -> str:
 def cmd_ablate(args) -> int:
     from pathlib import Path
 
-    from repa.engine.ablate import run_ablation
+    from repa.engine.study.ablate import run_ablation
 
     return run_ablation(Path(args.ablation), dry_run=args.dry_run, launcher=args.launcher,
                         slurm_cluster=args.slurm_cluster)
@@ -210,32 +210,16 @@ def cmd_bench(args) -> int:
 def cmd_analyze(args) -> int:
     from pathlib import Path
 
-    from repa.engine.analysis import Settings, analyze, encoder_components, load_target
-    from repa.engine.analysis_report import tables, write_outputs
+    from repa.cli_tables import print_analysis_tables
+    from repa.engine.study.analysis import Settings
+    from repa.engine.study.analyze import analyze_command
 
-    if not args.targets and not args.encoders:
-        raise RepaError("repa analyze: give run folders to analyse (RUN_DIR ...) or an encoder (--encoder NAME)")
-    if not args.targets and not args.experiment:
-        raise RepaError("repa analyze --encoder: say which data with --experiment FILE "
-                        "(e.g. --experiment experiments/quickstart.toml)")
     settings = Settings(times=_times(args.t), samples=args.samples, token_images=args.token_images,
                         batch_size=args.batch_size, latest_only=args.latest, split=args.split)
-    if args.targets and (args.experiment or args.overrides):
-        raise RepaError("repa analyze: --experiment and --set are for --encoder alone; a run folder brings its own "
-                        "experiment (its config.resolved.toml)")
-    targets = _distinct_names([load_target(Path(t), settings.latest_only) for t in args.targets])
-    experiment = load_experiment_args(args) if args.experiment else None
-    encoders = encoder_components(targets, [_encoder(name, targets) for name in args.encoders])
-    if targets and not encoders:
-        print("note: no encoder to compare with (no run has an [[alignment]] entry): CKNNA is not measured; "
-              "name one with --encoder NAME", file=sys.stderr)
-    analyses = _analyses(args.analyses)
-    rows, notes = analyze(targets, experiment, encoders, analyses, settings, progress=not args.no_progress)
-    out = Path(args.out) if args.out else _analysis_folder(args.targets)
-    depths = {t.name: t.depths for t in targets}
-    runs = {t.name: {"checkpoints": [str(c) for c in t.checkpoints], "aligned_blocks": t.depths} for t in targets}
-    written = write_outputs(rows, notes, settings.describe(), runs, out, depths)
-    _print_tables(tables(rows))
+    found, notes, written, out = analyze_command(
+        args.targets, args.encoders, args.experiment, args.overrides, args.analyses, settings,
+        Path(args.out) if args.out else None, progress=not args.no_progress)
+    print_analysis_tables(found)
     for note in notes:
         print(f"note: {note}")
     plots = f" and {len(written) - 2} plots in {out / 'plots'}" if len(written) > 2 else ""
@@ -270,68 +254,6 @@ def _times(text: str) -> tuple[float, ...]:
     if not times or not all(0.0 <= t <= 1.0 for t in times):
         raise RepaError(f"--t {text}: every t must lie in [0, 1] (0: data, 1: noise)")
     return times
-
-
-def _distinct_names(targets: list) -> list:
-    """Two targets with one name (two checkpoints of a run, same-named runs elsewhere) get its parent's."""
-    from collections import Counter
-
-    counts = Counter(t.name for t in targets)
-    for target in targets:
-        if counts[target.name] > 1:
-            last = target.checkpoints[-1]
-            target.name = f"{target.name}@{last.name}" if len(target.checkpoints) == 1 else \
-                f"{last.parent.parent.parent.name}/{target.name}"
-    return targets
-
-
-def _encoder(name: str, targets):
-    """A run's own configuration of that encoder (its weights, its seed) when it aligns with it."""
-    from repa.config import validate_component
-
-    for target in targets:
-        for entry in target.config.alignment:
-            if entry.encoder.kind == name:
-                return entry.encoder
-    return validate_component("encoder", name, {}, "--encoder")
-
-
-ANALYSIS_ORDER = ["cknna", "cknna-tokens", "linear-probe", "lds", "cds", "srss", "rmsc"]  # table columns
-
-
-def _analyses(names: str | None) -> dict:
-    from repa.config import validate_component
-    from repa.plugins import get_components
-
-    registered = sorted(get_components()["analysis"].names(), key=lambda n: (ANALYSIS_ORDER.index(n)
-                                                                             if n in ANALYSIS_ORDER else 99, n))
-    chosen = [n.strip() for n in names.split(",") if n.strip()] if names else registered
-    return {name: validate_component("analysis", name, {}, "--analyses").build() for name in chosen}
-
-
-def _analysis_folder(targets: list[str]):
-    from pathlib import Path
-
-    if not targets:
-        return Path("analysis")
-    first = Path(targets[0])
-    run_dir = first.parent.parent if first.parent.name == "checkpoints" else first
-    others = [Path(t).name for t in targets[1:]]
-    return run_dir / "analysis" / ("vs-" + "-".join(others) if others else "")
-
-
-def _print_tables(found) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    for title, header, body in found:
-        table = Table(title=title)
-        for i, column in enumerate(header):
-            table.add_column(column, justify="left" if i == 0 else "right", overflow="fold")
-        for row in body:
-            table.add_row(*row)
-        console.print(table)
 
 
 def load_experiment_args(args):
@@ -525,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _configure_plugins(args)
         if args.command in COMPUTE_COMMANDS:
-            from repa.engine.progress import warn_if_shared_machine
+            from repa.console import warn_if_shared_machine
 
             warn_if_shared_machine()
         return args.func(args) or 0

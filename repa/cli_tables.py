@@ -135,3 +135,15 @@ def print_results(title: str, rows: list[dict]) -> None:
     for row in rows:
         table.add_row(*[f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns])
     Console().print(table)
+
+
+def print_analysis_tables(found) -> None:
+    """`repa analyze`'s tables: (title, header, rows) each."""
+    console = Console()
+    for title, header, body in found:
+        table = Table(title=title)
+        for i, column in enumerate(header):
+            table.add_column(column, justify="left" if i == 0 else "right", overflow="fold")
+        for row in body:
+            table.add_row(*row)
+        console.print(table)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from repa.components.backbone.sit import legacy_to_blocks
-from repa.engine.alignment import AlignedNetwork, checkpoint_layout, network_layout
+from repa.engine.network import AlignedNetwork, checkpoint_layout, network_layout
 
 __all__ = ["OfficialLayoutNetwork", "euler_maruyama_sampler", "euler_sampler", "legacy_to_blocks", "official_sit"]
 
@@ -73,7 +73,7 @@ def _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type):
     from repa.components.guidance.cfg import ClassifierFreeGuidance
     from repa.components.path.interpolants import CosinePath, LinearPath
     from repa.components.prediction.targets import VelocityPrediction
-    from repa.engine.denoiser import Denoiser
+    from repa.engine.generate.denoiser import Denoiser
 
     paths = {"linear": LinearPath, "cosine": CosinePath}
     if path_type not in paths:

@@ -295,7 +295,7 @@ class Backbone(abc.ABC):
 
     Built once per run (train, sample, evaluate); `forward` runs every step. It does not own
     REPA's projectors: it returns the hidden states the alignment entries ask for, and the engine
-    projects them (`repa.engine.alignment.AlignedNetwork`).
+    projects them (`repa.engine.network.AlignedNetwork`).
 
     Attributes: `num_classes` (labels 0..num_classes-1; the null label, for classifier-free
     guidance, is `num_classes`) and `hidden_size` (width of the hidden states)."""

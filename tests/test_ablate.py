@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from repa.engine.ablation import Ablation, expand, load_ablation
+from repa.engine.study.ablation import Ablation, expand, load_ablation
 from repa.errors import ConfigError
 from tests.conftest import TINY, run_cli
 
@@ -181,7 +181,7 @@ def test_submitit_launcher_runs_jobs(tmp_path):
 
 def test_accelerate_launcher_starts_every_process(tmp_path):
     """The command the accelerate launcher builds, run for real: 2 processes (gloo on this CPU)."""
-    from repa.engine.ablation import Launcher, Run, commands, execute
+    from repa.engine.study.ablation import Launcher, Run, commands, execute
 
     base = tmp_path / "base.toml"
     base.write_text(TINY.replace("{out}", str(tmp_path / "exps")) + EVAL)
@@ -196,7 +196,7 @@ def test_accelerate_launcher_starts_every_process(tmp_path):
 
 
 def test_cells_say_when_some_of_their_runs_failed_or_are_missing():
-    from repa.engine.ablation_report import pivot
+    from repa.engine.study.ablation_report import pivot
 
     ablation = Ablation.model_validate({"name": "x", "base": "b.toml", "axes": [{"key": "a", "values": [1, 2]}],
                                         "seeds": [0, 1], "table": {"rows": ["a"], "columns": [], "metrics": ["m"]}})

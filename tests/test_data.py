@@ -15,7 +15,7 @@ from repa.components.dataset.crop import center_crop_arr
 from repa.components.dataset.digits import DigitsDataset
 from repa.components.dataset.folder import FolderDataset
 from repa.components.dataset.packed import PackedDataset
-from repa.engine import preprocess
+from repa.engine.prep import preprocess
 from repa.errors import DataError, MissingWeightsError
 
 RES = 64
@@ -343,7 +343,7 @@ def test_a_wrongly_sized_image_inside_a_folder_dataset_is_named(prepared):
 
 def test_stored_moments_of_another_autoencoder_are_refused_at_start(prepared, write_toml):
     from repa.config import load_experiment
-    from repa.engine.trainer import check_stored_moments
+    from repa.engine.train.trainer import check_stored_moments
 
     dest, _, _ = prepared
     path = write_toml(f"""

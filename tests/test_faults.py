@@ -220,7 +220,7 @@ pytest_slow = pytest.mark.slow
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from repa.engine.run_lock import RunLock
+    from repa.engine.train.run_lock import RunLock
     RunLock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(600)
@@ -243,7 +243,7 @@ def test_a_held_run_folder_is_refused_and_a_killed_holder_does_not_block(tiny_to
     finally:
         holder.kill()  # kill -9: the kernel drops the lock, the file stays
         holder.wait()
-    from repa.engine.run_lock import RunLock
+    from repa.engine.train.run_lock import RunLock
 
     lock = RunLock(run)
     lock.acquire()  # the stale file does not block
@@ -323,7 +323,7 @@ def test_finite_loss_with_an_infinite_gradient_is_a_non_finite_step(tiny_toml, t
 
 @pytest_slow
 def test_entries_with_one_encoder_share_it(tiny_toml, tmp_path):
-    from repa.engine.trainer import Trainer
+    from repa.engine.train.trainer import Trainer
 
     entry = '\n[[alignment]]\nencoder = { kind = "digits-convnet", epochs = 2 }\ndepth = 2\nprojector_dim = 32\n'
     config = load_experiment(tiny_toml(entry))
@@ -386,8 +386,8 @@ def test_a_checkpoint_write_failing_midway_leaves_no_temporary_folder_and_keeps_
     from types import SimpleNamespace
 
     from repa.engine import checkpoint as ckpt
-    from repa.engine.parallel import DDPStrategy
-    from repa.engine.run_checkpoints import Counters, RunCheckpoints
+    from repa.engine.train.parallel import DDPStrategy
+    from repa.engine.train.run_checkpoints import Counters, RunCheckpoints
     from repa.storage import StorageError
 
     acc = SimpleNamespace(is_main_process=True, process_index=0, num_processes=1, scaler=None,
@@ -438,7 +438,7 @@ def test_disk_full_during_preprocess_is_one_line(tmp_path):
 
 
 def test_symlink_loops_dangling_links_and_links_back_into_the_source(tmp_path):
-    from repa.engine import preprocess
+    from repa.engine.prep import preprocess
 
     src = tmp_path / "src"
     rng = np.random.default_rng(1)

@@ -13,7 +13,7 @@ from repa.components.path.interpolants import CosinePath, LinearPath
 from repa.components.prediction.targets import DataPrediction, NoisePrediction, VelocityPrediction
 from repa.components.weighting import LogitNormalParams, LognormalParams
 from repa.components.weighting.schedules import LogitNormalWeighting, LognormalWeighting, UniformWeighting
-from repa.engine.objective import AlignmentTerm, Objective
+from repa.engine.train.objective import AlignmentTerm, Objective
 
 PATHS = [LinearPath(), CosinePath()]
 TARGETS = [VelocityPrediction(), NoisePrediction(), DataPrediction()]

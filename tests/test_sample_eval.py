@@ -360,9 +360,9 @@ def test_evaluate_a_run_appends_results_once(trained_run):
 
 def test_class_count_of_a_checkpoint_comes_from_the_dataset_not_the_label_dropout(tiny_toml):
     from repa.config import load_experiment
-    from repa.engine.alignment import checkpoint_layout
+    from repa.engine.network import checkpoint_layout
     from repa.engine.build import build_network
-    from repa.engine.sampling import load_model
+    from repa.engine.generate.sampling import load_model
     from repa.errors import CheckpointError
 
     no_dropout = checkpoint_layout(build_network(load_experiment(tiny_toml(), ["train.label_dropout=0"]), 10).state_dict())

@@ -10,9 +10,9 @@ from repa.components.guidance.cfg import ClassifierFreeGuidance
 from repa.components.path.interpolants import CosinePath, LinearPath
 from repa.components.prediction.targets import DataPrediction, NoisePrediction, VelocityPrediction
 from repa.components.sampler.integrators import EulerMaruyamaSampler, EulerSampler
-from repa.engine.alignment import AlignedNetwork
-from repa.engine.denoiser import Denoiser, PerSampleNoise, sample_generators
-from repa.engine.generation import generate
+from repa.engine.network import AlignedNetwork
+from repa.engine.generate.denoiser import Denoiser, PerSampleNoise, sample_generators
+from repa.engine.generate.generation import generate
 from repa.interfaces import Backbone
 
 FIXTURE_CASES = {

@@ -63,7 +63,7 @@ def test_every_preset_builds_with_the_official_parameter_count(name):
 def aligned(backbone, projections):
     """backbone + MLP projectors: (depth, projector_dim, out_dim) per alignment entry."""
     from repa.components.projector.mlp import MLPProjector
-    from repa.engine.alignment import AlignedNetwork
+    from repa.engine.network import AlignedNetwork
 
     return AlignedNetwork(backbone, [MLPProjector(backbone.hidden_size, p, z) for _, p, z in projections],
                           [d for d, _, _ in projections])
@@ -112,7 +112,7 @@ def test_backbone_returns_the_hidden_states_asked_for_in_that_order():
 
 
 def test_official_layout_round_trips_through_the_aligned_network(official):
-    from repa.engine.alignment import AlignedNetwork, checkpoint_layout, network_layout
+    from repa.engine.network import AlignedNetwork, checkpoint_layout, network_layout
 
     checkpoint, _ = official
     model = official_sit(**checkpoint["config"])
@@ -126,7 +126,7 @@ def test_official_layout_round_trips_through_the_aligned_network(official):
 def test_a_backbone_with_a_submodule_called_backbone_round_trips():
     """E.g. a plugin wrapping a timm model as `self.backbone`: its keys start with `backbone.` too."""
     from repa.components.projector.mlp import MLPProjector
-    from repa.engine.alignment import AlignedNetwork, checkpoint_layout, network_layout
+    from repa.engine.network import AlignedNetwork, checkpoint_layout, network_layout
 
     class Wrapper(SiT):
         def __init__(self):

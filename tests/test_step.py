@@ -33,8 +33,8 @@ def counting_host_reads(monkeypatch):
 
 
 def _trainer(tiny_toml, tmp_path, *sets):
-    from repa.engine.data import StepBatchSampler, make_loader
-    from repa.engine.trainer import Trainer
+    from repa.engine.train.data import StepBatchSampler, make_loader
+    from repa.engine.train.trainer import Trainer
 
     config = load_experiment(tiny_toml(), list(sets))
     trainer = Trainer(config, tmp_path / "run", progress=False)
@@ -93,7 +93,7 @@ def _losses_and_weights(tiny_toml, tmp_path, *sets, steps=4):
 def test_the_fused_step_computes_what_the_previous_step_computed(tiny_toml, tmp_path):
     """Against the step before this work (foreach AdamW, EMA outside the skip): the EMA update is
     bitwise the same; the fused AdamW kernel rounds differently, within the stated tolerance."""
-    from repa.engine.ema import make_ema, update_ema
+    from repa.engine.train.ema import make_ema, update_ema
 
     losses, weights, ema = _losses_and_weights(tiny_toml, tmp_path / "a")
     old_losses, old_weights, old_ema = _losses_and_weights(tiny_toml, tmp_path / "b", "optim.fused=false")
@@ -121,7 +121,7 @@ def test_the_ema_update_meets_the_fused_multi_tensor_kernels_conditions():
     _foreach_ call of a skippable EMA update, and that a skipped step leaves the EMA bitwise as it is."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from repa.engine.ema import make_ema, update_ema
+    from repa.engine.train.ema import make_ema, update_ema
 
     class ForeachCalls(TorchDispatchMode):
         def __init__(self):
@@ -175,7 +175,7 @@ def test_the_gpu_script_runs_dry_on_the_cpu(tmp_path):
 
 
 def test_the_learning_rate_schedule_is_a_function_of_the_step(tiny_toml, tmp_path):
-    from repa.engine.trainer import learning_rate
+    from repa.engine.train.trainer import learning_rate
 
     assert [learning_rate(1.0, s, 10, "constant", 0) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
     assert [learning_rate(1.0, s, 10, "constant", 4) for s in (0, 1, 3, 4)] == [0.25, 0.5, 1.0, 1.0]

@@ -100,8 +100,8 @@ def test_a_run_failing_before_step_1_leaves_nothing(tiny_toml, tmp_path):
 
 
 def test_sample_grids_are_readable_and_labelled_by_class():
-    from repa.engine.generation import LABEL_BAND, image_grid
-    from repa.engine.grids import class_columns
+    from repa.engine.generate.generation import LABEL_BAND, image_grid
+    from repa.engine.train.grids import class_columns
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8)
@@ -123,7 +123,7 @@ def test_sample_grids_are_readable_and_labelled_by_class():
 def test_a_shared_machine_is_said_once_with_what_to_do(monkeypatch):
     import torch
 
-    from repa.engine import progress
+    from repa import console as progress
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
@@ -138,7 +138,7 @@ def test_a_shared_machine_is_said_once_with_what_to_do(monkeypatch):
 
 
 def test_eta_is_remaining_steps_over_the_shown_rate_and_moves_smoothly():
-    from repa.engine.progress import StepClock
+    from repa.console import StepClock
 
     clock = StepClock()
     for _ in range(50):

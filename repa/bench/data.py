@@ -18,7 +18,7 @@ from PIL import Image
 
 def synthetic_official(root: Path, count: int, resolution: int = 256, seed: int = 0) -> None:
     """Smooth random images (so PNG compresses like photos do, roughly) and random moments."""
-    from repa.engine.preprocess import official_image_name, official_latent_name
+    from repa.engine.prep.preprocess import official_image_name, official_latent_name
 
     rng = np.random.default_rng(seed)
     base = np.linspace(0, 255, resolution, dtype=np.float32)
@@ -57,7 +57,7 @@ def bench_data(count: int = 10_000, workers: int = 2, batch: int = 64, root: str
     from repa.components.dataset.crop import center_crop_arr
     from repa.components.dataset.folder import FolderDataset
     from repa.components.dataset.packed import PackedDataset
-    from repa.engine.preprocess import pack
+    from repa.engine.prep.preprocess import pack
 
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         tmp = Path(tmp)
@@ -90,7 +90,7 @@ def packed_throughput(count: int, workers: int | None = None, batch: int = 256, 
     """The packed format's loader samples/s (every core a worker), on `count` synthetic samples."""
     from repa.components.dataset import PackedParams
     from repa.components.dataset.packed import PackedDataset
-    from repa.engine.preprocess import pack
+    from repa.engine.prep.preprocess import pack
 
     workers = workers or os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,7 @@ def sit_b2(device, compile_model: bool = False, size: str = "B"):
     from repa.components.backbone import SIZES
     from repa.components.backbone.sit import SiT
     from repa.components.projector.mlp import MLPProjector
-    from repa.engine.alignment import AlignedNetwork
+    from repa.engine.network import AlignedNetwork
 
     depth, width, heads = SIZES[size]
     backbone = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads)
@@ -58,8 +58,8 @@ def bench_sampler(device: str | None = None, steps: int = 50, batch: int = 16, *
     from repa.components.path.interpolants import LinearPath
     from repa.components.prediction.targets import VelocityPrediction
     from repa.components.sampler.integrators import EulerSampler
-    from repa.engine.alignment import AlignedNetwork
-    from repa.engine.denoiser import Denoiser
+    from repa.engine.network import AlignedNetwork
+    from repa.engine.generate.denoiser import Denoiser
 
     device = device or default_device()
     backbone = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=384, depth=12, num_heads=6)
@@ -80,9 +80,9 @@ def bench_sample(device: str | None = None, num: int = 64, **_) -> dict:
 
     from repa.config import validate_experiment
     from repa.config import Source
-    from repa.engine.alignment import checkpoint_layout
+    from repa.engine.network import checkpoint_layout
     from repa.engine.build import build_network
-    from repa.engine.sampling import SampleRun
+    from repa.engine.generate.sampling import SampleRun
     from repa.presets import PAPER_PRESET
 
     device = device or default_device()
@@ -130,9 +130,9 @@ def sample_case(device: str, precision: str, interval: tuple[float, float], toy:
     from pathlib import Path
 
     from repa.config import Source, validate_experiment
-    from repa.engine.alignment import checkpoint_layout
+    from repa.engine.network import checkpoint_layout
     from repa.engine.build import build_network
-    from repa.engine.sampling import SampleRun, nfe_per_sample
+    from repa.engine.generate.sampling import SampleRun, nfe_per_sample
     from repa.presets import PAPER_PRESET
 
     if toy:
@@ -171,7 +171,7 @@ class _count_rows:
 
     def __enter__(self):
         from repa.components.backbone.sit import SiT
-        from repa.engine.denoiser import Denoiser
+        from repa.engine.generate.denoiser import Denoiser
 
         self.forward, self.sample = SiT.forward, Denoiser.sample
         rows, state = self.rows, {"sampling": False}
@@ -193,7 +193,7 @@ class _count_rows:
 
     def __exit__(self, *exc):
         from repa.components.backbone.sit import SiT
-        from repa.engine.denoiser import Denoiser
+        from repa.engine.generate.denoiser import Denoiser
 
         SiT.forward, Denoiser.sample = self.forward, self.sample
 

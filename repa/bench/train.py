@@ -10,9 +10,9 @@ from repa.precision import autocast_dtype
 
 
 def _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, precision, device):
-    """The trainer's step (repa.engine.trainer): nothing read from the device, fused AdamW skipping a
+    """The trainer's step (repa.engine.train.trainer): nothing read from the device, fused AdamW skipping a
     non-finite step on the device, the EMA likewise."""
-    from repa.engine.trainer import apply_step, skips_on_device
+    from repa.engine.train.trainer import apply_step, skips_on_device
 
     batch = len(x0)
     device_side = skips_on_device(optimizer)
@@ -71,8 +71,8 @@ def train_case(device: str, size: str, batch: int, precision: str, compiled: boo
     from repa.components.path.interpolants import LinearPath
     from repa.components.prediction.targets import VelocityPrediction
     from repa.components.weighting.schedules import UniformWeighting
-    from repa.engine.ema import make_ema
-    from repa.engine.objective import AlignmentTerm, Objective
+    from repa.engine.train.ema import make_ema
+    from repa.engine.train.objective import AlignmentTerm, Objective
 
     encoder = build_vit_encoder(SPECS["dinov2-vit-b"], 256, None).to(device)  # architecture, random weights
     encoder.autocast_dtype = autocast_dtype(precision)

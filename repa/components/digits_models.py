@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from repa.engine.progress import status
+from repa.console import status
 from repa.storage import write_atomic, writing
 from repa.weights import digits_model_path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from repa.config import ExperimentConfig
 from repa.errors import ConfigError, ContractError
-from repa.engine.alignment import AlignedNetwork, AlignmentTerm
+from repa.engine.network import AlignedNetwork, AlignmentTerm
 from repa.plugins import contract
 
 
@@ -58,7 +58,7 @@ def build_terms(config: ExperimentConfig) -> list[AlignmentTerm]:
 
 def build_attention_terms(config: ExperimentConfig) -> list:
     """Each [[attention]] entry's loss, coefficient, backbone blocks and early stop."""
-    from repa.engine.objective import AttentionTerm
+    from repa.engine.train.objective import AttentionTerm
 
     return [AttentionTerm(term.build(), term.params.coeff, list(term.params.blocks), term.params.stop_after)
             for term in config.attention]

@@ -23,7 +23,7 @@ from repa.errors import CheckpointError
 from repa.weights import file_digest, load_file
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.pt", "state.json")
-# state.json "layout": 2 = the parameter order of repa.engine.alignment.AlignedNetwork (backbone,
+# state.json "layout": 2 = the parameter order of repa.engine.network.AlignedNetwork (backbone,
 # then projectors), which the optimizer state follows; checkpoints without it predate it.
 LAYOUT = 2
 

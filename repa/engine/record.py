@@ -23,6 +23,11 @@ def _jsonable(value: Any):
     return value
 
 
+def run_dir_of(config) -> Path:
+    """A run's folder: <experiment.output_dir>/<experiment.name>."""
+    return Path(config.experiment.output_dir) / config.experiment.name
+
+
 class RunRecord(Tracker):
     """One JSON object per line in <run>/metrics.jsonl; images as PNG under <run>/samples/."""
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repa.engine.objective import AttentionTerm
+from repa.engine.train.objective import AttentionTerm
 from repa.plugins import load_components
 from repa.testing import check_component
 

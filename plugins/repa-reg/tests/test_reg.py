@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repa.engine.alignment import AlignedNetwork, AlignmentTerm
-from repa.engine.denoiser import Denoiser
-from repa.engine.objective import JointBatch, Objective
+from repa.engine.network import AlignedNetwork, AlignmentTerm
+from repa.engine.generate.denoiser import Denoiser
+from repa.engine.train.objective import JointBatch, Objective
 from repa.plugins import load_components
 from repa.testing import check_component
 

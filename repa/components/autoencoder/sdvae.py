@@ -14,7 +14,7 @@ from repa.weights import hub_offline, reachable
 def load_autoencoder_kl(params):
     from diffusers.models import AutoencoderKL
 
-    from repa.engine.progress import status
+    from repa.console import status
 
     directory = sd_vae_present(params)
     if directory is not None:

@@ -2,7 +2,7 @@
 
 Official code: sihyun-yu/REPA @ 67f7145, `models/sit.py`. Parameter names and shapes are the
 official ones, so official checkpoints load with strict=True (their `projectors.N.*` keys belong
-to the engine's projectors, `repa.engine.alignment`). Differences, all deliberate:
+to the engine's projectors, `repa.engine.network`). Differences, all deliberate:
 - attention is `F.scaled_dot_product_attention` (no timm dependency; qk-norm works);
 - the final layer's width is the model width (the official S presets crash on a
   hard-coded decoder width of 768);

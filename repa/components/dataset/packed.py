@@ -1,23 +1,7 @@
-"""repa's packed format: a few large memory-mapped .npy shards and a manifest.
-
-    DEST/manifest.json          {"format": "repa-packed", "count", "resolution", "shard_size",
-                                 "fields": {name: {"dtype", "shape"}}, "shards": [{"count", "files":
-                                 {field: {"name", "bytes", "blake2b", "quick"}}}]}
-    DEST/<field>-00000.npy      [shard_count, *shape] per field: images (uint8 [3,R,R]),
-                                labels (int64), moments (float32 [2C,h,w])
-
-Encoder features live in the same format in a folder of their own (`repa preprocess features`,
-field `features`), attached per [[alignment]] entry: one dataset serves several encoders and
-a cache can be added or dropped without repacking.
-
-Reading a sample is a slice of a page-cached memory map: no decode, no per-file open.
-Checksums at start: `quick` hashes each file's size, first and last MiB (catches truncation
-and partial copies, not a flipped byte inside a shard); `full` hashes every byte.
-"""
+"""The packed dataset: a slice of a page-cached memory map per sample (the format: `repa.packs`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,114 +9,7 @@ import torch
 
 from repa.errors import DataError
 from repa.interfaces import Dataset
-from repa.storage import require_space, write_atomic, writing
-from repa.weights import file_digest
-
-FORMAT, MANIFEST = "repa-packed", "manifest.json"
-
-
-class PackWriter:
-    """Fills shards in order; each finished shard is checksummed and recorded in the manifest,
-    so an interrupted pack resumes at the first unfinished shard."""
-
-    def __init__(self, dest: Path, count: int, resolution: int, fields: dict[str, tuple[str, tuple]],
-                 shard_size: int = 8192):
-        self.dest, self.count, self.shard_size = Path(dest), count, shard_size
-        self.dest.mkdir(parents=True, exist_ok=True)
-        self.fields = {k: {"dtype": d, "shape": list(s)} for k, (d, s) in fields.items()}
-        previous = self._read_partial()
-        self.manifest = previous or {
-            "format": FORMAT, "version": 1, "count": count, "resolution": resolution,
-            "shard_size": shard_size, "fields": self.fields, "shards": [], "complete": False,
-        }
-        self._open: dict[str, np.memmap] = {}
-        self._shard = -1
-
-    def _read_partial(self):
-        path = self.dest / MANIFEST
-        if not path.is_file():
-            return None
-        manifest = json.loads(path.read_text())
-        same = manifest.get("count") == self.count and manifest.get("fields") == self.fields
-        return manifest if same and manifest.get("shard_size") == self.shard_size else None
-
-    @property
-    def done_until(self) -> int:
-        """Samples already in finished shards (resume from here)."""
-        return sum(s["count"] for s in self.manifest["shards"])
-
-    def _file(self, name: str, shard: int) -> Path:
-        return self.dest / f"{name}-{shard:05d}.npy"
-
-    def _start_shard(self, shard: int) -> None:
-        """Memory-mapped shard files; their space is checked first, since a write into a mapped page
-        of a full disk kills the process (SIGBUS) instead of raising."""
-        n = min(self.shard_size, self.count - shard * self.shard_size)
-        files = [self._file(name, shard) for name in self.fields]
-        needed = sum(n * np.dtype(f["dtype"]).itemsize * int(np.prod(f["shape"])) for f in self.fields.values())
-        with writing(files[0], needed, temporary=files):
-            require_space(self.dest, needed)
-            self._open = {
-                name: np.lib.format.open_memmap(path, mode="w+", dtype=f["dtype"], shape=(n, *f["shape"]))
-                for path, (name, f) in zip(files, self.fields.items())
-            }
-        self._shard = shard
-
-    def write(self, index: int, **values) -> None:
-        shard = index // self.shard_size
-        if shard != self._shard:
-            self._start_shard(shard)
-        for name, value in values.items():
-            self._open[name][index - shard * self.shard_size] = value
-        if index + 1 == min(self.count, (shard + 1) * self.shard_size):
-            self._finish_shard(shard)
-
-    def _finish_shard(self, shard: int) -> None:
-        files = {}
-        for name, array in self._open.items():
-            array.flush()
-            path = self._file(name, shard)
-            files[name] = {"name": path.name, "bytes": path.stat().st_size,
-                           "blake2b": file_digest(path), "quick": file_digest(path, quick=True)}
-        count = len(next(iter(self._open.values())))
-        self._open, self._shard = {}, -1
-        self.manifest["shards"].append({"count": count, "files": files})
-        self.manifest["complete"] = self.done_until == self.count
-        write_atomic(self.dest / MANIFEST, json.dumps(self.manifest, indent=1))
-
-
-def read_manifest(root: Path) -> dict:
-    path = root / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path}: missing; create the packed dataset with `repa preprocess pack SRC {root}`")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); re-run `repa preprocess pack`") from None
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: not a {FORMAT} manifest")
-    if not manifest.get("complete"):
-        raise DataError(f"{path}: packing did not finish ({sum(s['count'] for s in manifest['shards'])} of "
-                        f"{manifest['count']} samples); re-run `repa preprocess pack` to resume")
-    return manifest
-
-
-def verify(root: Path, manifest: dict, mode: str) -> None:
-    for shard in manifest["shards"]:
-        for entry in shard["files"].values():
-            path = root / entry["name"]
-            if not path.is_file():
-                raise DataError(f"{path}: missing shard file listed in {root / MANIFEST}")
-            if path.stat().st_size != entry["bytes"]:
-                raise DataError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']} "
-                                "(truncated or replaced); re-run `repa preprocess pack`")
-            if mode == "none":
-                continue
-            key, quick = ("quick", True) if mode == "quick" else ("blake2b", False)
-            if file_digest(path, quick=quick) != entry[key]:
-                raise DataError(f"{path}: checksum mismatch ({'quick' if quick else 'full'} blake2b); the file is "
-                                "corrupt; re-run `repa preprocess pack` for it")
-
+from repa.packs import MANIFEST, read_manifest, verify
 
 class PackedDataset(torch.utils.data.Dataset, Dataset):
     def __init__(self, params, split: str = "train"):

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from repa.engine.denoiser import Denoiser, PerSampleNoise, sample_generators
+from repa.engine.generate.denoiser import Denoiser, PerSampleNoise, sample_generators
 
 
 def class_labels(seed: int, indices: Sequence[int], num_classes: int, mode: str = "uniform") -> torch.Tensor:

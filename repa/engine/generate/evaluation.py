@@ -77,7 +77,7 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
     from accelerate import PartialState
 
     from repa.engine.record import RunRecord
-    from repa.engine.sampling import SampleRun
+    from repa.engine.generate.sampling import SampleRun
 
     config_file = run_dir / "config.resolved.toml"
     if not config_file.is_file():

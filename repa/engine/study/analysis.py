@@ -242,7 +242,7 @@ def measure(analyses: dict, rep: Representation, data: Images, settings: Setting
 def read_data(configs: list[ExperimentConfig], encoders: dict, analyses: dict, settings: Settings, device,
               progress: bool, rows: list, notes: set) -> dict[str, Images]:
     """One pass per distinct dataset; each encoder's own tokens are measured there too."""
-    from repa.engine.progress import status
+    from repa.console import status
 
     found = {}
     for config in configs:
@@ -263,8 +263,8 @@ def analyze(targets: list[Target], experiment: ExperimentConfig | None, encoders
             settings: Settings, progress: bool = True, device=None) -> tuple[list[dict], list[str]]:
     """-> (rows, notes). A row: run, step, t, block, representation, reference, score, value. Without
     targets, `experiment` says which data the encoders are analysed on."""
-    from repa.engine.progress import status
-    from repa.engine.sampling import load_model, resolve_checkpoint, sampling_autocast
+    from repa.console import status
+    from repa.engine.generate.sampling import load_model, resolve_checkpoint, sampling_autocast
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows, notes = [], set()

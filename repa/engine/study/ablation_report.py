@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from statistics import mean, stdev
 
-from repa.engine.ablation import Ablation, Run
+from repa.engine.study.ablation import Ablation, Run
 from repa.engine.record import read_records
 from repa.storage import save_figure, write_atomic, writing
 

@@ -1,4 +1,4 @@
-"""Binding a network (`repa.engine.alignment.AlignedNetwork`), its prediction target, the path,
+"""Binding a network (`repa.engine.network.AlignedNetwork`), its prediction target, the path,
 labels and guidance into the velocity field that samplers integrate (as the official samplers.py,
 sihyun-yu/REPA @ 67f7145)."""
 

@@ -19,15 +19,15 @@ from repa.engine.build import (
     build_attention_terms, build_network, build_objective_parts, build_sampling, build_terms, compile_network, input_geometry, probe_alignment,
     probe_attention, probe_data, probe_generation, probe_network,
 )
-from repa.engine.data import StepBatchSampler, make_loader
-from repa.engine.ema import make_ema, update_ema
-from repa.engine.features import FeatureCache, WithFeatures, describe
-from repa.engine.grids import SampleGrids
-from repa.engine.objective import AttentionBatch, JointBatch, Objective
-from repa.engine.parallel import STRATEGIES
-from repa.engine.randomness import draw_step
+from repa.engine.train.data import StepBatchSampler, make_loader
+from repa.engine.train.ema import make_ema, update_ema
+from repa.engine.prep.features import FeatureCache, WithFeatures, describe
+from repa.engine.train.grids import SampleGrids
+from repa.engine.train.objective import AttentionBatch, JointBatch, Objective
+from repa.engine.train.parallel import STRATEGIES
+from repa.engine.train.randomness import draw_step
 from repa.engine.record import RunRecord
-from repa.engine.run_checkpoints import Counters, RunCheckpoints
+from repa.engine.train.run_checkpoints import Counters, RunCheckpoints
 from repa.errors import DataError, RepaError
 from repa.precision import autocast_dtype, effective_precision, on_cpu
 
@@ -434,7 +434,7 @@ class Trainer:
 
     def run(self) -> int:
         """Train; `setup()` must have run (run_experiment calls it before writing the run folder)."""
-        from repa.engine.progress import TrainingProgress
+        from repa.console import TrainingProgress
 
         config, acc, counters = self.config, self.acc, self.counters
         self.trackers = self._make_trackers()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from repa.config import ExperimentConfig, config_hash
 from repa.engine import checkpoint as ckpt
-from repa.engine.alignment import checkpoint_layout, network_layout
-from repa.engine.parallel import main_decides
+from repa.engine.network import checkpoint_layout, network_layout
+from repa.engine.train.parallel import main_decides
 from repa.errors import CheckpointError
 from repa.storage import require_space, writing
 

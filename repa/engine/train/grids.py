@@ -9,8 +9,8 @@ import torch
 
 from repa.config import ExperimentConfig
 from repa.engine.build import input_geometry
-from repa.engine.denoiser import Denoiser
-from repa.engine.generation import class_labels, generate, image_grid, to_uint8
+from repa.engine.generate.denoiser import Denoiser
+from repa.engine.generate.generation import class_labels, generate, image_grid, to_uint8
 
 
 class SampleGrids:

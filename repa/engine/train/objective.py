@@ -12,7 +12,7 @@ al. 2025, loss.py `attn_loss`): the backbone's attention logits against the enco
 block pair, averaged over the pairs.
 
 The weighting gives t, the path x_t, the prediction target what to regress, each alignment
-entry (`repa.engine.alignment.AlignmentTerm`) its loss on its projector's output. With
+entry (`repa.engine.network.AlignmentTerm`) its loss on its projector's output. With
 reduction "mean" the alignment sum is divided by the number of entries, the official
 normalisation (sihyun-yu/REPA @ 67f7145, loss.py: sum over encoders and batch / (n * B)).
 """
@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from repa.engine.alignment import AlignmentTerm
+from repa.engine.network import AlignmentTerm
 from repa.interfaces import AttentionLoss, Path, Prediction, Weighting
 
 

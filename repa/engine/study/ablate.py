@@ -9,12 +9,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from repa.engine.ablation import (
+from repa.engine.study.ablation import (
     commands, execute, expand, has_checkpoints, load_ablation, measured_flops_per_second, status_of, still_queued,
     submit_slurm, training_flops,
 )
-from repa.engine.ablation_report import collect, write_reports
-from repa.engine.progress import progress_bar
+from repa.engine.study.ablation_report import collect, write_reports
+from repa.console import progress_bar
 from repa.storage import write_atomic, writing
 
 log = logging.getLogger("repa")

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from repa.components.dataset.packed import PackWriter, read_manifest, verify
-from repa.engine.progress import progress_bar
+from repa.packs import PackWriter, read_manifest, verify
+from repa.console import progress_bar
 from repa.errors import DataError
 from repa.precision import autocast_dtype
 from repa.storage import write_atomic

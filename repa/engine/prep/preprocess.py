@@ -26,7 +26,7 @@ from PIL import Image
 
 from repa.components.dataset.crop import center_crop_arr, to_rgb
 from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files, read_labels
-from repa.engine.progress import progress_bar
+from repa.console import progress_bar
 from repa.errors import DataError
 from repa.storage import StorageError, write_atomic, writing
 
@@ -298,7 +298,7 @@ def pack(src: Path, dest: Path, resolution: int, shard_size: int = 8192, workers
 
     from repa.components.dataset import FolderParams
     from repa.components.dataset.folder import FolderDataset
-    from repa.components.dataset.packed import PackWriter
+    from repa.packs import PackWriter
 
     latents = "vae-sd" if (Path(src) / "vae-sd").is_dir() else None
     dataset = FolderDataset(FolderParams(path=str(src), resolution=resolution, latents=latents,

@@ -21,10 +21,10 @@ import torch
 
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
-from repa.engine.alignment import network_layout
+from repa.engine.network import network_layout
 from repa.engine.build import build_network, build_objective_parts, build_sampling, compile_network, input_geometry
-from repa.engine.denoiser import Denoiser
-from repa.engine.generation import class_labels, generate, to_uint8
+from repa.engine.generate.denoiser import Denoiser
+from repa.engine.generate.generation import class_labels, generate, to_uint8
 from repa.errors import CheckpointError, MissingWeightsError, RepaError
 from repa.precision import autocast_dtype, effective_precision
 from repa.storage import write_atomic, writing
@@ -129,7 +129,7 @@ def sampling_autocast(config: ExperimentConfig, device) -> torch.dtype | None:
 def experiment_checkpoint(config: ExperimentConfig, experiment_file: str | None) -> Path | None:
     """The checkpoint `repa sample` uses without --checkpoint: the latest of the experiment's own
     run; the released SiT-XL/2 model (None) only for its ImageNet recipe or without an experiment."""
-    from repa.engine.run import run_dir_of
+    from repa.engine.record import run_dir_of
     from repa.presets import RELEASED_EXPERIMENT
 
     if experiment_file is None:
@@ -306,7 +306,7 @@ class SampleRun:
         return per_batch * math.ceil(self.num / (len(x) * self.state.num_processes))
 
     def run(self) -> Path:
-        from repa.engine.progress import progress_bar
+        from repa.console import progress_bar
 
         self.check_folder()
         self.state.wait_for_everyone()

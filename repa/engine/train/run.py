@@ -9,16 +9,13 @@ from pathlib import Path
 
 from repa.config import ExperimentConfig, config_hash, to_toml
 from repa.engine.checkpoint import complete_checkpoints
-from repa.engine.parallel import main_decides
-from repa.engine.run_lock import RunLock
+from repa.engine.record import run_dir_of
+from repa.engine.train.parallel import main_decides
+from repa.engine.train.run_lock import RunLock
 from repa.errors import RepaError
 from repa.storage import write_atomic, writing
 
 log = logging.getLogger("repa")
-
-
-def run_dir_of(config: ExperimentConfig) -> Path:
-    return Path(config.experiment.output_dir) / config.experiment.name
 
 
 LOGGERS = ("repa", "repa.record")  # messages (also on the console) and the periodic metric lines
@@ -74,7 +71,7 @@ def resume_command(experiment_file: str, overrides: list[str]) -> str:
 
 def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, progress: bool = True,
                    overrides: list[str] = ()) -> int:
-    from repa.engine.trainer import Trainer
+    from repa.engine.train.trainer import Trainer
 
     run_dir = run_dir_of(config)
     check_output_location(config, experiment_file)
