@@ -1,3 +1,4 @@
-"""The plugins' tests share the core suite's fixtures: an isolated cache, a tiny experiment, the CLI runner."""
+"""The plugins' tests share the core suite's fixtures: an isolated cache, a tiny experiment, the CLI runner,
+the test-only "given" encoder."""
 
-from tests.conftest import _isolated_cache, tiny_toml, write_toml  # noqa: F401
+from tests.conftest import _isolated_cache, given_encoders, tiny_toml, write_toml  # noqa: F401

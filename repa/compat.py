@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from repa.components.backbone.sit import legacy_to_blocks
-from repa.engine.network import AlignedNetwork, checkpoint_layout, network_layout
+from repa.engine.network import Placement, TrainedNetwork, checkpoint_layout, network_layout
+from repa.interfaces import TrainedModule
 
 __all__ = ["OfficialLayoutNetwork", "euler_maruyama_sampler", "euler_sampler", "legacy_to_blocks", "official_sit"]
 
@@ -56,11 +57,21 @@ def official_sit(
         num_classes=num_classes, qk_norm=qk_norm,
     )
     projectors = [MLPProjector(hidden_size, projector_dim, z) for z in z_dims]
-    return OfficialLayoutNetwork(backbone, projectors, [encoder_depth] * len(z_dims))
+    return OfficialLayoutNetwork(backbone, projectors, encoder_depth)
 
 
-class OfficialLayoutNetwork(AlignedNetwork):
-    """An AlignedNetwork whose state_dict / load_state_dict use the official checkpoint keys."""
+class OfficialLayoutNetwork(TrainedNetwork):
+    """SiT plus projectors at one depth, as the official model: forward(x, t, y) -> (out, zs), and
+    state_dict / load_state_dict with the official checkpoint keys."""
+
+    def __init__(self, backbone, projectors, encoder_depth: int):
+        super().__init__(backbone, [Placement(f"projectors.{k}", TrainedModule(p)) for k, p in enumerate(projectors)])
+        self.encoder_depth = encoder_depth
+
+    def forward(self, x, t, y, drop_ids=None):
+        output = self.backbone(x, t, y, drop_ids=drop_ids, hidden_depths=[self.encoder_depth])
+        hidden = output.hidden[self.encoder_depth]
+        return output.out, [projector(hidden) for projector in self.projectors.values()]
 
     def state_dict(self, *args, **kwargs):
         return checkpoint_layout(super().state_dict(*args, **kwargs))

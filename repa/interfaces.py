@@ -19,10 +19,10 @@ This module imports only pydantic; torch appears in annotations only.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ class BackboneParams(Params):
         return False
 
     def gives_attention(self) -> bool:
-        """Whether `Backbone.record_attention` works (attention alignment, [[attention]])."""
+        """Whether `Backbone.forward` returns attention logits for `attention_blocks` (HASTE's alignment)."""
         return False
 
     def token_grid(self, input_size: int) -> tuple[int, int]:
@@ -111,6 +111,10 @@ class AutoencoderParams(Params):
 
     def latent_channels(self) -> int:
         return 3
+
+    def trains(self) -> bool:
+        """Whether the built autoencoder has trained modules (`Autoencoder.trained_modules`)."""
+        return False
 
 
 class DatasetParams(Params):
@@ -286,16 +290,224 @@ class Joint(abc.ABC):
 
 
 # ============================================================================
+# Training terms: the loss is a list of them ([[term]]; [[alignment]], [[joint]], [[attention]])
+# ============================================================================
+
+
+class TermParams(Params):
+    """Base of a term's params: the weight of its loss in the total and when it stops."""
+
+    coeff: float = Field(1.0, ge=0, description="weight of this term's loss in the total")
+    stop_after: int | None = Field(None, ge=0, description="switch the term off after this many steps; none = never")
+
+
+@dataclass(frozen=True)
+class EncoderNeed:
+    """A frozen encoder's outputs on the clean images of the step. `encoder` is the validated choice
+    (a params field typed `Annotated[Component, Kind("encoder")]`); one choice is built and run once
+    per step for every term that names it. `features`: "online" or a feature cache folder (then only
+    the tokens exist). `global_token`, `attention` (the encoder's blocks, 1-based): what else to return."""
+
+    encoder: Any
+    features: str = "online"
+    global_token: bool = False
+    attention: tuple = ()
+
+
+@dataclass(frozen=True)
+class TeacherNeed:
+    """A pass of the network without gradient to its weights: `model` "ema" (the averaged weights) or
+    "online" (the weights being trained). Inputs are built like the student's (same latents and noise;
+    the student's labels, dropped ones null unless `dropped_labels` is False), at the t the term gives. `input_gradient`: the pass is differentiable in
+    its input (so a loss on it reaches a trainable autoencoder through the frozen network, REPA-E)."""
+
+    model: str = "ema"
+    hidden: tuple = ()
+    input_gradient: bool = False
+    dropped_labels: bool = True  # labels as the student sees them (dropped ones null); False: every label kept
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a term reads from the step context; each need is computed once per step and shared.
+
+    hidden: the student's hidden states after these blocks (1-based); attention: its attention logits at
+    these blocks; encoders / teachers: as above; latent_gradient: the latents with gradient (only a
+    trainable autoencoder has one)."""
+
+    hidden: tuple = ()
+    attention: tuple = ()
+    encoders: tuple = ()
+    teachers: tuple = ()
+    latent_gradient: bool = False
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """An encoder's outputs on the step's clean images: tokens [B,T,D] float32, and (when asked) the
+    global token [B,D] and {block: attention logits [B,H,T,T]}."""
+
+    tokens: torch.Tensor
+    global_token: torch.Tensor | None = None
+    attention: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExtraTokens:
+    """A term's jointly denoised quantity in this step: clean z0, its noise, z_t (the path at the
+    image's t), the regression target (the prediction kind's, as the image's) and the backbone's
+    prediction for it (the term's head on the extra tokens' output), each [B,K,D]."""
+
+    clean: torch.Tensor
+    noise: torch.Tensor
+    noisy: torch.Tensor
+    target: torch.Tensor
+    prediction: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TrainedModule:
+    """A trained module and how it trains: its optimizer parameter group (None: the [optim] values),
+    whether the EMA averages it (False: the EMA copy follows the weights, e.g. a jointly trained
+    autoencoder sampled as trained) and, when set, a gradient-norm clip of its own."""
+
+    module: Any
+    lr: float | None = None
+    weight_decay: float | None = None
+    betas: tuple | None = None
+    ema: bool = True
+    max_grad_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class TermFacts:
+    """What a term's factory may build from: the backbone's width, blocks, tokens per image and their
+    grid, the model input's shape (C, H, W), the image resolution, the class count, the term's index
+    among the experiment's terms of its kind and the autoencoder."""
+
+    hidden_size: int
+    num_blocks: int
+    tokens: int
+    grid: tuple
+    input_shape: tuple
+    resolution: int
+    num_classes: int
+    index: int = 0
+    autoencoder: Any = None
+
+
+class StepContext(Protocol):
+    """What a term sees in one training step (implemented by the engine; shapes for a micro-batch of B).
+
+    step (int), t [B], noise [B,C,H,W], y [B] (the labels the student sees), drop [B] bool (labels
+    dropped for guidance), images uint8 [B,3,R,R]; path, prediction, weighting (the components);
+    x_t and target: the student's input and regression target; student: its BackboneOutput (hidden
+    states and attention as declared); autoencoder: the run's autoencoder."""
+
+    step: int
+    t: torch.Tensor
+    noise: torch.Tensor
+    y: torch.Tensor
+    drop: torch.Tensor
+    images: torch.Tensor
+    path: Path
+    prediction: Prediction
+    weighting: Weighting
+    x_t: torch.Tensor
+    target: torch.Tensor
+    student: BackboneOutput
+    autoencoder: Any
+
+    def latents(self, gradient: bool = False) -> torch.Tensor:
+        """The clean model input x0 [B,C,H,W]; gradient=True (declared in needs): attached to the
+        trainable autoencoder's graph. The student's input is built from the detached latents, so the
+        denoising loss never reaches the autoencoder."""
+
+    def encoder(self, need: EncoderNeed) -> EncoderOutput: ...
+
+    def teacher(self, need: TeacherNeed, t: torch.Tensor | None = None, x0: torch.Tensor | None = None) -> BackboneOutput:
+        """The teacher's pass at t (default: the student's t) on x_t = path(x0, the step's noise, t)
+        (default x0: the latents, with gradient when need.input_gradient)."""
+
+    def extra(self, term: "Term") -> ExtraTokens:
+        """The step's jointly denoised quantity of `term` (one that declares `extra_tokens()`)."""
+
+    def rand(self, term: "Term", *shape: int) -> torch.Tensor:
+        """Uniform [0,1) numbers [B, *shape] drawn for `term` from (seed, step, its index): reproducible,
+        the same over any number of processes and accumulation steps, and independent of other draws."""
+
+
+class Term(abc.ABC):
+    """One loss term of training ([[term]] kind = "..."): REPA's alignment, iREPA's, REG's jointly
+    denoised class token, HASTE's attention alignment and the follow-ups are each one.
+
+    Built once per run by factory(params, *, facts); `needs()`, `modules()` and `extra_tokens()` are read
+    when it is built. Every step the engine computes the needs of the active terms once, in a shared
+    `StepContext`, and calls `loss(ctx)`: per-sample loss [B] float32, or (loss [B], {name: scalar
+    tensor}) for more values to log. The total is the sum of coeff x loss.mean() over active terms
+    (TermParams.coeff, stop_after); an inactive term that owns modules still runs with weight 0 (every
+    trained parameter gets a gradient, as DDP needs), one without modules is not computed at all."""
+
+    def needs(self) -> Needs:
+        """What `loss` reads from the context (anything else is refused, in one line, before training)."""
+        return Needs()
+
+    def modules(self) -> Mapping[str, Any]:
+        """The modules it trains, by name: torch.nn.Module or TrainedModule. They join the trained network
+        (its optimizer, EMA and checkpoint under the term's section); the term calls them as it likes."""
+        return {}
+
+    def extra_tokens(self) -> Joint | None:
+        """A quantity denoised jointly with the image: one of its modules, a `Joint` (K tokens of width D,
+        embed, head). Its clean value is `clean_extra(ctx)`; the engine noises it with the image's t,
+        feeds embed(z_t) to the backbone as K extra tokens, reads head(...) back, and every sampler
+        integrates it with the image. None: no extra tokens."""
+        return None
+
+    def clean_extra(self, ctx: StepContext) -> torch.Tensor:
+        """The clean value [B,K,D] of the extra tokens, before the student's pass (with `extra_tokens()`)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no extra tokens")
+
+    @abc.abstractmethod
+    def loss(self, ctx: StepContext) -> Any:
+        """-> per-sample loss [B], or (loss [B], {name: scalar}) (see the class docstring)."""
+
+
+# ============================================================================
 # Models: backbone, projector, encoder, autoencoder (torch.nn.Module subclasses)
 # ============================================================================
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone's forward returns.
+
+    out [B,C,H,W]: the prediction for the image. hidden {block: [B,T,width]}: the image tokens'
+    hidden states after each requested block (1-based). With K extra tokens (`extra_tokens` given):
+    extra_hidden {block: [B,K,width]} their hidden states, and extra [B,K,width] the extra tokens after
+    the final layer's normalisation and conditioning, before its output projection (what a term's head
+    reads). attention {block: [B,H,K+T,K+T]}: pre-softmax attention logits (q k^T / sqrt(d)) of the
+    requested blocks, extra tokens first."""
+
+    out: torch.Tensor
+    hidden: dict = field(default_factory=dict)
+    extra_hidden: dict = field(default_factory=dict)
+    extra: torch.Tensor | None = None
+    attention: dict = field(default_factory=dict)
+    extra_tokens: int = 0
+
+    def image_attention(self, block: int) -> torch.Tensor:
+        """The attention logits of `block` between the image tokens only [B,H,T,T]."""
+        k = self.extra_tokens
+        return self.attention[block][:, :, k:, k:]
 
 
 class Backbone(abc.ABC):
     """A denoising network; subclass it together with torch.nn.Module: `class B(nn.Module, Backbone)`.
 
     Built once per run (train, sample, evaluate); `forward` runs every step. It does not own
-    REPA's projectors: it returns the hidden states the alignment entries ask for, and the engine
-    projects them (`repa.engine.network.AlignedNetwork`).
+    REPA's projectors or any loss: it returns what the training terms ask for (hidden states,
+    attention logits) and takes the extra tokens they add.
 
     Attributes: `num_classes` (labels 0..num_classes-1; the null label, for classifier-free
     guidance, is `num_classes`) and `hidden_size` (width of the hidden states)."""
@@ -305,20 +517,17 @@ class Backbone(abc.ABC):
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                drop_ids: torch.Tensor | None = None,
-                hidden_depths: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x_t[B,C,H,W], t[B] float, y[B] int64 -> (out[B,C,H,W], hidden states).
+                drop_ids: torch.Tensor | None = None, hidden_depths: Sequence[int] = (),
+                attention_blocks: Sequence[int] = (), extra_tokens: torch.Tensor | None = None) -> BackboneOutput:
+        """x_t[B,C,H,W], t[B] float, y[B] int64 -> BackboneOutput.
 
-        hidden states: one [B,T,hidden_size] tensor per entry of `hidden_depths` (1-based block
-        index: the output of that block), in that order. drop_ids[B] bool (train mode only):
-        labels to replace by the null label; None keeps them all. The engine always passes it.
+        hidden_depths: blocks (1-based) whose output hidden states to return. drop_ids[B] bool (train
+        mode only): labels to replace by the null label; None keeps them all (the engine always passes it).
 
-        Optional capability (params' `takes_extra_tokens()`), for a jointly denoised quantity
-        ([[joint]], e.g. REG's class token): keyword `extra_tokens` [B,K,hidden_size] are put before
-        the image tokens, without positional embedding, and pass every block with them. Then the
-        hidden states have K+T tokens (the extra ones first), and forward returns a third value:
-        the extra tokens after the final layer's normalisation and conditioning, before its output
-        projection [B,K,hidden_size]. The engine passes `extra_tokens` only to backbones that take them."""
+        Optional capabilities, declared by the params: `attention_blocks` (`gives_attention()`): blocks
+        whose attention logits to return; `extra_tokens` [B,K,hidden_size] (`takes_extra_tokens()`): put
+        before the image tokens, without positional embedding, through every block (jointly denoised
+        quantities: REG's class token). The engine passes them only to backbones that declare them."""
 
     @property
     def has_null_label(self) -> bool:
@@ -328,12 +537,6 @@ class Backbone(abc.ABC):
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
         """Raise ValueError with a readable reason for inputs this backbone cannot take (called
         once per sampling run, before the first step). Default: accept everything."""
-
-    def record_attention(self, depths: Sequence[int]):
-        """Optional capability (params' `gives_attention()`): a context manager yielding a list that
-        every forward inside it fills with the pre-softmax attention logits (q k^T / sqrt(d)) [B,H,T,T]
-        of blocks `depths` (1-based), in block order (HASTE's holistic alignment)."""
-        raise NotImplementedError(f"{type(self).__name__} does not record attention")
 
     def shard_units(self) -> list:
         """The repeated units (e.g. the blocks): sharded one by one under train.distributed = "fsdp" and
@@ -412,22 +615,75 @@ class Autoencoder(abc.ABC):
         """Move to `device` (called once after building); returns self. Default: nothing to move."""
         return self
 
+    def trained_modules(self) -> Mapping[str, Any]:
+        """The modules that train with the backbone (params' `trains()`), by name: torch.nn.Module or
+        TrainedModule. They join the trained network under `autoencoder.<name>` (optimizer group, EMA
+        policy, checkpoint), so sampling, `repa evaluate` and `repa analyze` decode with the trained
+        weights of the checkpoint. Then `encode` and `sample` must be differentiable (the latents keep
+        their graph when a term needs it). Default: none, a frozen autoencoder."""
+        return {}
+
 
 # ============================================================================
 # Generation: guidance and samplers
 # ============================================================================
 
 
+class GuidanceParams(Params):
+    """Optional base of a guidance's params: its scale and interval. Left unset they are the [sample]
+    section's cfg_scale and guidance_interval (the keys experiment files have always used)."""
+
+    scale: float | None = Field(None, ge=0, description="guidance scale (1 = none); unset: sample.cfg_scale")
+    interval: tuple[float, float] | None = Field(None, description="[low, high] on t; unset: sample.guidance_interval")
+
+    @field_validator("interval")
+    @classmethod
+    def _ordered(cls, interval):
+        if interval is not None and not 0 <= interval[0] <= interval[1] <= 1:
+            raise ValueError(f"must satisfy 0 <= low <= high <= 1, got [{interval[0]}, {interval[1]}]")
+        return interval
+
+    def uses_null_label(self) -> bool:
+        """Whether it evaluates the model with the null label (then the model must have been trained
+        with label dropout); False for guidance by another model."""
+        return True
+
+
+NetworkFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], Any]
+"""network(x [N,...], t [N], y [N]) -> the network's outputs for those rows: a list of tensors, the
+image's first (then each jointly denoised quantity's), each [N,...] in the state's dtype."""
+
+
 class Guidance(abc.ABC):
-    """How conditional and unconditional outputs combine, and at which t (every sampler step)."""
+    """How the network's outputs are combined into the guided prediction, and at which t (every
+    sampler evaluation). Built per sampling run by factory(params, *, scale, interval, load_network):
+    scale and interval are resolved from the params or [sample]; load_network(path) builds another
+    trained network (a run or checkpoint folder, or a weights file of this experiment's architecture)
+    in eval mode on the sampling device, for guidance by a second model (autoguidance)."""
 
     @abc.abstractmethod
     def active(self, t: float) -> bool:
-        """Whether the unconditional pass is needed at time t."""
+        """Whether guidance acts at the sampler step starting at time t (else: the conditional output)."""
 
-    @abc.abstractmethod
     def combine(self, cond: torch.Tensor, uncond: torch.Tensor, t: float) -> torch.Tensor:
-        """Guided output, shaped like `cond`."""
+        """The guided output from the conditional and the unconditional one (classifier-free guidance)."""
+        raise NotImplementedError(f"{type(self).__name__} does not combine cond/uncond outputs")
+
+    def guide(self, network: NetworkFn, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, null: torch.Tensor,
+              step_t: float) -> list:
+        """The guided outputs at (x, t) for labels y (null: the null labels where `active(step_t)`, else
+        None). Default: classifier-free, one batched pass of cond and uncond rows, then `combine` each."""
+        import torch
+
+        if not self.active(step_t):
+            return network(x, t, y)
+        outs = network(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        return [self.combine(*out.chunk(2), step_t) for out in outs]
+
+    def extra_evaluations(self, t: float) -> float:
+        """Network evaluations beyond the conditional one at a step starting at t, in units of the
+        network's (cost estimates, `repa bench sample`). Default: one unconditional pass where active."""
+        return 1.0 if self.active(t) else 0.0
 
 
 VelocityFn = Callable[["torch.Tensor", "torch.Tensor", float], "torch.Tensor"]

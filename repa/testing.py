@@ -238,26 +238,38 @@ def check_backbone(backbone: Any, input_size: int, in_channels: int, num_classes
     x = torch.randn(2, in_channels, input_size, input_size, generator=g)
     t, y = torch.rand(2, generator=g), torch.randint(0, num_classes, (2,), generator=g)
     backbone.train()
-    out, hidden = backbone(x, t, y, drop_ids=torch.tensor([True, False]), hidden_depths=depths)
-    _check_trainable(where, backbone, out.square().mean() + sum(h.square().mean() for h in hidden))
+    output = backbone(x, t, y, drop_ids=torch.tensor([True, False]), hidden_depths=depths)
+    _check_trainable(where, backbone, output.out.square().mean() + sum(h.square().mean() for h in output.hidden.values()))
     if backbone.has_null_label:  # drop_ids[i] replaces label i by the null label, and only it
         with torch.no_grad():
-            dropped = backbone(x, t, y, drop_ids=torch.tensor([True, False]))[0]
+            dropped = backbone(x, t, y, drop_ids=torch.tensor([True, False])).out
             null = torch.tensor([num_classes, int(y[1])])
-            if not torch.allclose(dropped, backbone(x, t, null, drop_ids=torch.tensor([False, False]))[0]):
+            if not torch.allclose(dropped, backbone(x, t, null, drop_ids=torch.tensor([False, False])).out):
                 raise _fail(where, "drop_ids is not honoured: a dropped label must act as the null label num_classes")
     backbone.eval()
     with torch.no_grad():
-        _equal(where, "the eval-mode output", backbone(x, t, y)[0], backbone(x, t, y)[0])
+        _equal(where, "the eval-mode output", backbone(x, t, y).out, backbone(x, t, y).out)
         if backbone.has_null_label:  # the null label must be accepted when the model says it has one
             backbone(x, t, torch.full_like(y, backbone.num_classes))
         with _bf16():
-            _tensor(where, "the output under bf16 autocast", backbone(x, t, y)[0].float(), tuple(x.shape))
+            _tensor(where, "the output under bf16 autocast", backbone(x, t, y).out.float(), tuple(x.shape))
 
 
-def check_autoencoder(autoencoder: Any, resolution: int, channels: int, factor: int, where: str = ANY) -> None:
-    """encode -> moments [B,2C,R/f,R/f]; sample -> [B,C,R/f,R/f]; decode -> [B,3,R,R], all finite."""
+def check_autoencoder(autoencoder: Any, resolution: int, channels: int, factor: int, where: str = ANY,
+                      trains: bool = False) -> None:
+    """encode -> moments [B,2C,R/f,R/f]; sample -> [B,C,R/f,R/f]; decode -> [B,3,R,R], all finite. One that
+    trains (params' trains()) has trained modules, and its latents carry gradient to them."""
     contract.probe_autoencoder(where, autoencoder, resolution, channels, factor)
+    modules = autoencoder.trained_modules()
+    if bool(modules) != trains:
+        raise _fail(where, f"params say trains() = {trains} but trained_modules() has {len(modules)} module(s)")
+    if not trains:
+        return
+    images = torch.randint(0, 256, (2, 3, resolution, resolution), generator=_generator(1), dtype=torch.uint8)
+    noise = torch.randn(2, channels, resolution // factor, resolution // factor, generator=_generator(2))
+    latents = autoencoder.sample(autoencoder.encode(images), noise)
+    module = next(iter(modules.values()))
+    _check_trainable(where, getattr(module, "module", module), latents.square().mean())
 
 
 # ============================================================================
@@ -280,8 +292,36 @@ def check_sampler(sampler: Any, where: str = ANY) -> None:
 
 
 def check_guidance(guidance: Any, where: str = ANY) -> None:
-    """active(t) -> bool; combine(cond, uncond, t) shaped like cond, and equal to it when both agree."""
+    """active(t) -> bool; guide(...) returns one output per network output, shaped like it, and the
+    network's own outputs where it agrees with itself; extra_evaluations(t) -> a number >= 0."""
     contract.probe_guidance(where, guidance)
+
+
+def check_term(term: Any, facts: Any, where: str = ANY) -> None:
+    """needs() -> Needs; modules() -> {name: nn.Module or TrainedModule}; extra_tokens() one of them (a
+    Joint of `width`, embed/head shaped right). Its loss is checked on a probe step when a run starts."""
+    from repa.interfaces import Joint, Needs, TrainedModule
+
+    needs = _run(where, "needs()", term.needs)
+    if not isinstance(needs, Needs):
+        raise _fail(where, f"needs() returned {type(needs).__name__}, expected repa.interfaces.Needs")
+    modules = _run(where, "modules()", term.modules)
+    found = []
+    for name, module in dict(modules).items():
+        module = module.module if isinstance(module, TrainedModule) else module
+        if not isinstance(module, torch.nn.Module):
+            raise _fail(where, f"module {name!r} is a {type(module).__name__}, not a torch.nn.Module")
+        found.append(module)
+    joint = _run(where, "extra_tokens()", term.extra_tokens)
+    if joint is None:
+        return
+    if not any(joint is module for module in found):
+        raise _fail(where, "extra_tokens() returned a module that is not one of its modules()")
+    if not isinstance(joint, Joint) and not all(hasattr(joint, a) for a in ("tokens", "width", "embed", "head")):
+        raise _fail(where, "extra_tokens() must be a repa.interfaces.Joint (tokens, width, embed, head)")
+    z = torch.randn(2, joint.tokens, joint.width, generator=_generator(1))
+    embedded = _tensor(where, "extra_tokens().embed(z)", joint.embed(z), (2, joint.tokens, facts.hidden_size))
+    _tensor(where, "extra_tokens().head(hidden)", joint.head(embedded), (2, joint.tokens, joint.width))
 
 
 # ============================================================================
@@ -369,7 +409,10 @@ def check_optimizer(optimizer: Any, parameter: torch.nn.Parameter, where: str = 
 # ============================================================================
 
 
-def _tiny_backbone(entry, params, kwargs) -> Callable[[Any], None]:
+# One kit per kind (`KindSpec.kit` names it): the factory's tiny keywords and the check of the built object.
+
+
+def kit_backbone(entry, params, kwargs):
     side = params.input_multiple() * 2
     context = {"input_size": side, "in_channels": 4, "num_classes": 10, "label_dropout": 0.1, "null_label": True,
                "grad_checkpointing": False, **kwargs}
@@ -379,53 +422,86 @@ def _tiny_backbone(entry, params, kwargs) -> Callable[[Any], None]:
                                                context["num_classes"], tokens, depths, entry.label)
 
 
+def kit_projector(entry, params, kwargs):
+    context = {"in_dim": 16, "out_dim": 8, "projector_dim": 32, "grid": (2, 2), **kwargs}
+    tokens = context["grid"][0] * context["grid"][1]
+    return context, lambda obj: check_projector(obj, tokens, context["in_dim"], context["out_dim"], entry.label)
+
+
+def kit_encoder(entry, params, kwargs):
+    context = {"resolution": 256, **kwargs}
+    res = context["resolution"]
+    return context, lambda obj: check_encoder(obj, res, params.tokens_for(res), params.embed_dim(), entry.label)
+
+
+def kit_autoencoder(entry, params, kwargs):
+    res = kwargs.pop("resolution", 32)
+    return kwargs, lambda obj: check_autoencoder(obj, res, params.latent_channels(), params.downsample_factor(),
+                                                 entry.label, trains=params.trains())
+
+
+def kit_dataset(entry, params, kwargs):
+    return {"split": "train", **kwargs}, lambda obj: check_dataset(obj, params.resolution, entry.label)
+
+
+def kit_sampler(entry, params, kwargs):
+    return {"steps": 32, **kwargs}, lambda obj: check_sampler(obj, entry.label)
+
+
+def kit_guidance(entry, params, kwargs):
+    return {"scale": 2.0, "interval": (0.0, 0.7), **kwargs}, lambda obj: check_guidance(obj, entry.label)
+
+
+def kit_tracker(entry, params, kwargs):
+    context = {"run_dir": kwargs.pop("run_dir", None) or tempfile.mkdtemp(prefix="repa-check-"), "config": {}, **kwargs}
+    return context, lambda obj: check_tracker(obj, entry.label)
+
+
+def kit_optimizer(entry, params, kwargs):
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    return {"parameters": [parameter], **kwargs}, lambda obj: check_optimizer(obj, parameter, entry.label)
+
+
+def kit_metric(entry, params, kwargs):
+    images = kwargs.pop("images", None)
+    if images is None:
+        images = torch.randint(0, 256, (16, 32, 32, 3), generator=_generator(1), dtype=torch.uint8).numpy()
+    reference = kwargs.pop("reference", None)
+    names = contract.metric_outputs(entry.name, params)
+    return kwargs, lambda obj: check_metric(obj, images, reference, names, entry.label)
+
+
+def kit_analysis(entry, params, kwargs):
+    return kwargs, lambda obj: check_analysis(obj, entry.label)
+
+
+def kit_joint(entry, params, kwargs):
+    context = {"hidden_size": 16, "width": 8, **kwargs}
+    return context, lambda obj: check_joint(obj, context["hidden_size"], context["width"], where=entry.label)
+
+
+def kit_term(entry, params, kwargs):
+    from repa.interfaces import TermFacts
+
+    facts = kwargs.pop("facts", None) or TermFacts(hidden_size=16, num_blocks=2, tokens=4, grid=(2, 2),
+                                                   input_shape=(4, 4, 4), resolution=32, num_classes=10)
+    return {"facts": facts, **kwargs}, lambda obj: check_term(obj, facts, entry.label)
+
+
+def _simple(check):
+    return lambda entry, params, kwargs: (kwargs, lambda obj: check(obj, where=entry.label))
+
+
+kit_path, kit_prediction, kit_weighting = _simple(check_path), _simple(check_prediction), _simple(check_weighting)
+kit_alignment_loss, kit_target_transform = _simple(check_alignment_loss), _simple(check_target_transform)
+kit_attention_loss = _simple(check_attention_loss)
+
+
 def _tiny(kind: str, entry, params, kwargs: dict) -> tuple[dict, Callable[[Any], None]]:
-    """(factory keywords, the check to run on the built object) for a kind."""
-    where = entry.label
-    if kind == "backbone":
-        return _tiny_backbone(entry, params, kwargs)
-    if kind == "projector":
-        context = {"in_dim": 16, "out_dim": 8, "projector_dim": 32, "grid": (2, 2), **kwargs}
-        tokens = context["grid"][0] * context["grid"][1]
-        return context, lambda obj: check_projector(obj, tokens, context["in_dim"], context["out_dim"], where)
-    if kind == "encoder":
-        context = {"resolution": 256, **kwargs}
-        res = context["resolution"]
-        return context, lambda obj: check_encoder(obj, res, params.tokens_for(res), params.embed_dim(), where)
-    if kind == "autoencoder":
-        res = kwargs.pop("resolution", 32)
-        return kwargs, lambda obj: check_autoencoder(obj, res, params.latent_channels(), params.downsample_factor(),
-                                                     where)
-    if kind == "dataset":
-        context = {"split": "train", **kwargs}
-        return context, lambda obj: check_dataset(obj, params.resolution, where)
-    if kind == "sampler":
-        return {"steps": 32, **kwargs}, lambda obj: check_sampler(obj, where)
-    if kind == "guidance":
-        return {"scale": 2.0, "interval": (0.0, 0.7), **kwargs}, lambda obj: check_guidance(obj, where)
-    if kind == "tracker":
-        context = {"run_dir": kwargs.pop("run_dir", None) or tempfile.mkdtemp(prefix="repa-check-"), "config": {},
-                   **kwargs}
-        return context, lambda obj: check_tracker(obj, where)
-    if kind == "optimizer":
-        parameter = torch.nn.Parameter(torch.zeros(3))
-        return {"parameters": [parameter], **kwargs}, lambda obj: check_optimizer(obj, parameter, where)
-    if kind == "metric":
-        images = kwargs.pop("images", None)
-        if images is None:
-            images = torch.randint(0, 256, (16, 32, 32, 3), generator=_generator(1), dtype=torch.uint8).numpy()
-        reference = kwargs.pop("reference", None)
-        names = contract.metric_outputs(entry.name, params)
-        return kwargs, lambda obj: check_metric(obj, images, reference, names, where)
-    if kind == "analysis":
-        return kwargs, lambda obj: check_analysis(obj, where)
-    if kind == "joint":
-        context = {"hidden_size": 16, "width": 8, **kwargs}
-        return context, lambda obj: check_joint(obj, context["hidden_size"], context["width"], where=where)
-    simple = {"path": check_path, "prediction": check_prediction, "weighting": check_weighting,
-              "alignment_loss": check_alignment_loss, "target_transform": check_target_transform,
-              "attention_loss": check_attention_loss}
-    return kwargs, lambda obj: simple[kind](obj, where=where)
+    """(factory keywords, the check to run on the built object) for a kind, from its declared kit."""
+    from repa.plugins.kinds import KINDS_BY_NAME
+
+    return globals()[f"kit_{KINDS_BY_NAME[kind].kit}"](entry, params, kwargs)
 
 
 def check_component(kind: str, name: str, params: dict | Any | None = None, components=None, **kwargs: Any) -> Any:
@@ -448,11 +524,112 @@ def check_component(kind: str, name: str, params: dict | Any | None = None, comp
 def _params(entry, values: dict):
     from pydantic import ValidationError
 
+    from repa.config.loader import resolve_components
+
+    values = dict(values)
+    issues = resolve_components(entry.params, values)  # the components its params name (a term's encoder)
+    if issues:
+        raise ConfigError([f"{entry.label}: {issue}" for issue in issues])
     try:
         return entry.params.model_validate(values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].lower()}" for e in exc.errors())
         raise ConfigError([f"{entry.label}: needs parameters to be built ({problems})"]) from None
+
+
+# ============================================================================
+# A term through the trainer's own objective: for transcription tests of terms
+# ============================================================================
+
+
+class _GivenLatents:
+    """Stands in for a frozen autoencoder when a test gives the latents: sample(moments, noise) = moments."""
+
+    def encode(self, images):
+        raise ContractError("give `latents` (or build the harness with the experiment's autoencoder)")
+
+    def sample(self, moments, noise):
+        return moments
+
+    def trained_modules(self):
+        return {}
+
+
+class _GivenEncoder:
+    """An encoder whose outputs a test gives (tokens, global token, attention by block)."""
+
+    def __init__(self, output):
+        self.output = output
+
+    def preprocess(self, images):
+        return images
+
+    def __call__(self, x):
+        return self.output.tokens
+
+    def forward_with_global(self, x):
+        return self.output.tokens, self.output.global_token
+
+    def forward_with_attention(self, x, depths):
+        return self.output.tokens, [self.output.attention[d] for d in depths]
+
+
+class ObjectiveHarness:
+    """An experiment's trained network, terms and objective, built as `repa run` builds them, and the
+    training loss on given inputs through the trainer's own step context and objective:
+
+        harness = ObjectiveHarness(load_experiment("my.toml"), num_classes=10)
+        parts = harness.loss(latents=x0, noise=eps, t=t, y=y, encoders={"dinov2-vit-b": EncoderOutput(z)})
+        parts.total.backward()   # every trained parameter's gradient, as one training step gives it
+
+    `encoders` gives the outputs of the encoders the terms name (by kind, or by `Component.identity()` where
+    two entries name one kind); others are built and run.
+    With an autoencoder that trains, give `images` (uint8) and `posterior` noise instead of latents."""
+
+    def __init__(self, config, num_classes: int = 10, seed: int = 0):
+        from repa.engine.build import build_objective_parts, build_training
+        from repa.engine.train.ema import make_ema
+        from repa.engine.train.objective import Objective
+
+        self.config = config
+        trains = config.autoencoder.params.trains()
+        self.autoencoder = config.autoencoder.build() if trains else _GivenLatents()
+        torch.manual_seed(seed)
+        self.network, self.slots = build_training(config, num_classes, autoencoder=self.autoencoder if trains else None)
+        self.objective = Objective(*build_objective_parts(config), self.slots)
+        self.ema = make_ema(self.network)
+        self.context = None
+
+    def term(self, name: str):
+        """The built term whose loss is logged under `name` (e.g. "align_loss_0", "joint_loss")."""
+        return next(slot.term for slot in self.slots if slot.name == name)
+
+    def loss(self, *, t, noise, y, latents=None, images=None, posterior=None, drop=None, encoders=None,
+             extra_noise=(), step: int = 0, check: bool = True):
+        """The step's LossParts (total, denoising [B], each term's loss by its logged name)."""
+        from repa.engine.train.context import StepInputs, TrainingContext
+
+        batch = t.shape[0]
+        drop = torch.zeros(batch, dtype=torch.bool) if drop is None else drop
+        resolution = self.config.data.params.resolution
+        if images is None:
+            images = torch.zeros(batch, 3, resolution, resolution, dtype=torch.uint8)
+        posterior = torch.zeros_like(noise) if posterior is None else posterior
+        given = {}
+        for slot in self.slots:
+            for need in slot.term.needs().encoders:
+                given_outputs = encoders or {}
+                output = given_outputs.get(need.encoder.identity(), given_outputs.get(need.encoder.kind))
+                if output is not None:
+                    given[need.encoder.identity()] = _GivenEncoder(output)
+                elif need.encoder.identity() not in given:
+                    given[need.encoder.identity()] = need.encoder.build(resolution=resolution)
+        inputs = StepInputs(step, images, y, drop, t, noise, posterior, list(extra_noise), latents, {}, (0, batch),
+                            batch, self.config.experiment.seed)
+        self.context = ctx = TrainingContext(inputs, self.objective, self.autoencoder, given, self.ema,
+                                             self.objective.computed(step))
+        ctx.prepare()
+        return self.network(lambda network: self.objective(network, ctx, check=check))
 
 
 OFFLINE = {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
@@ -474,8 +651,8 @@ def _offline():
 
 
 __all__ = [
-    "ContractError", "check_alignment_loss", "check_analysis", "check_autoencoder", "check_backbone",
+    "ContractError", "ObjectiveHarness", "check_alignment_loss", "check_analysis", "check_autoencoder", "check_backbone",
     "check_component", "check_dataset", "check_encoder", "check_guidance", "check_metric", "check_optimizer", "check_path",
-    "check_prediction", "check_projector", "check_sampler", "check_target_transform", "check_tracker",
+    "check_prediction", "check_projector", "check_sampler", "check_target_transform", "check_term", "check_tracker",
     "check_weighting",
 ]

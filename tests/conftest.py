@@ -14,13 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"  # copies of ../shared/fixtures; see its README.md
 
 
-@pytest.fixture(scope="session")
-def official():
-    """(tiny SiT checkpoint, io tensors) computed with the official REPA code."""
+@pytest.fixture(scope="session", params=["official_tiny_sit", "official_tiny_sit_scaled"])
+def official(request):
+    """(tiny SiT checkpoint, io tensors) computed with the official REPA code, twice: the shared fixture and
+    one whose adaLN and output layers have full-scale weights (tests/fixtures/README.md), where a change of
+    any operation (a GELU flavour) moves the outputs far beyond the tolerances."""
     import torch
 
-    model = torch.load(FIXTURES / "official_tiny_sit.pt", weights_only=True)
-    io = torch.load(FIXTURES / "official_tiny_sit_io.pt", weights_only=True)
+    model = torch.load(FIXTURES / f"{request.param}.pt", weights_only=True)
+    io = torch.load(FIXTURES / f"{request.param}_io.pt", weights_only=True)
     return model, io
 
 
@@ -106,3 +108,59 @@ steps = 2
 def tiny_toml(write_toml, tmp_path):
     """A complete, fast experiment (digits 16 px, 2-block SiT) writing under tmp_path/exps."""
     return lambda extra="": write_toml(TINY.replace("{out}", str(tmp_path / "exps")) + extra)
+
+
+@pytest.fixture
+def given_encoders():
+    """The registries with the test-only "given" encoder kind (tests/given_encoder.py) for this test."""
+    from repa.plugins import load_components, set_components
+
+    set_components(load_components(plugins=["tests.given_encoder"]))
+    yield
+    set_components(None)
+
+
+OFFICIAL_TINY = """
+[data]
+kind = "digits"
+resolution = 64
+
+[autoencoder]
+kind = "sd-vae"
+
+[backbone]
+kind = "sit"
+depth = 4
+hidden_size = 64
+num_heads = 4
+patch_size = 2
+
+[[alignment]]
+encoder = { kind = "given", dim = 32, tokens = 16 }
+depth = 2
+projector_dim = 128
+coeff = 1.0
+
+[[alignment]]
+encoder = { kind = "given", dim = 48, tokens = 16 }
+depth = 2
+projector_dim = 128
+coeff = 1.0
+
+[sample]
+sampler = "euler"
+"""
+
+
+@pytest.fixture
+def official_harness(official, given_encoders, write_toml):
+    """The official tiny SiT (fixture weights) with its two projectors as [[alignment]] entries, in a
+    repa.testing.ObjectiveHarness: the trainer's own objective on the official inputs."""
+    from repa.config import load_experiment
+    from repa.engine.network import network_layout
+    from repa.testing import ObjectiveHarness
+
+    checkpoint, _ = official
+    harness = ObjectiveHarness(load_experiment(write_toml(OFFICIAL_TINY, "official.toml")), num_classes=1000)
+    harness.network.load_state_dict(network_layout(checkpoint["ema"], harness.network), strict=True)
+    return harness

@@ -28,7 +28,7 @@ def test_a_factory_without_the_engines_keywords_is_not_registered():
     assert "bad" not in registry
     assert registry.failed_plugins == [
         "repa-bad: guidance 'bad': factory <lambda>(params, *, scale) does not accept the keyword interval; the "
-        "guidance contract calls factory(params, *, scale, interval)"]
+        "guidance contract calls factory(params, *, scale, interval, [load_network])"]
 
 
 def test_a_factory_requiring_an_argument_the_engine_never_passes_is_refused():
@@ -156,6 +156,10 @@ def test_every_builtin_keeps_its_contract(kind, name, tmp_path, monkeypatch):
         params, context = {"epochs": 2}, {"resolution": 32}
     elif name.startswith("digits-"):
         params = {"epochs": 2}  # the scoring CNN, trained briefly
+    elif kind == "term":  # the built-in terms name their encoder (and loss, quantity) like experiment entries do
+        digits = {"kind": "digits-convnet", "epochs": 2}
+        params = {"alignment": {"encoder": digits}, "joint": {"quantity": "reg", "encoder": digits},
+                  "attention": {"loss": "haste", "encoder": digits, "blocks": [1], "encoder_blocks": [1]}}[name]
     if (kind, name) in NO_WEIGHTS_HERE | NEEDS_DATA:
         from repa.errors import RepaError
 

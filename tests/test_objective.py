@@ -13,7 +13,6 @@ from repa.components.path.interpolants import CosinePath, LinearPath
 from repa.components.prediction.targets import DataPrediction, NoisePrediction, VelocityPrediction
 from repa.components.weighting import LogitNormalParams, LognormalParams
 from repa.components.weighting.schedules import LogitNormalWeighting, LognormalWeighting, UniformWeighting
-from repa.engine.train.objective import AlignmentTerm, Objective
 
 PATHS = [LinearPath(), CosinePath()]
 TARGETS = [VelocityPrediction(), NoisePrediction(), DataPrediction()]
@@ -127,34 +126,45 @@ def test_alignment_is_float32_and_finite_under_low_precision(loss, dtype):
         torch.testing.assert_close(out, torch.full((2,), -1.0))
 
 
-@pytest.mark.parametrize("path_name,path", [("linear", LinearPath()), ("cosine", CosinePath())])
-def test_objective_reproduces_the_official_loss(official, official_model, path_name, path):
+@pytest.mark.parametrize("path_name", ["linear", "cosine"])
+def test_objective_reproduces_the_official_loss(official, official_harness, path_name):
+    """The trainer's own objective (step context, the [[alignment]] terms, their projectors) on the official
+    inputs gives the official denoising and projection losses."""
+    from repa.interfaces import EncoderOutput
+
     _, io = official
     inputs, expected = io["loss_inputs"], io["loss"][path_name]
-    terms = [AlignmentTerm(CosineAlignment(), coeff=1.0), AlignmentTerm(CosineAlignment(), coeff=1.0)]
-    objective = Objective(path, VelocityPrediction(), UniformWeighting(), terms, reduction="mean")
-    t = inputs["t"]
-    x_t, target = objective.inputs(inputs["images"], inputs["noise"], t)
+    harness = official_harness
+    harness.objective.path = {"linear": LinearPath(), "cosine": CosinePath()}[path_name]  # the official path_type
+    x_t, target = harness.objective.inputs(inputs["images"], inputs["noise"], inputs["t"])
     torch.testing.assert_close(x_t, expected["model_input"], atol=1e-6, rtol=0)
     torch.testing.assert_close(target, expected["target"], atol=1e-6, rtol=0)
+    encoders = {entry.encoder.identity(): EncoderOutput(z) for entry, z in zip(harness.config.alignment, inputs["zs"])}
+    harness.network.eval()
     with torch.no_grad():
-        parts = objective(official_model, inputs["images"], inputs["noise"], t, inputs["y"], inputs["zs"], step=0)
+        parts = harness.loss(latents=inputs["images"], noise=inputs["noise"], t=inputs["t"], y=inputs["y"],
+                             encoders=encoders)
     torch.testing.assert_close(parts.denoising, expected["denoising_loss"], atol=1e-5, rtol=0)
     proj_loss = (parts.total - parts.denoising.mean()).item()
     assert abs(proj_loss - expected["proj_loss"].item()) < 1e-6
-    assert abs(sum(a.mean().item() for a in parts.alignment) / 2 - expected["proj_loss"].item()) < 1e-6
+    assert abs((parts.terms["align_loss_0"].mean() + parts.terms["align_loss_1"].mean()).item() / 2
+               - expected["proj_loss"].item()) < 1e-6
 
 
-def test_stopped_alignment_contributes_nothing_but_keeps_gradients_flowing(official_model):
-    term = AlignmentTerm(CosineAlignment(), coeff=0.5, stop_after=10)
-    assert term.active(9) and not term.active(10)
-    objective = Objective(LinearPath(), VelocityPrediction(), UniformWeighting(), [term, term])
+def test_stopped_alignment_contributes_nothing_but_keeps_gradients_flowing(official_harness):
+    from repa.interfaces import EncoderOutput
+
+    harness = official_harness
+    for slot in harness.slots:
+        slot.stop_after = 10
     x = torch.randn(2, 4, 8, 8)
-    targets = [torch.randn(2, 16, 32), torch.randn(2, 16, 48)]
-    args = (official_model, x, torch.randn_like(x), torch.tensor([0.3, 0.7]), torch.tensor([1, 2]), targets)
-    late = objective(*args, step=10)
+    encoders = {entry.encoder.identity(): EncoderOutput(torch.randn(2, 16, dim))
+                for entry, dim in zip(harness.config.alignment, (32, 48))}
+    args = dict(latents=x, noise=torch.randn_like(x), t=torch.tensor([0.3, 0.7]), y=torch.tensor([1, 2]),
+                encoders=encoders)
+    assert harness.slots[0].active(9) and not harness.slots[0].active(10)
+    late = harness.loss(**args, step=10)
     assert torch.allclose(late.total, late.denoising.mean())
-    official_model.zero_grad()
+    harness.network.zero_grad()
     late.total.backward()
-    assert official_model.projectors[0][0].weight.grad is not None
-    official_model.zero_grad()
+    assert harness.network.projectors["0"][0].weight.grad is not None

@@ -10,10 +10,10 @@ from repa.components.guidance.cfg import ClassifierFreeGuidance
 from repa.components.path.interpolants import CosinePath, LinearPath
 from repa.components.prediction.targets import DataPrediction, NoisePrediction, VelocityPrediction
 from repa.components.sampler.integrators import EulerMaruyamaSampler, EulerSampler
-from repa.engine.network import AlignedNetwork
+from repa.engine.network import TrainedNetwork
 from repa.engine.generate.denoiser import Denoiser, PerSampleNoise, sample_generators
 from repa.engine.generate.generation import generate
-from repa.interfaces import Backbone
+from repa.interfaces import Backbone, BackboneOutput
 
 FIXTURE_CASES = {
     "ode_euler_cfg4_high07_10steps": dict(cfg_scale=4.0, guidance_high=0.7),
@@ -121,12 +121,12 @@ class Recorder(torch.nn.Module, Backbone):
 
     def forward(self, x, t, y, drop_ids=None, hidden_depths=()):
         self.calls.append((len(x), float(t[0])))
-        return -x * self.w + 0.1 * (y.float() - 5).view(-1, *[1] * (x.ndim - 1)), []
+        return BackboneOutput(-x * self.w + 0.1 * (y.float() - 5).view(-1, *[1] * (x.ndim - 1)))
 
 
 def network(backbone):
-    """The network the engine samples: the backbone with no alignment entries."""
-    return AlignedNetwork(backbone, [], [])
+    """The network the engine samples: the backbone with no terms' modules."""
+    return TrainedNetwork(backbone)
 
 
 def test_guidance_runs_the_doubled_batch_only_inside_the_interval():
@@ -220,7 +220,7 @@ class Oracle(torch.nn.Module, Backbone):
         x, t = x.double(), t.double()
         v = gaussian_velocity(x, t, self.path)
         x0, eps = VelocityPrediction().to_x0_eps(v, x, t, self.path)
-        return self.target.target(x0, eps, t, self.path), []
+        return BackboneOutput(self.target.target(x0, eps, t, self.path))
 
 
 @pytest.mark.parametrize("target", [VelocityPrediction(), NoisePrediction(), DataPrediction()], ids=["v", "eps", "x0"])

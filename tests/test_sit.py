@@ -61,12 +61,21 @@ def test_every_preset_builds_with_the_official_parameter_count(name):
 
 
 def aligned(backbone, projections):
-    """backbone + MLP projectors: (depth, projector_dim, out_dim) per alignment entry."""
+    """backbone + MLP projectors at `projectors.<k>`: (depth, projector_dim, out_dim) per alignment entry."""
     from repa.components.projector.mlp import MLPProjector
-    from repa.engine.network import AlignedNetwork
+    from repa.engine.network import Placement, TrainedNetwork
+    from repa.interfaces import TrainedModule
 
-    return AlignedNetwork(backbone, [MLPProjector(backbone.hidden_size, p, z) for _, p, z in projections],
-                          [d for d, _, _ in projections])
+    network = TrainedNetwork(backbone, [Placement(f"projectors.{k}", TrainedModule(MLPProjector(backbone.hidden_size, p, z)))
+                                        for k, (_, p, z) in enumerate(projections)])
+    network.depths = [d for d, _, _ in projections]
+    return network
+
+
+def project(model, x, t, y):
+    """(out, [each projector on its depth's hidden state]) as REPA's alignment terms compute them."""
+    output = model.backbone(x, t, y, hidden_depths=sorted(set(model.depths)))
+    return output.out, [model.projectors[str(k)](output.hidden[d]) for k, d in enumerate(model.depths)]
 
 
 def test_xl2_with_one_768d_projector_has_the_official_count():
@@ -79,7 +88,7 @@ def test_small_presets_and_qk_norm_run():
     """Both crash in the official code (decoder width 768; timm's qk-norm assert)."""
     backbone = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=384, depth=1, num_heads=6, qk_norm=True)
     model = aligned(backbone, [(1, 64, 16)]).eval()
-    out, feats = model(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([0, 1000]))
+    out, feats = project(model, torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([0, 1000]))
     assert out.shape == (2, 4, 8, 8) and feats[0].shape == (2, 16, 16)
     assert "blocks.0.attn.q_norm.weight" in backbone.state_dict()
 
@@ -90,9 +99,9 @@ def test_projectors_at_different_depths():
     hidden = {}
     for i in (0, 2):
         backbone.blocks[i].register_forward_hook(lambda m, inp, out, i=i: hidden.__setitem__(i, out))
-    _, (f1, f3) = model(torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2]))
-    torch.testing.assert_close(f1, model.projectors[0](hidden[0]))
-    torch.testing.assert_close(f3, model.projectors[1](hidden[2]))
+    _, (f1, f3) = project(model, torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2]))
+    torch.testing.assert_close(f1, model.projectors["0"](hidden[0][0]))
+    torch.testing.assert_close(f3, model.projectors["1"](hidden[2][0]))
 
 
 def test_backbone_returns_the_hidden_states_asked_for_in_that_order():
@@ -101,22 +110,22 @@ def test_backbone_returns_the_hidden_states_asked_for_in_that_order():
     for i in range(3):
         backbone.blocks[i].register_forward_hook(lambda m, inp, out, i=i: hidden.__setitem__(i + 1, out))
     x, t, y = torch.randn(2, 4, 8, 8), torch.rand(2), torch.tensor([1, 2])
-    out, states = backbone(x, t, y, hidden_depths=[3, 1])
-    assert [s.shape for s in states] == [(2, 16, 32)] * 2
-    torch.testing.assert_close(states[0], hidden[3])
-    torch.testing.assert_close(states[1], hidden[1])
-    torch.testing.assert_close(backbone(x, t, y)[0], out)
-    assert backbone(x, t, y)[1] == []
+    output = backbone(x, t, y, hidden_depths=[3, 1])
+    assert list(output.hidden) == [3, 1] and [s.shape for s in output.hidden.values()] == [(2, 16, 32)] * 2
+    torch.testing.assert_close(output.hidden[3], hidden[3][0])
+    torch.testing.assert_close(output.hidden[1], hidden[1][0])
+    torch.testing.assert_close(backbone(x, t, y).out, output.out)
+    assert backbone(x, t, y).hidden == {} and backbone(x, t, y).attention == {}
     with pytest.raises(ValueError, match=r"block 4 requested; SiT has blocks 1..3"):
         backbone(x, t, y, hidden_depths=[4])
 
 
-def test_official_layout_round_trips_through_the_aligned_network(official):
-    from repa.engine.network import AlignedNetwork, checkpoint_layout, network_layout
+def test_official_layout_round_trips_through_the_trained_network(official):
+    from repa.engine.network import TrainedNetwork, checkpoint_layout, network_layout
 
     checkpoint, _ = official
     model = official_sit(**checkpoint["config"])
-    network = AlignedNetwork(model.backbone, list(model.projectors), model.depths)
+    network = TrainedNetwork(model.backbone, model.placements)
     nested = network_layout(checkpoint["ema"], network)
     assert "backbone.blocks.0.attn.qkv.weight" in nested and "projectors.1.4.weight" in nested
     assert checkpoint_layout(nested).keys() == checkpoint["ema"].keys()
@@ -125,8 +134,7 @@ def test_official_layout_round_trips_through_the_aligned_network(official):
 
 def test_a_backbone_with_a_submodule_called_backbone_round_trips():
     """E.g. a plugin wrapping a timm model as `self.backbone`: its keys start with `backbone.` too."""
-    from repa.components.projector.mlp import MLPProjector
-    from repa.engine.network import AlignedNetwork, checkpoint_layout, network_layout
+    from repa.engine.network import checkpoint_layout, network_layout
 
     class Wrapper(SiT):
         def __init__(self):
@@ -134,9 +142,9 @@ def test_a_backbone_with_a_submodule_called_backbone_round_trips():
             self.backbone = torch.nn.Linear(3, 3)
 
     torch.manual_seed(0)
-    saved = checkpoint_layout(AlignedNetwork(Wrapper(), [MLPProjector(32, 16, 8)], [1]).state_dict())
+    saved = checkpoint_layout(aligned(Wrapper(), [(1, 16, 8)]).state_dict())
     assert "backbone.weight" in saved and "projectors.0.0.weight" in saved
-    fresh = AlignedNetwork(Wrapper(), [MLPProjector(32, 16, 8)], [1])
+    fresh = aligned(Wrapper(), [(1, 16, 8)])
     fresh.load_state_dict(network_layout(saved, fresh), strict=True)
     torch.testing.assert_close(fresh.backbone.backbone.weight, saved["backbone.weight"])
 
@@ -146,9 +154,9 @@ def test_label_dropout_replaces_labels_by_the_null_class():
     model.final_layer.linear.weight.data.normal_()
     x, t = torch.randn(3, 4, 8, 8), torch.rand(3)
     model.train()
-    dropped, _ = model(x, t, torch.tensor([1, 2, 3]), drop_ids=torch.tensor([True, False, True]))
+    dropped = model(x, t, torch.tensor([1, 2, 3]), drop_ids=torch.tensor([True, False, True])).out
     model.eval()
-    expected, _ = model(x, t, torch.tensor([10, 2, 10]))
+    expected = model(x, t, torch.tensor([10, 2, 10])).out
     torch.testing.assert_close(dropped, expected)
     assert model.null_label == 10
 

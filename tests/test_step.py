@@ -68,7 +68,7 @@ def test_a_non_finite_step_is_skipped_on_the_device(tiny_toml, tmp_path, monkeyp
     ema_before = {k: v.clone() for k, v in ema.state_dict().items()}
     first = min(trainer.optimizer.state_dict()["state"])  # the first parameter with a state (pos_embed is fixed)
     moments = {k: v.clone() for k, v in trainer.optimizer.state_dict()["state"][first].items()}
-    trainer.objective.terms[0].coeff = 1e38  # finite loss, infinite gradient norm
+    trainer.objective.slots[0].coeff = 1e38  # finite loss, infinite gradient norm
     micro = batch()
     with counting_host_reads(monkeypatch) as calls:
         values, code = trainer.train_step(micro, sampler)
@@ -78,7 +78,7 @@ def test_a_non_finite_step_is_skipped_on_the_device(tiny_toml, tmp_path, monkeyp
     assert all(torch.equal(ema_before[k], v) for k, v in ema.state_dict().items())
     after = trainer.optimizer.state_dict()["state"][first]
     assert all(torch.equal(moments[k], after[k]) for k in moments)  # step count included
-    trainer.objective.terms[0].coeff = 0.5
+    trainer.objective.slots[0].coeff = 0.5
     values, code = trainer.train_step(batch(), sampler)
     assert int(code) == 0 and int(trainer.optimizer.state_dict()["state"][first]["step"]) == 2
 

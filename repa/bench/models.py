@@ -9,29 +9,41 @@ import torch
 from repa.bench.timing import autocast, default_device, device_name, isolated, peak_gib, reset_peak, timed
 
 
-def sit_b2(device, compile_model: bool = False, size: str = "B"):
-    """SiT-<size>/2 with one 768-d MLP projector (at block 8 for L/XL, 4 otherwise), as REPA trains it."""
-    from repa.components.backbone import SIZES
-    from repa.components.backbone.sit import SiT
-    from repa.components.projector.mlp import MLPProjector
-    from repa.engine.network import AlignedNetwork
+def bench_config(size: str = "B"):
+    """SiT-<size>/2 with REPA's alignment to dinov2-vit-b (one 768-d MLP projector, at block 8 for L/XL, 4
+    otherwise) on 256 px ImageNet-shaped data, as an experiment; nothing of it is loaded."""
+    from repa.config import Source, validate_experiment
 
-    depth, width, heads = SIZES[size]
-    backbone = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=width, depth=depth, num_heads=heads)
-    model = AlignedNetwork(backbone, [MLPProjector(width, 2048, 768)], [8 if size in ("L", "XL") else 4]).to(device)
-    return torch.compile(model) if compile_model else model
+    raw = {"data": {"kind": "folder", "path": "", "resolution": 256}, "backbone": f"SiT-{size}/2",
+           "alignment": [{"encoder": "dinov2-vit-b", "depth": 8 if size in ("L", "XL") else 4}], "sample": {}}
+    return validate_experiment(raw, Source("<bench>"))
+
+
+def sit_b2(device, compile_model: bool = False, size: str = "B"):
+    """The trained network (backbone + projector) and its terms, built as `repa run` builds them."""
+    from repa.engine.build import build_training
+
+    network, slots = build_training(bench_config(size), 1000)
+    network = network.to(device)
+    if compile_model:
+        from repa.engine.build import compile_network
+
+        compile_network(network, "model")
+    return network, slots
 
 
 def sit_case(device: str, batch: int, precision: str) -> dict:
     """One configuration, in its own process (see bench_sit)."""
-    model = sit_b2(device).train()
+    model, slots = sit_b2(device)
+    model.train()
+    projector, depth = slots[0].term.projector, slots[0].term.depth
     x = torch.randn(batch, 4, 32, 32, device=device)
     t, y = torch.rand(batch, device=device), torch.randint(0, 1000, (batch,), device=device)
 
     def step():
         with autocast(device, precision):
-            out, feats = model(x, t, y)
-            loss = out.float().square().mean() + feats[0].float().mean()
+            output = model.backbone(x, t, y, hidden_depths=[depth])
+            loss = output.out.float().square().mean() + projector(output.hidden[depth]).float().mean()
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -58,12 +70,12 @@ def bench_sampler(device: str | None = None, steps: int = 50, batch: int = 16, *
     from repa.components.path.interpolants import LinearPath
     from repa.components.prediction.targets import VelocityPrediction
     from repa.components.sampler.integrators import EulerSampler
-    from repa.engine.network import AlignedNetwork
+    from repa.engine.network import TrainedNetwork
     from repa.engine.generate.denoiser import Denoiser
 
     device = device or default_device()
     backbone = SiT(input_size=32, patch_size=2, in_channels=4, hidden_size=384, depth=12, num_heads=6)
-    model = AlignedNetwork(backbone, [], []).to(device).eval()
+    model = TrainedNetwork(backbone).to(device).eval()
     denoiser = Denoiser(model, VelocityPrediction(), LinearPath(), ClassifierFreeGuidance(4.0))
     x1 = torch.randn(batch, 4, 32, 32, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)

@@ -9,20 +9,38 @@ from repa.bench.timing import autocast, default_device, device_name, peak_gib, r
 from repa.precision import autocast_dtype
 
 
-def _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, precision, device):
-    """The trainer's step (repa.engine.train.trainer): nothing read from the device, fused AdamW skipping a
-    non-finite step on the device, the EMA likewise."""
+class _Given:
+    """Tokens computed once (a feature cache on the device): the step reads them instead of encoding."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def preprocess(self, images):
+        return images
+
+    def __call__(self, x):
+        return self.tokens
+
+
+def _step_fn(model, ema, optimizer, objective, slots, encoder, images, x0, y, precision, device):
+    """The trainer's step (repa.engine.train.trainer), with its own step context and objective: nothing
+    read from the device, fused AdamW skipping a non-finite step on the device, the EMA likewise."""
+    from repa.engine.train.context import StepInputs, TrainingContext
     from repa.engine.train.trainer import apply_step, skips_on_device
+    from repa.testing import _GivenLatents
 
     batch = len(x0)
     device_side = skips_on_device(optimizer)
+    encoders = {need.encoder.identity(): encoder for slot in slots for need in slot.term.needs().encoders}
+    latents, drop = _GivenLatents(), torch.zeros(batch, dtype=torch.bool, device=device)
 
     def step():
-        with torch.no_grad():
-            targets = [cached] if cached is not None else [encoder(encoder.preprocess(images))]
         noise, t = torch.randn_like(x0), torch.rand(batch, device=device)
+        inputs = StepInputs(0, images, y, drop, t, noise, noise, [], x0, {}, (0, batch), batch, 0)
+        ctx = TrainingContext(inputs, objective, latents, encoders, ema, objective.computed(0))
+        ctx.prepare()
         with autocast(device, precision):
-            parts = objective(model, x0, noise, t, y, targets, step=0)
+            parts = model(lambda network: objective(network, ctx))
         parts.total.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         ok = torch.isfinite(parts.total.detach()) & torch.isfinite(norm)
@@ -64,32 +82,30 @@ def bench_train(device: str | None = None, size: str | None = None, batch: int |
 
 def train_case(device: str, size: str, batch: int, precision: str, compiled: bool | str, features: str,
                count_flops: bool = False, repeat: int = 5) -> dict:
-    from repa.bench.models import sit_b2
-    from repa.components.alignment.losses import CosineAlignment
+    from repa.bench.models import bench_config, sit_b2
     from repa.components.encoder.specs import SPECS
     from repa.components.encoder.vit import build_vit_encoder
-    from repa.components.path.interpolants import LinearPath
-    from repa.components.prediction.targets import VelocityPrediction
-    from repa.components.weighting.schedules import UniformWeighting
+    from repa.engine.build import build_objective_parts
     from repa.engine.train.ema import make_ema
-    from repa.engine.train.objective import AlignmentTerm, Objective
+    from repa.engine.train.objective import Objective
 
     encoder = build_vit_encoder(SPECS["dinov2-vit-b"], 256, None).to(device)  # architecture, random weights
     encoder.autocast_dtype = autocast_dtype(precision)
     images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8, device=device)
     x0 = torch.randn(batch, 4, 32, 32, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
-    objective = Objective(LinearPath(), VelocityPrediction(), UniformWeighting(), [AlignmentTerm(CosineAlignment(), 0.5)])
-    model = sit_b2(device, False, size).train()
+    torch.manual_seed(0)
+    model, slots = sit_b2(device, False, size)
+    model.train()
+    objective = Objective(*build_objective_parts(bench_config(size)), slots)
     ema = make_ema(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    cached = None
     if features == "cached":
         with torch.no_grad():
             cached = encoder(encoder.preprocess(images))
         del encoder  # a cache means the encoder is not in memory during training
-        encoder = None
-    step = _step_fn(model, ema, optimizer, objective, encoder, images, x0, y, cached, precision, device)
+        encoder = _Given(cached)
+    step = _step_fn(model, ema, optimizer, objective, slots, encoder, images, x0, y, precision, device)
     flops = step_flops(step) if count_flops else None  # eager: the compiled graph does the same arithmetic
     if compiled:
         from repa.engine.build import compile_network

@@ -77,10 +77,24 @@ def _joint_checks(config: ExperimentConfig) -> list[Issue]:
 
 
 def _guidance_checks(config: ExperimentConfig) -> list[Issue]:
-    if config.train.label_dropout == 0 and config.sample.cfg_scale != 1.0:
-        return [Issue(("sample", "cfg_scale"), f"guidance needs the null label, which the model only has when "
-                      f"train.label_dropout > 0; set cfg_scale = 1 or a label dropout, got {config.sample.cfg_scale}")]
-    return []
+    """A guidance's own scale / interval and [sample]'s must not disagree; null-label guidance needs a
+    model trained with label dropout."""
+    sample, params = config.sample, config.sample.guidance.params
+    issues = []
+    own_scale, own_interval = getattr(params, "scale", None), getattr(params, "interval", None)
+    if own_scale is not None and sample.cfg_scale not in (1.0, own_scale):
+        issues.append(Issue(("sample", "cfg_scale"), f"{sample.cfg_scale} differs from sample.guidance.scale = "
+                            f"{own_scale}; set it in one place"))
+    interval = tuple(sample.guidance_interval)
+    if own_interval is not None and interval not in ((0.0, 1.0), tuple(own_interval)):
+        issues.append(Issue(("sample", "guidance_interval"), f"{list(interval)} differs from sample.guidance.interval "
+                            f"= {list(own_interval)}; set it in one place"))
+    scale, _ = sample.guidance_settings()
+    uses_null = getattr(params, "uses_null_label", lambda: True)()
+    if uses_null and config.train.label_dropout == 0 and scale != 1.0:
+        issues.append(Issue(("sample", "cfg_scale"), f"guidance needs the null label, which the model only has "
+                            f"when train.label_dropout > 0; set cfg_scale = 1 or a label dropout, got {scale}"))
+    return issues
 
 
 def _batch_checks(config: ExperimentConfig, processes: int) -> list[Issue]:

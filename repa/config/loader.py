@@ -78,6 +78,14 @@ def validate_component(kind: str, name: str, params: dict, where: str) -> Compon
     return component
 
 
+def resolve_components(model: type[BaseModel], values: dict) -> list[str]:
+    """Replace the component-valued keys of `values` (a params model's raw keys) by validated components,
+    in place; -> one line per problem."""
+    issues: list[Issue] = []
+    _resolve_components(model, values, (), get_components(), issues)
+    return [f"{dotted(issue.path)}: {issue.message}" if issue.path else issue.message for issue in issues]
+
+
 def translate_errors(exc: ValidationError, model: type[BaseModel], path: KeyPath) -> list[Issue]:
     """A pydantic ValidationError of `model` (at `path`) as located issues."""
     return _translate(exc, model, path)
@@ -201,7 +209,8 @@ def _component(value: Any, kind: Kind, path: KeyPath, components: Components, is
     except UnknownComponentError as exc:
         issues.append(Issue(name_path, str(exc)))
         return value
-    scalar_issues = _boolean_issues(entry.params, rest, path)
+    scalar_issues: list[Issue] = []
+    _resolve_components(entry.params, rest, path, components, scalar_issues)  # and the components it names
     if scalar_issues:
         issues.extend(scalar_issues)
         return value

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from repa.components.term import AlignmentParams
 from repa.config.component import Component, Kind
 
 
@@ -36,20 +37,7 @@ class ExperimentSection(Section):
         return name
 
 
-class AlignmentEntry(Section):
-    encoder: Annotated[Component, Kind("encoder")]
-    loss: Annotated[Component, Kind("alignment_loss", default="cosine")]
-    projector: Annotated[Component, Kind("projector", default="mlp")]
-    target_transform: Annotated[Component, Kind("target_transform", default="identity")]
-    depth: int = Field(8, ge=1, description="align the output of this block (1-based)")
-    coeff: float = Field(0.5, ge=0, description="lambda: weight of this alignment loss")
-    projector_dim: int = Field(2048, ge=1, description="width of the projector's hidden layers (mlp: 3-layer SiLU MLP)")
-    stop_after: int | None = Field(
-        None, ge=0, description="switch this alignment off after this many steps (HASTE); none = never"
-    )
-    features: str = Field(
-        "online", description='"online" (run the encoder every step) or the path of a feature cache'
-    )
+AlignmentEntry = AlignmentParams  # an [[alignment]] entry: the params of the built-in "alignment" term
 
 
 class TrainSection(Section):
@@ -101,6 +89,14 @@ class SampleSection(Section):
     compile: bool = Field(False, description="torch.compile the backbone's blocks for sampling (regional)")
     label_sampling: Literal["uniform", "balanced"] = "uniform"
 
+    def guidance_settings(self) -> tuple[float, tuple[float, float]]:
+        """(scale, interval) of the guidance: its own params' where it sets them, else cfg_scale and
+        guidance_interval here (the keys experiment files have always used)."""
+        params = self.guidance.params
+        scale, interval = getattr(params, "scale", None), getattr(params, "interval", None)
+        return (self.cfg_scale if scale is None else scale,
+                tuple(self.guidance_interval if interval is None else interval))
+
     @field_validator("guidance_interval")
     @classmethod
     def _interval_ordered(cls, interval):
@@ -128,7 +124,9 @@ class ExperimentConfig(Section):
     attention: list[Annotated[Component, Kind("attention_loss")]] = Field(
         default_factory=list, description="attention alignments (HASTE's holistic alignment), from plugins")
     joint: list[Annotated[Component, Kind("joint")]] = Field(
-        default_factory=list, description="a quantity denoised jointly with the image (REG's class token); at most one")
+        default_factory=list, description="quantities denoised jointly with the image (REG's class token)")
+    term: list[Annotated[Component, Kind("term")]] = Field(
+        default_factory=list, description="training terms from the registry (`repa plugins term`), any kind")
     optim: Annotated[Component, Kind("optimizer", default="adamw")]
     train: TrainSection = TrainSection()
     sample: SampleSection

@@ -1,43 +1,45 @@
-"""REPA in one place (Yu et al. 2024, Sec. 3.2): the network it trains, a backbone plus one
-projector per [[alignment]] entry, and each entry's loss term
-
-    coeff_k * align_k(h_phi_k(h_t^[depth_k]), transform_k(y*_k))
-
-The backbone only returns its hidden states at the requested depths; projectors, target
-transforms and losses are components of their own kinds, so any backbone gets REPA.
+"""The trained network of a run: the backbone, every term's modules at the term's section, and a
+trainable autoencoder's modules under `autoencoder.`; one nn.Module, so DDP/FSDP, the EMA, the
+optimizer and checkpoints see one set of named parameters.
 
 Checkpoints keep the official layout (sihyun-yu/REPA @ 67f7145, models/sit.py): the backbone's
-keys at the top, the projectors under `projectors.<k>.`. In memory the network nests the backbone
-under `backbone.`; `checkpoint_layout` and `network_layout` convert between the two and are the
-only places that know it.
+keys at the top, REPA's projectors under `projectors.<k>.` (the [[alignment]] entries' sections). In
+memory the network nests the backbone under `backbone.`; `checkpoint_layout` and `network_layout`
+convert between the two and are the only places that know it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
-from repa.interfaces import AlignmentLoss, TargetTransform
+from repa.interfaces import BackboneOutput, TrainedModule
 
 BACKBONE = "backbone."
 
 
-class AlignedNetwork(nn.Module):
-    """forward(x_t, t, y) -> (out [B,C,H,W], [projected hidden state [B,T,D_k] per alignment entry]),
-    plus the prediction of the jointly denoised quantity [B,K,D] when there is one ([[joint]])."""
+@dataclass(frozen=True)
+class Placement:
+    """A trained module at a dotted section of the network (e.g. `projectors.0`), with its training policy."""
 
-    def __init__(self, backbone: nn.Module, projectors: Sequence[nn.Module], depths: Sequence[int],
-                 joint: nn.Module | None = None, joint_entry: int = 0):
+    section: str
+    spec: TrainedModule
+
+
+class TrainedNetwork(nn.Module):
+    """forward(run) -> run(self): the training step's computation runs inside one call of the (DDP or
+    FSDP wrapped) network, whatever modules the terms call. `denoise` is what samplers evaluate."""
+
+    def __init__(self, backbone: nn.Module, placements: Sequence[Placement] = (), joints: Sequence[nn.Module] = ()):
         super().__init__()
-        if len(projectors) != len(depths):
-            raise ValueError(f"{len(projectors)} projectors for {len(depths)} depths")
         self.backbone = backbone
-        self.projectors = nn.ModuleList(projectors)
-        self.depths = [int(d) for d in depths]
-        self.joint, self.joint_entry = joint, joint_entry  # `repa.interfaces.Joint`, checkpointed under joint.
+        self.placements = list(placements)
+        for placement in self.placements:
+            _place(self, placement.section, placement.spec.module)
+        self.joints = list(joints)  # `repa.interfaces.Joint` modules (placed above), in the sampler state's order
 
     @property
     def num_classes(self) -> int:
@@ -50,33 +52,67 @@ class AlignedNetwork(nn.Module):
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
         self.backbone.check_inputs(x, t, y)
 
-    def forward(self, x, t, y, drop_ids=None, align: bool = True, joint_state=None):
-        """align=False (sampling): the backbone's output alone, no hidden states, no projection.
-        joint_state [B,K,D]: the joint quantity at t, with a [[joint]] (None: zeros, for cost probes);
-        then a third value is returned, its prediction [B,K,D]."""
-        depths = sorted(set(self.depths)) if align else []
-        if self.joint is None:
-            out, hidden = self.backbone(x, t, y, drop_ids=drop_ids, hidden_depths=depths)
-        else:
-            if joint_state is None:
-                joint_state = x.new_zeros(x.shape[0], self.joint.tokens, self.joint.width)
-            out, hidden, extra = self.backbone(x, t, y, drop_ids=drop_ids, hidden_depths=depths,
-                                               extra_tokens=self.joint.embed(joint_state))
-        by_depth = dict(zip(depths, hidden))
-        projected = [projector(self._aligned(by_depth[d], k)) for k, (projector, d)
-                     in enumerate(zip(self.projectors, self.depths))] if align else []
-        return (out, projected) if self.joint is None else (out, projected, self.joint.head(extra))
+    def forward(self, run: Callable[["TrainedNetwork"], object]):
+        return run(self)
 
-    def _aligned(self, hidden: torch.Tensor, entry: int) -> torch.Tensor:
-        """Entry `entry`'s hidden states: the image tokens, plus the joint's extra tokens in front where
-        the joint is aligned with this entry (REG aligns its class token with the encoder's)."""
-        if self.joint is None or (self.joint.aligned and entry == self.joint_entry):
-            return hidden
-        return hidden[:, self.joint.tokens:]
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, extras: Sequence[torch.Tensor] = ()) -> list:
+        """[the image's output, then each jointly denoised quantity's prediction] at (x_t, t, y): the
+        quantities' states `extras` [B,K,D] enter as extra tokens (zeros when not given: cost probes)."""
+        if not self.joints:
+            return [self.backbone(x, t, y).out]
+        if not extras:
+            extras = [x.new_zeros(x.shape[0], joint.tokens, joint.width) for joint in self.joints]
+        output = self.backbone(x, t, y, extra_tokens=torch.cat([j.embed(z) for j, z in zip(self.joints, extras)], 1))
+        return [output.out, *(joint.head(extra) for joint, extra in zip(self.joints, split_extra(output, self.joints)))]
+
+    def trained(self) -> list[tuple[TrainedModule, list[nn.Parameter]]]:
+        """(policy, parameters) per placement with a policy of its own, after everything the [optim] values
+        train (the backbone and the placements without one), in the network's parameter order."""
+        special = {id(p.spec.module): p.spec for p in self.placements if _own_policy(p.spec)}
+        own = {id(param): spec for spec_id, spec in special.items() for param in spec.module.parameters()}
+        default = [p for p in self.parameters() if id(p) not in own]
+        groups = [(TrainedModule(self), default)]
+        for spec in special.values():
+            groups.append((spec, list(spec.module.parameters())))
+        return groups
+
+    def unaveraged(self) -> set[str]:
+        """Names of the parameters and buffers the EMA copies instead of averaging (policy ema=False)."""
+        names = set()
+        for placement in self.placements:
+            if not placement.spec.ema:
+                module = placement.spec.module
+                prefix = {id(m): n for n, m in self.named_modules()}[id(module)]
+                names |= {f"{prefix}.{n}" for n, _ in module.named_parameters()}
+                names |= {f"{prefix}.{n}" for n, _ in module.named_buffers()}
+        return names
+
+
+def _own_policy(spec: TrainedModule) -> bool:
+    return any(v is not None for v in (spec.lr, spec.weight_decay, spec.betas, spec.max_grad_norm))
+
+
+def split_extra(output: BackboneOutput, joints: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """The backbone's extra-token output cut into each quantity's tokens, in order."""
+    return list(output.extra.split([joint.tokens for joint in joints], dim=1))
+
+
+def _place(root: nn.Module, section: str, module: nn.Module) -> None:
+    """Register `module` at the dotted `section` (intermediate ModuleDicts created as needed)."""
+    *parents, leaf = section.split(".")
+    node = root
+    for name in parents:
+        if not hasattr(node, name):
+            node.add_module(name, nn.ModuleDict())
+        node = getattr(node, name)
+    if isinstance(node, nn.ModuleDict):
+        node[leaf] = module
+    else:
+        node.add_module(leaf, module)
 
 
 def checkpoint_layout(state: Mapping[str, torch.Tensor]) -> dict:
-    """An AlignedNetwork's state dict -> the official layout (the backbone's keys at the top)."""
+    """A TrainedNetwork's state dict -> the official layout (the backbone's keys at the top)."""
     return {k[len(BACKBONE):] if k.startswith(BACKBONE) else k: v for k, v in state.items()}
 
 
@@ -86,31 +122,3 @@ def network_layout(state: Mapping[str, torch.Tensor], network: nn.Module) -> dic
     have a submodule called `backbone`); anything else is left for the strict load to report."""
     own = nn.Module.state_dict(network).keys()  # the module's own names, whatever its state_dict shows
     return {k if k in own or BACKBONE + k not in own else BACKBONE + k: v for k, v in state.items()}
-
-
-# ============================================================================
-# The loss term of one [[alignment]] entry
-# ============================================================================
-
-
-@dataclass
-class AlignmentTerm:
-    loss: AlignmentLoss
-    coeff: float
-    stop_after: int | None = None
-    transform: TargetTransform | None = None  # of the encoder's tokens; None = identity
-
-    def active(self, step: int) -> bool:
-        """HASTE-style early stop: the term is switched off after `stop_after` steps."""
-        return self.coeff > 0 and (self.stop_after is None or step < self.stop_after)
-
-    def __call__(self, projected: torch.Tensor, target: torch.Tensor, prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample loss [B] against the (transformed) target tokens; `prefix` [B,K,D] (a [[joint]]
-        quantity aligned with this entry, REG's class token) goes before them after the transform, which
-        sees the encoder's tokens only."""
-        if self.transform is not None:
-            with torch.no_grad():
-                target = self.transform(target)
-        if prefix is not None:
-            target = torch.cat([prefix.to(target.dtype), target], dim=1)
-        return self.loss(projected, target)

@@ -14,51 +14,16 @@ from __future__ import annotations
 
 import inspect
 import types
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from repa import interfaces
+from repa.plugins.kinds import KINDS_BY_NAME
 from repa.errors import ContractError, RepaError
 
 BUILTIN_DISTRIBUTION = "repa"
 
 
-@dataclass(frozen=True)
-class Contract:
-    base: type | None  # the kind's base class in repa.interfaces (None: the `required` list alone)
-    keywords: tuple[str, ...]  # keyword arguments the engine passes to factory(params, ...)
-    params_base: type[interfaces.Params] = interfaces.Params
-    module: bool = False  # the object must be a torch.nn.Module (moved to devices, trained or frozen)
-    required: tuple[str, ...] = ()  # members beyond those read from `base`
-
-    def signature(self) -> str:
-        return "factory(params" + "".join(f", {'*, ' if i == 0 else ''}{k}" for i, k in enumerate(self.keywords)) + ")"
-
-
-CONTRACTS: dict[str, Contract] = {
-    "backbone": Contract(interfaces.Backbone, ("input_size", "in_channels", "num_classes", "label_dropout",
-                                               "null_label", "grad_checkpointing"),
-                         interfaces.BackboneParams, module=True),
-    "projector": Contract(interfaces.Projector, ("in_dim", "out_dim", "projector_dim", "grid"), module=True),
-    "path": Contract(interfaces.Path, ()),
-    "prediction": Contract(interfaces.Prediction, ()),
-    "weighting": Contract(interfaces.Weighting, ()),
-    "alignment_loss": Contract(interfaces.AlignmentLoss, ()),
-    "target_transform": Contract(interfaces.TargetTransform, ()),
-    "encoder": Contract(interfaces.Encoder, ("resolution",), interfaces.EncoderParams, module=True),
-    "sampler": Contract(interfaces.Sampler, ("steps",)),
-    "guidance": Contract(interfaces.Guidance, ("scale", "interval")),
-    "autoencoder": Contract(interfaces.Autoencoder, (), interfaces.AutoencoderParams),
-    "dataset": Contract(interfaces.Dataset, ("split",), interfaces.DatasetParams),
-    "metric": Contract(interfaces.Metric, ()),
-    "tracker": Contract(interfaces.Tracker, ("run_dir", "config")),
-    "analysis": Contract(interfaces.Analysis, ()),
-    "joint": Contract(interfaces.Joint, ("hidden_size", "width"), interfaces.JointParams, module=True),
-    "attention_loss": Contract(interfaces.AttentionLoss, (), interfaces.AttentionParams),
-    "optimizer": Contract(None, ("parameters",), interfaces.OptimizerParams,
-                          required=tuple(interfaces.Optimizer.__annotations__) + tuple(
-                              n for n in vars(interfaces.Optimizer) if not n.startswith("_"))),
-}
+CONTRACTS = KINDS_BY_NAME  # kind -> its declaration (repa.plugins.kinds.KindSpec)
 
 
 def label(kind: str, name: str, distribution: str) -> str:
@@ -116,6 +81,15 @@ def _signature_problem(factory: Callable, keywords: tuple[str, ...]) -> str | No
     if extra:
         return f"requires {', '.join(extra)}, which the engine never passes (give {'them' if len(extra) > 1 else 'it'} a default)"
     return None
+
+
+def _accepts(factory: Callable, keyword: str) -> bool:
+    """Whether the factory takes `keyword` (an optional keyword of its kind is passed only then)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == keyword or p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def metric_outputs(name: str, params: interfaces.Params) -> tuple[str, ...]:
@@ -206,6 +180,7 @@ def _attach_defaults(kind: str, obj: Any) -> None:
 def build(kind: str, name: str, distribution: str, factory: Callable, params: Any, **kwargs: Any) -> Any:
     """factory(params, **kwargs), checked. A third-party factory that raises anything but a RepaError
     (whose message is already for the user) is reported in one line naming its distribution."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in CONTRACTS[kind].optional_keywords or _accepts(factory, k)}
     try:
         obj = factory(params, **kwargs)
     except RepaError:
@@ -305,7 +280,8 @@ def probe_target_transform(where: str, transform: Any, tokens: int, dim: int, de
 
 def probe_backbone(where: str, backbone: Any, side: int, channels: int, depths: list[int], tokens: int,
                    device=None) -> None:
-    """One sample in eval mode: out [1,C,H,W] and one hidden state [1, tokens, hidden_size] per depth."""
+    """One sample in eval mode: a BackboneOutput with out [1,C,H,W] and one hidden state
+    [1, tokens, hidden_size] per depth."""
     import torch
 
     x = torch.zeros(1, channels, side, side, device=device)
@@ -319,14 +295,15 @@ def probe_backbone(where: str, backbone: Any, side: int, channels: int, depths: 
                           lambda: backbone(x, t, y, drop_ids=None, hidden_depths=list(depths)))
     finally:
         backbone.train(was_training)
-    if not (isinstance(result, (tuple, list)) and len(result) == 2):
-        raise _fail(where, f"forward returned {type(result).__name__}, expected (out, [hidden per depth])")
-    out, hidden = result
-    _tensor(where, "forward's out", out, (1, channels, side, side))
-    if len(hidden) != len(depths):
-        raise _fail(where, f"forward returned {len(hidden)} hidden states for hidden_depths={depths}")
-    for depth, h in zip(depths, hidden):
-        _tensor(where, f"the hidden state of block {depth}", h, (1, tokens, backbone.hidden_size))
+    if not isinstance(result, interfaces.BackboneOutput):
+        raise _fail(where, f"forward returned {type(result).__name__}, expected a repa.interfaces.BackboneOutput "
+                           "(out, hidden by block)")
+    _tensor(where, "forward's out", result.out, (1, channels, side, side))
+    missing = [d for d in depths if d not in result.hidden]
+    if missing:
+        raise _fail(where, f"forward returned no hidden state for blocks {missing} (hidden_depths={depths})")
+    for depth in depths:
+        _tensor(where, f"the hidden state of block {depth}", result.hidden[depth], (1, tokens, backbone.hidden_size))
 
 
 def probe_autoencoder(where: str, autoencoder: Any, resolution: int, channels: int, factor: int, device=None) -> None:
@@ -394,7 +371,8 @@ def probe_sampler(where: str, sampler: Any, x1, path: Any) -> Any:
 
 
 def probe_guidance(where: str, guidance: Any) -> None:
-    """active(t) -> bool; combine(cond, uncond, t) shaped like cond, and equal to it when both agree."""
+    """active(t) -> bool; extra_evaluations(t) -> a number >= 0; guide(...) -> one output per network
+    output, shaped like it; a cond/uncond guidance (it overrides combine) leaves agreeing outputs unchanged."""
     import torch
 
     cond = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
@@ -402,7 +380,19 @@ def probe_guidance(where: str, guidance: Any) -> None:
         active = _run(where, f"active({t})", lambda: guidance.active(t))
         if not isinstance(active, bool):
             raise _fail(where, f"active({t}) returned {type(active).__name__}, expected bool")
-    same = _tensor(where, "combine", _run(where, "combine", lambda: guidance.combine(cond, cond, 0.5)), (2, 3))
-    if not torch.allclose(same, cond):
-        raise _fail(where, "combine(c, c, t) differs from c: guidance must leave agreeing outputs unchanged")
-
+        extra = _run(where, f"extra_evaluations({t})", lambda: guidance.extra_evaluations(t))
+        if not isinstance(extra, (int, float)) or extra < 0:
+            raise _fail(where, f"extra_evaluations({t}) returned {extra!r}, expected a number >= 0")
+    if getattr(type(guidance), "combine", None) is not interfaces.Guidance.combine:
+        same = _tensor(where, "combine", _run(where, "combine", lambda: guidance.combine(cond, cond, 0.5)), (2, 3))
+        if not torch.allclose(same, cond):
+            raise _fail(where, "combine(c, c, t) differs from c: guidance must leave agreeing outputs unchanged")
+        x, y = torch.randn(2, 3, generator=torch.Generator().manual_seed(2)), torch.zeros(2, dtype=torch.long)
+        network = lambda x, t, y: [x * 2, x[:, :1]]  # noqa: E731 (outputs that do not depend on the labels)
+        for step_t in (0.1, 0.5, 0.9):
+            null = torch.full_like(y, 7) if guidance.active(step_t) else None
+            outs = _run(where, "guide(network, x, t, y, null, step_t)",
+                        lambda: guidance.guide(network, x, torch.full((2,), step_t), y, null, step_t))
+            if len(outs) != 2 or not all(torch.allclose(o, e) for o, e in zip(outs, network(x, None, y))):
+                raise _fail(where, "guide(...) must return one output per network output, unchanged where the "
+                                   "conditional and unconditional outputs agree")

@@ -19,6 +19,7 @@ import pluggy
 from repa.errors import PluginError
 from repa.plugins import hookspecs
 from repa.plugins.contract import BUILTIN_DISTRIBUTION
+from repa.plugins.kinds import BUILTIN_ENTRY_POINTS
 from repa.plugins.registry import Registry
 
 log = logging.getLogger("repa.plugins")
@@ -26,12 +27,8 @@ log = logging.getLogger("repa.plugins")
 ENTRY_POINT_GROUP = "repa"
 AUTOLOAD_ENV = "REPA_DISABLE_PLUGIN_AUTOLOAD"
 PLUGINS_ENV = "REPA_PLUGINS"
-# The entry points our own pyproject declares (tests/test_plugins.py keeps the two in step):
-# a partial list at run time means a stale install, not a missing feature.
-BUILTIN_ENTRY_POINTS = (
-    "alignment_losses", "analyses", "autoencoders", "backbones", "datasets", "encoders", "guidances", "metrics",
-    "optimizers", "paths", "predictions", "projectors", "samplers", "target_transforms", "trackers", "weightings",
-)
+# The entry points our own pyproject declares, one per kind with built-ins (tests/test_plugins.py keeps
+# the two in step): a partial list at run time means a stale install, not a missing feature.
 
 
 @dataclass

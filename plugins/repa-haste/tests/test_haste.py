@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from repa.engine.train.objective import AttentionTerm
+from repa.interfaces import EncoderOutput
 from repa.plugins import load_components
-from repa.testing import check_component
+from repa.testing import ObjectiveHarness, check_component
 
 
 # ---- Transcription of the released code (NUS-HPC-AI-Lab/HASTE: models/sit.py Attention.forward with
@@ -48,44 +48,114 @@ def test_registered_by_its_distribution_with_the_released_defaults_and_keeps_the
     check_component("attention_loss", "haste")
 
 
-def test_loss_equals_the_released_attention_loss_on_a_sit_and_a_vit():
-    """Student: a tiny SiT (4 heads) recording blocks 1-2; teacher: a tiny DINOv2-style ViT (2 heads, class
-    token) at blocks 2-3; the released loop over the pairs and heads [:, :2] against AttentionTerm."""
+HASTE_TINY = """
+[data]
+kind = "digits"
+resolution = 64
+
+[autoencoder]
+kind = "sd-vae"
+
+[backbone]
+kind = "sit"
+depth = 3
+hidden_size = 32
+num_heads = 4
+patch_size = 2
+
+[[alignment]]
+encoder = { kind = "given", dim = 24, tokens = 16, blocks = 3 }
+depth = 2
+projector_dim = 16
+
+[[attention]]
+kind = "haste"
+blocks = [1, 2]
+encoder_blocks = [2, 3]
+
+[sample]
+sampler = "euler"
+"""
+
+
+def mean_flat(x):
+    return torch.mean(x, dim=list(range(1, len(x.size()))))
+
+
+def test_loss_and_every_gradient_equal_the_released_code_through_the_objective(given_encoders, write_toml):
+    """Student: a tiny SiT (4 heads) built as `repa run` builds it, its attention at blocks 1-2; teacher: a tiny
+    DINOv2-style ViT (2 heads, class token) at blocks 2-3. The trainer's own objective (denoising + REPA at
+    block 2 + HASTE's attention term) against the released losses (loss.py: denoising, proj_loss, attn_loss
+    over the pairs and heads [:, :2]), and every parameter's gradient."""
     from timm.models.vision_transformer import VisionTransformer
 
+    from repa.config import load_experiment
+
+    harness = ObjectiveHarness(load_experiment(write_toml(HASTE_TINY, "haste.toml")), num_classes=10)
+    net = harness.network.eval()
+    sit, projector = net.backbone, net.projectors["0"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=2, num_classes=0).eval()
+    g = torch.Generator().manual_seed(1)
+    x0, noise, t, y = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g), \
+        torch.rand(3, generator=g), torch.tensor([1, 2, 3])
+    released_teacher = {}
+    hooks = [vit.blocks[i].attn.register_forward_pre_hook(
+        lambda m, a, i=i: released_teacher.__setitem__(i, haste_dinov2_attention_logits(m, a[0]))) for i in range(3)]
+    with torch.no_grad():
+        patches = vit.forward_features(torch.randn(3, 3, 16, 16, generator=g))[:, 1:]
+    for hook in hooks:
+        hook.remove()
+
+    # Released: train.py / loss.py of HASTE on the same modules (linear path, v-prediction).
+    released_student = {}
+    hooks = [sit.blocks[i].attn.register_forward_pre_hook(
+        lambda m, a, i=i: released_student.__setitem__(i, haste_sit_attention_logits(m, a[0]))) for i in range(3)]
+    tt = t.view(-1, 1, 1, 1)
+    output = sit((1 - tt) * x0 + tt * noise, t, y, hidden_depths=[2])
+    for hook in hooks:
+        hook.remove()
+    denoising = mean_flat((output.out - (noise - x0)) ** 2)
+    z_tilde = torch.nn.functional.normalize(projector(output.hidden[2]), dim=-1)
+    proj = mean_flat(-(torch.nn.functional.normalize(patches, dim=-1) * z_tilde).sum(dim=-1)).sum() / 3
+    attn = haste_attn_loss(released_student, released_teacher, 16, 2, [(0, 1), (1, 2)])
+    expected = denoising.mean() + 0.5 * proj + 0.5 * attn
+    trained = [p for p in net.parameters() if p.requires_grad]
+    expected_grads = torch.autograd.grad(expected, trained)
+
+    teacher = EncoderOutput(patches, attention={2: released_teacher[1], 3: released_teacher[2]})
+    parts = harness.loss(latents=x0, noise=noise, t=t, y=y, encoders={"given": teacher})
+    torch.testing.assert_close(parts.terms["attention_loss_0"].mean(), attn, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.total, expected, rtol=1e-5, atol=1e-5)
+    for (name, _), ours, theirs in zip([(n, p) for n, p in net.named_parameters() if p.requires_grad],
+                                       torch.autograd.grad(parts.total, trained), expected_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_the_backbone_returns_the_released_attention_logits():
     from repa.components.backbone.sit import SiT
 
     torch.manual_seed(0)
-    sit = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=4, num_classes=10)
+    sit = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_heads=4, num_classes=10).eval()
     with torch.no_grad():
         for p in sit.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.2)
-    vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=24, depth=3, num_heads=2, num_classes=0).eval()
-    x, t, y = torch.randn(3, 4, 8, 8), torch.rand(3), torch.tensor([1, 2, 3])
-    image = torch.randn(3, 3, 16, 16)
-
-    released_student, released_teacher = {}, {}
+    released = {}
     hooks = [sit.blocks[i].attn.register_forward_pre_hook(
-        lambda m, a, i=i: released_student.__setitem__(i, haste_sit_attention_logits(m, a[0]))) for i in range(3)]
-    hooks += [vit.blocks[i].attn.register_forward_pre_hook(
-        lambda m, a, i=i: released_teacher.__setitem__(i, haste_dinov2_attention_logits(m, a[0]))) for i in range(3)]
-    with sit.record_attention([1, 2]) as recorded:
-        sit.eval()(x, t, y)
-    with torch.no_grad():
-        vit.forward_features(image)
+        lambda m, a, i=i: released.__setitem__(i, haste_sit_attention_logits(m, a[0]))) for i in range(3)]
+    x, t, y = torch.randn(3, 4, 8, 8), torch.rand(3), torch.tensor([1, 2, 3])
+    output = sit(x, t, y, attention_blocks=[1, 3])
     for hook in hooks:
         hook.remove()
-    torch.testing.assert_close(recorded[0], released_student[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(recorded[1], released_student[1], rtol=1e-5, atol=1e-5)
-    assert all(attention.sink is None for attention in (b.attn for b in sit.blocks))  # recording ended
-
-    teacher = [released_teacher[i] for i in (1, 2)]
-    entry = load_components().get("attention_loss", "haste")
-    loss = entry.build(entry.params())
-    ours = AttentionTerm(loss, 0.5, [1, 2])({1: recorded[0], 2: recorded[1]}, teacher)
-    expected = haste_attn_loss(released_student, released_teacher, 16, 2, [(0, 1), (1, 2)])
-    torch.testing.assert_close(ours.mean(), expected, rtol=1e-5, atol=1e-5)
+    assert sorted(output.attention) == [1, 3]
+    torch.testing.assert_close(output.attention[1], released[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(output.attention[3], released[2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(output.out, sit(x, t, y).out)  # keeping the logits changes nothing else
 
 
 def test_frozen_encoder_gives_the_released_dinov2_attention_logits():

@@ -118,3 +118,77 @@ def test_tiny_experiment_trains_with_irepa(tiny_toml, tmp_path):
     assert weights["projectors.0.conv.weight"].shape[1:] == (32, 3, 3)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(-1 <= r["align_loss_0"] <= 1 for r in records)
+
+
+IREPA_TINY = """
+[data]
+kind = "digits"
+resolution = 64
+
+[autoencoder]
+kind = "sd-vae"
+
+[backbone]
+kind = "sit"
+depth = 3
+hidden_size = 32
+num_heads = 2
+patch_size = 2
+
+[[alignment]]
+encoder = { kind = "given", dim = 24, tokens = 16 }
+projector = { kind = "conv", kernel_size = 3 }
+target_transform = { kind = "spatial-norm", gamma = 0.6 }
+depth = 2
+coeff = 1.0
+
+[sample]
+sampler = "euler"
+"""
+
+
+def released_cosine(zs, zs_tilde):  # ldm/projection_loss.py CosineProjectionLoss
+    zs = torch.nn.functional.normalize(zs, dim=-1)
+    zs_tilde = torch.nn.functional.normalize(zs_tilde, dim=-1)
+    return (-(zs * zs_tilde).sum(dim=-1)).mean()
+
+
+def test_the_whole_loss_and_every_gradient_equal_the_released_code_through_the_objective(given_encoders, write_toml):
+    """A tiny SiT with iREPA's conv projector and spatially normalised target, built as `repa run` builds it,
+    through the trainer's own objective, against ldm/loss.py + train.py: denoising.mean() + proj_coeff x the
+    cosine projection loss on spatial_zscore(patch tokens, alpha 0.6) of the released ProjectionLayer's output."""
+    from repa.config import load_experiment
+    from repa.interfaces import EncoderOutput
+    from repa.testing import ObjectiveHarness
+
+    harness = ObjectiveHarness(load_experiment(write_toml(IREPA_TINY, "irepa.toml")), num_classes=10)
+    net = harness.network.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.2)
+    released_projector = ReleasedProjectionLayer(32, 24, 3)
+    released_projector.projection_layer.load_state_dict(net.projectors["0"].conv.state_dict())
+    g = torch.Generator().manual_seed(3)
+    x0, noise, t, y = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g), \
+        torch.rand(3, generator=g), torch.tensor([1, 5, 9])
+    patches = torch.randn(3, 16, 24, generator=g) * 2 + 1
+
+    tt = t.view(-1, 1, 1, 1)
+    output = net.backbone((1 - tt) * x0 + tt * noise, t, y, hidden_depths=[2])
+    denoising = ((output.out - (noise - x0)) ** 2).mean(dim=(1, 2, 3))
+    proj = released_cosine(released_spatial_zscore(patches, alpha=0.6), released_projector(output.hidden[2]))
+    expected = denoising.mean() + 1.0 * proj
+    backbone = [(n, p) for n, p in net.backbone.named_parameters() if p.requires_grad]
+    released = [p for _, p in backbone] + list(released_projector.projection_layer.parameters())
+    expected_grads = torch.autograd.grad(expected, released)
+
+    parts = harness.loss(latents=x0, noise=noise, t=t, y=y, encoders={"given": EncoderOutput(patches)})
+    torch.testing.assert_close(parts.total, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.terms["align_loss_0"].mean(), proj, rtol=1e-5, atol=1e-5)
+    ours = [p for _, p in backbone] + list(net.projectors["0"].conv.parameters())
+    names = [n for n, _ in backbone] + ["projectors.0.conv.weight", "projectors.0.conv.bias"]
+    assert len(ours) == len([p for p in net.parameters() if p.requires_grad])  # every trained parameter
+    for name, mine, theirs in zip(names, torch.autograd.grad(parts.total, ours), expected_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5, msg=name)

@@ -4,11 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repa.engine.network import AlignedNetwork, AlignmentTerm
 from repa.engine.generate.denoiser import Denoiser
-from repa.engine.train.objective import JointBatch, Objective
+from repa.interfaces import EncoderOutput
 from repa.plugins import load_components
-from repa.testing import check_component
+from repa.testing import ObjectiveHarness, check_component
 
 WIDTH, HIDDEN, DEPTH, CLASSES = 12, 32, 2, 10
 
@@ -18,27 +17,54 @@ def build(kind, name, **kwargs):
     return entry.build(entry.params(), **kwargs)
 
 
-def network(seed=0):
-    """A tiny SiT + MLP projector at block DEPTH + REG's class token, every weight random."""
-    from repa.components.backbone.sit import SiT
+REG_TINY = f"""
+[data]
+kind = "digits"
+resolution = 64
 
-    torch.manual_seed(seed)
-    sit = SiT(input_size=8, patch_size=2, in_channels=4, hidden_size=HIDDEN, depth=3, num_heads=2,
-              num_classes=CLASSES, label_dropout=0.1)
-    projector = build("projector", "mlp", in_dim=HIDDEN, out_dim=WIDTH, projector_dim=24, grid=(4, 4))
-    net = AlignedNetwork(sit, [projector], [DEPTH], build("joint", "reg", hidden_size=HIDDEN, width=WIDTH), 0)
+[autoencoder]
+kind = "sd-vae"
+
+[backbone]
+kind = "sit"
+depth = 3
+hidden_size = {HIDDEN}
+num_heads = 2
+patch_size = 2
+
+[[alignment]]
+encoder = {{ kind = "given", dim = {WIDTH}, tokens = 16 }}
+depth = {DEPTH}
+projector_dim = 24
+
+[[joint]]
+kind = "reg"
+
+[sample]
+sampler = "euler"
+"""
+
+
+@pytest.fixture
+def harness(given_encoders, write_toml):
+    """A tiny SiT + MLP projector at block DEPTH + REG's class token, built as `repa run` builds them
+    (repa.testing.ObjectiveHarness), every weight random at a scale that makes every part matter."""
+    from repa.config import load_experiment
+
+    harness = ObjectiveHarness(load_experiment(write_toml(REG_TINY, "reg.toml")), num_classes=CLASSES)
+    torch.manual_seed(0)
     with torch.no_grad():
-        for p in net.parameters():
+        for p in harness.network.parameters():
             if p.requires_grad:  # not the frozen sin-cos positions
                 p.normal_(0, 0.2)
-    return net.eval()
+    return harness
 
 
 # ---- Transcription of the released code (Martinser/REG: models/sit.py SiT.forward, loss.py SILoss,
 # samplers.py euler_maruyama_sampler), over the same modules: linear path, v-prediction ----
 
 def reg_forward(net, x, t, y, cls_token):
-    sit, joint, projector = net.backbone, net.joint, net.projectors[0]
+    sit, joint, projector = net.backbone, net.joint, net.projectors["0"]
     x = sit.x_embedder(x)
     cls_token = joint.cls_projectors2(cls_token)
     cls_token = joint.wg_norm(cls_token)
@@ -51,7 +77,7 @@ def reg_forward(net, x, t, y, cls_token):
     y = sit.y_embedder.embedding_table(y)  # LabelEmbedder(train=False)
     c = t_embed + y
     for i, block in enumerate(sit.blocks):
-        x = block(x, c)
+        x = block(x, c)[0]  # our block returns (x, its attention logits or None)
         if (i + 1) == DEPTH:
             zs = [projector(x.reshape(-1, D)).reshape(N, T, -1)]
     final = sit.final_layer
@@ -143,27 +169,32 @@ def test_registered_by_its_distribution_with_regs_coefficient_and_keeps_the_cont
     assert joint.tokens == 1 and joint.aligned
 
 
-def test_training_loss_equals_the_released_code():
-    net = network()
+def test_training_loss_and_every_gradient_equal_the_released_code(harness):
+    """Through the trainer's own objective (step context, the [[alignment]] and [[joint]] terms)."""
+    net = harness.network
     g = torch.Generator().manual_seed(1)
     images, noises = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
     cls_token, noises_cls = torch.randn(3, WIDTH, generator=g), torch.randn(3, WIDTH, generator=g)
     patches = torch.randn(3, 16, WIDTH, generator=g)
     t, y = torch.rand(3, generator=g), torch.tensor([0, 4, 9])
     zs = [torch.cat([cls_token.unsqueeze(1), patches], dim=1)]  # train.py: [x_norm_clstoken, patch tokens]
+    net.eval()  # both sides without label dropout
     expected, expected_cls = reg_loss(net, images, y, zs, cls_token, t.view(-1, 1, 1, 1), noises, noises_cls)
+    expected_grads = torch.autograd.grad(expected, [p for p in net.parameters() if p.requires_grad])
 
-    objective = Objective(build("path", "linear"), build("prediction", "v"), build("weighting", "uniform"),
-                          [AlignmentTerm(build("alignment_loss", "cosine"), 0.5)])
-    joint = JointBatch(net.joint.clean(patches, cls_token), noises_cls.unsqueeze(1), 0.03, aligned_entry=0)
-    parts = objective(net, images, noises, t, y, [patches], step=0, joint=joint)
+    parts = harness.loss(latents=images, noise=noises, t=t, y=y, extra_noise=[noises_cls.unsqueeze(1)],
+                         encoders={"given": EncoderOutput(patches, cls_token)})
     torch.testing.assert_close(parts.total, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(parts.joint, expected_cls, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.terms["joint_loss"], expected_cls, rtol=1e-5, atol=1e-5)
     assert expected_cls.min() > 1e-3  # the class token's term is not trivially zero here
+    grads = torch.autograd.grad(parts.total, [p for p in net.parameters() if p.requires_grad])
+    for (name, _), ours, theirs in zip([(n, p) for n, p in net.named_parameters() if p.requires_grad], grads,
+                                       expected_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_sampling_integrates_the_class_token_as_the_released_sampler():
-    net, steps = network(), 6
+def test_sampling_integrates_the_class_token_as_the_released_sampler(harness):
+    net, steps = harness.network.eval(), 6
     g = torch.Generator().manual_seed(2)
     x1, z1 = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 1, WIDTH, generator=g)
     eps = [torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(steps - 1)]
@@ -187,7 +218,7 @@ def test_sampling_integrates_the_class_token_as_the_released_sampler():
     denoiser = Denoiser(net, build("prediction", "v"), build("path", "linear"), guidance)
     images = denoiser.sample(sampler, x1, y, noise=Recorded())
     torch.testing.assert_close(images, expected, rtol=1e-5, atol=1e-5)
-    assert denoiser.last_joint.shape == (2, 1, WIDTH)
+    assert [z.shape for z in denoiser.last_joint] == [(2, 1, WIDTH)]
     # The class token steers the image: another start for it gives other images.
     other = Denoiser(net, build("prediction", "v"), build("path", "linear"), guidance)
     z1 = z1 + 1

@@ -12,7 +12,6 @@ to the engine's projectors, `repa.engine.network`). Differences, all deliberate:
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from repa.interfaces import Backbone
+from repa.interfaces import Backbone, BackboneOutput
 
 # ============================================================================
 # Embeddings: patches, timesteps, class labels
@@ -101,17 +100,17 @@ class Attention(nn.Module):
         self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
-        self.sink: list | None = None  # set by SiT.record_attention: where this block's logits go
 
-    def forward(self, x):
+    def forward(self, x, keep_logits: bool = False):
+        """-> (output, pre-softmax logits q k^T / sqrt(d) [B,H,T,T] when keep_logits, else None)."""
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        if self.sink is not None:  # HASTE: the logits are computed beside the fused kernel, as its SiT does
-            self.sink.append((q * self.head_dim ** -0.5) @ k.transpose(-2, -1))
+        # HASTE: the logits are computed beside the fused kernel, as its SiT does
+        logits = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1) if keep_logits else None
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim)), logits
 
 
 class Mlp(nn.Module):
@@ -132,10 +131,12 @@ class SiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x, c):
+    def forward(self, x, c, keep_logits: bool = False):
+        """-> (x after the block, its attention logits when keep_logits, else None)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        attended, logits = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), keep_logits)
+        x = x + gate_msa.unsqueeze(1) * attended
+        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)), logits
 
 
 class FinalLayer(nn.Module):
@@ -205,22 +206,6 @@ class SiT(nn.Module, Backbone):
     def shard_units(self) -> list:
         return list(self.blocks)
 
-    @contextlib.contextmanager
-    def record_attention(self, depths):
-        """Inside: forward appends blocks `depths`' attention logits [B,H,T,T] to the yielded list."""
-        for depth in depths:
-            if not 1 <= depth <= len(self.blocks):
-                raise ValueError(f"attention of block {depth} requested; SiT has blocks 1..{len(self.blocks)}")
-        recorded: list = []
-        attentions = [self.blocks[d - 1].attn for d in sorted(set(depths))]
-        for attention in attentions:
-            attention.sink = recorded
-        try:
-            yield recorded
-        finally:
-            for attention in attentions:
-                attention.sink = None
-
     def initialize_weights(self):
         """As official: xavier linears, frozen 2-D sin-cos positions, zeroed adaLN and output (DiT Sec. 3.2)."""
 
@@ -267,20 +252,21 @@ class SiT(nn.Module, Backbone):
                              f"{', null label ' + str(self.null_label) if self.has_null_label else ''}), "
                              f"got {int(y.min())}..{int(y.max())}")
 
-    def forward(self, x, t, y, drop_ids=None, hidden_depths=(), extra_tokens=None):
-        """x [B,C,H,W], t [B], y [B] -> (out [B,C,H,W], [hidden state [B,T,D] after block k, k in hidden_depths]).
+    def forward(self, x, t, y, drop_ids=None, hidden_depths=(), attention_blocks=(), extra_tokens=None):
+        """x [B,C,H,W], t [B], y [B] -> BackboneOutput: out [B,C,H,W], the image tokens' hidden states after
+        blocks `hidden_depths`, the attention logits of `attention_blocks` (`repa.interfaces.BackboneOutput`).
 
         In train mode without `drop_ids`, labels are dropped with probability `label_dropout`
         (torch's global RNG, as official); the engine passes `drop_ids` for reproducibility.
         extra_tokens [B,K,D]: put before the image tokens without positional embedding (REG's class
-        token has a zero row there); then hidden states have K+T tokens and a third value is returned,
-        the extra tokens after the final norm and modulation (`repa.interfaces.Backbone.forward`)."""
+        token has a zero row there); their hidden states and final output come back beside the image's."""
         # Shapes always; the label range only outside training and compilation (reading the
         # labels' range syncs a GPU; the engine's data loader already guarantees it).
         self.check_inputs(x, t, y, labels=not (self.training or torch.compiler.is_compiling()))
-        for depth in hidden_depths:
-            if not 1 <= depth <= len(self.blocks):
-                raise ValueError(f"hidden state of block {depth} requested; SiT has blocks 1..{len(self.blocks)}")
+        for kind, blocks in (("hidden state", hidden_depths), ("attention", attention_blocks)):
+            for depth in blocks:
+                if not 1 <= depth <= len(self.blocks):
+                    raise ValueError(f"{kind} of block {depth} requested; SiT has blocks 1..{len(self.blocks)}")
         if self.training and drop_ids is None and self.label_dropout > 0:
             drop_ids = torch.rand(y.shape[0], device=y.device) < self.label_dropout
         if not self.training:
@@ -290,21 +276,27 @@ class SiT(nn.Module, Backbone):
         if extra:
             x = torch.cat([extra_tokens.to(x.dtype), x], dim=1)
         c = self.t_embedder(t) + self.y_embedder(y, drop_ids)
-        wanted, hidden = set(hidden_depths), {}
+        wanted, logged, hidden, attention = set(hidden_depths), set(attention_blocks), {}, {}
         for i, block in enumerate(self.blocks):
-            # A block whose attention is recorded runs without checkpointing: its recomputation in
-            # backward would not record again, and torch requires the same saved tensors.
-            if self.grad_checkpointing and self.training and block.attn.sink is None:
-                x = checkpoint(block, x, c, use_reentrant=False)
+            keep = i + 1 in logged
+            # A block whose attention is kept runs without checkpointing: its logits are an output.
+            if self.grad_checkpointing and self.training and not keep:
+                x, _ = checkpoint(block, x, c, use_reentrant=False)
             else:
-                x = block(x, c)
+                x, logits = block(x, c, keep)
+                if keep:
+                    attention[i + 1] = logits
             if i + 1 in wanted:  # keep only what was asked for (sampling asks for nothing)
                 hidden[i + 1] = x
-        hidden = [hidden[d] for d in hidden_depths]
+        output = BackboneOutput(out=None, hidden={d: hidden[d][:, extra:] for d in hidden_depths},
+                                attention=attention, extra_tokens=extra)
         if not extra:
-            return self.unpatchify(self.final_layer(x, c)), hidden
-        out, extra_out = self.final_layer(x, c, extra)
-        return self.unpatchify(out), hidden, extra_out
+            output.out = self.unpatchify(self.final_layer(x, c))
+            return output
+        out, output.extra = self.final_layer(x, c, extra)
+        output.out = self.unpatchify(out)
+        output.extra_hidden = {d: hidden[d][:, :extra] for d in hidden_depths}
+        return output
 
 
 def legacy_to_blocks(state: dict, encoder_depth: int) -> dict:

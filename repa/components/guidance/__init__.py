@@ -1,5 +1,6 @@
 """Guidance: how conditional and unconditional predictions combine, and when."""
 
+from repa.interfaces import GuidanceParams
 from repa.plugins import hookimpl
 
 
@@ -12,6 +13,6 @@ def _cfg(params, *, scale, interval):
 @hookimpl
 def repa_register_guidances(registry):
     registry.add(
-        "cfg", _cfg,
+        "cfg", _cfg, GuidanceParams,
         description="classifier-free guidance uncond + scale (cond - uncond), only for t in [low, high]",
     )

@@ -43,15 +43,17 @@ class Denoiser:
     """velocity(x, t, step_t) for labels y, with guidance decided per step by `step_t`.
 
     The state x may be float64 (official default); the model sees its own dtype, under
-    autocast to `autocast_dtype` when given (the network only: the integration stays in x's dtype)."""
+    autocast to `autocast_dtype` when given (the network only: the integration stays in x's dtype).
+    With jointly denoised quantities (a term's extra tokens) the state packs the image and each of
+    them (`PackedState`), so that every sampler integrates them all unchanged."""
 
     def __init__(self, model, prediction: Prediction, path: Path, guidance: Guidance | None = None,
                  autocast_dtype: torch.dtype | None = None):
         self.model, self.prediction, self.path, self.guidance = model, prediction, path, guidance
         self.model_dtype = next(model.parameters()).dtype
         self.autocast_dtype = autocast_dtype
-        self.state: JointState | None = None  # set per sample(): the packing of a [[joint]] quantity
-        self.last_joint: torch.Tensor | None = None
+        self.state = PackedState(None, [])  # set per sample()
+        self.last_joint: list[torch.Tensor] = []  # each quantity's end state [B,K,D] after sample()
 
     def _null_labels(self, y):
         if not self.model.has_null_label:
@@ -61,62 +63,72 @@ class Denoiser:
             )
         return torch.full_like(y, self.model.num_classes)
 
+    def network_fn(self, model=None):
+        """network(x, t, y) -> [the image's output, each quantity's] for packed states x, in x's dtype:
+        what guidance evaluates (`repa.interfaces.NetworkFn`). `model`: another network of the same
+        experiment (guidance by a second model); default: this one."""
+        model = self.model if model is None else model
+        dtype = next(model.parameters()).dtype
+
+        def network(x, t, y):
+            parts = self.state.unpack(x)
+            with autocast_to(x.device.type, self.autocast_dtype):
+                outs = model.denoise(parts[0].to(dtype), t.to(dtype), y, [p.to(dtype) for p in parts[1:]])
+            return [out.to(x.dtype) for out in outs]
+
+        return network
+
     def velocity_for(self, y: torch.Tensor):
-        """The velocity of the sampler's state: the image, or with a [[joint]] quantity the packed
-        [B, C*H*W + K*D] (image, z) (`JointState`), so that every sampler integrates both unchanged."""
         low, high = self.prediction.time_range
+        network = self.network_fn()
 
         def velocity(x, t, step_t):
             t = t.clamp(low, high)
-            guided = self.guidance is not None and self.guidance.active(step_t)
-            parts = self.state.unpack(x) if self.state else (x,)
-            t_in, y_in = (torch.cat([t, t]), torch.cat([y, self._null_labels(y)])) if guided else (t, y)
-            inputs = [torch.cat([p, p]) if guided else p for p in parts]
-            with autocast_to(x.device.type, self.autocast_dtype):
-                outs = self.model(inputs[0].to(self.model_dtype), t_in.to(self.model_dtype), y_in, align=False,
-                                  **({"joint_state": inputs[1].to(self.model_dtype)} if self.state else {}))
-            outs = [outs[0]] + ([outs[2]] if self.state else [])
-            velocities = []
-            for part, out in zip(parts, outs):
-                out = out.to(x.dtype)
-                if guided:
-                    cond, uncond = out.chunk(2)
-                    out = self.guidance.combine(cond, uncond, step_t)
-                velocities.append(self.prediction.to_velocity(out, part, t, self.path))
-            return self.state.pack(*velocities) if self.state else velocities[0]
+            if self.guidance is None:
+                outs = network(x, t, y)
+            else:
+                null = self._null_labels(y) if self.guidance.active(step_t) else None
+                outs = self.guidance.guide(network, x, t, y, null, step_t)
+            parts = self.state.unpack(x)
+            return self.state.pack(*(self.prediction.to_velocity(out, part, t, self.path)
+                                     for out, part in zip(outs, parts)))
 
         return velocity
 
     @torch.no_grad()
     def sample(self, sampler, x1, y, noise=None, state_dtype=torch.float64):
-        """x1 [B,C,H,W] noise, y [B] labels -> x0 in `state_dtype`. With a [[joint]] quantity its
-        start is drawn from `noise` after x1 and its end is kept in `self.last_joint` [B,K,D]."""
+        """x1 [B,C,H,W] noise, y [B] labels -> x0 in `state_dtype`. Jointly denoised quantities start
+        from `noise` after x1, in order; their ends are kept in `self.last_joint`."""
         self.model.check_inputs(x1, torch.zeros(x1.shape[0], device=x1.device), y)
         dtype = self.model_dtype if state_dtype == "model" else state_dtype
         noise = noise or GlobalNoise()
-        joint = getattr(self.model, "joint", None)
-        self.state = None if joint is None else JointState(x1.shape[1:], (joint.tokens, joint.width))
-        if self.state:
-            x1 = self.state.pack(x1, noise.randn_like(x1.new_empty(x1.shape[0], joint.tokens, joint.width)))
-        x0 = sampler.sample(self.velocity_for(y), x1.to(dtype), self.path, noise)
-        if not self.state:
-            return x0
-        x0, self.last_joint = self.state.unpack(x0)
-        return x0
+        joints = list(getattr(self.model, "joints", []))
+        shapes = [(joint.tokens, joint.width) for joint in joints]
+        self.state = PackedState(x1.shape[1:], shapes)
+        starts = [noise.randn_like(x1.new_empty(x1.shape[0], *shape)) for shape in shapes]
+        x0 = sampler.sample(self.velocity_for(y), self.state.pack(x1, *starts).to(dtype), self.path, noise)
+        image, *self.last_joint = self.state.unpack(x0)
+        return image
 
 
-class JointState:
-    """The image [B,C,H,W] and a joint quantity [B,K,D] as one [B, C*H*W + K*D] sampler state: samplers
-    act elementwise (and paths broadcast over any shape), so integrating the packed state integrates
-    both with the same t, steps and noise law, as REG's sampler does (Martinser/REG, samplers.py)."""
+class PackedState:
+    """The image [B,C,H,W] and each jointly denoised quantity [B,K,D] as one [B, C*H*W + sum K*D] sampler
+    state: samplers act elementwise (and paths broadcast over any shape), so integrating the packed
+    state integrates all with the same t, steps and noise law, as REG's sampler does (Martinser/REG,
+    samplers.py). Without quantities the state is the image itself."""
 
-    def __init__(self, image_shape, joint_shape):
-        self.image_shape, self.joint_shape = tuple(image_shape), tuple(joint_shape)
-        self.split = int(torch.Size(self.image_shape).numel())
+    def __init__(self, image_shape, joint_shapes):
+        self.image_shape = None if image_shape is None else tuple(image_shape)
+        self.shapes = [tuple(s) for s in joint_shapes]
 
-    def pack(self, image: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
-        return torch.cat([image.flatten(1), joint.flatten(1).to(image.dtype)], dim=1)
+    def pack(self, image: torch.Tensor, *joints: torch.Tensor) -> torch.Tensor:
+        if not self.shapes:
+            return image
+        return torch.cat([image.flatten(1), *(joint.flatten(1).to(image.dtype) for joint in joints)], dim=1)
 
-    def unpack(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image, joint = state[:, :self.split], state[:, self.split:]
-        return image.reshape(-1, *self.image_shape), joint.reshape(-1, *self.joint_shape)
+    def unpack(self, state: torch.Tensor) -> list[torch.Tensor]:
+        if not self.shapes:
+            return [state]
+        sizes = [int(torch.Size(self.image_shape).numel())] + [int(torch.Size(s).numel()) for s in self.shapes]
+        parts = state.split(sizes, dim=1)
+        return [parts[0].reshape(-1, *self.image_shape)] + [p.reshape(-1, *s) for p, s in zip(parts[1:], self.shapes)]

@@ -101,8 +101,8 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
             scores = evaluate_images(config.eval.metrics, images, labels, config.eval.reference)
             record = {"eval": scores, "eval_settings": key, "eval_metrics": scored_by,
                       "num_samples": config.eval.num_samples, "sampler": config.sample.sampler.kind,
-                      "steps": config.sample.steps, "cfg_scale": config.sample.cfg_scale,
-                      "guidance_interval": list(config.sample.guidance_interval)}
+                      "steps": config.sample.steps, "cfg_scale": config.sample.guidance_settings()[0],
+                      "guidance_interval": list(config.sample.guidance_settings()[1])}
             RunRecord(run_dir).log(step, record)
             results.append({"step": step, **scores})
         state.wait_for_everyone()

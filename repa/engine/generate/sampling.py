@@ -76,9 +76,10 @@ def resolve_checkpoint(path: Path | None) -> tuple[dict, int | None, str]:
     return strip_prefix(unwrap_state_dict(obj, ("ema", "model", "state_dict"))), step, str(path)
 
 
-def load_model(config: ExperimentConfig, state: dict, source: str):
+def load_model(config: ExperimentConfig, state: dict, source: str, autoencoder=None):
     """Build the configured network and load the EMA weights (official layout) strictly; the class
-    count and null label come from the weights."""
+    count and null label come from the weights. A trainable autoencoder's modules are part of the
+    network: loading the checkpoint gives `autoencoder` its trained weights."""
     params = config.backbone.params
     state = params.upgrade_state(state, [entry.depth for entry in config.alignment])
     rows = params.label_rows(state)
@@ -91,7 +92,7 @@ def load_model(config: ExperimentConfig, state: dict, source: str):
             f"{source}: the class count of this checkpoint is unknown: backbone {config.backbone.kind!r} does not "
             f"read it from a state dict (BackboneParams.label_rows) and data {config.data.kind!r} does not fix it; "
             "set data.num_classes")
-    model = build_network(config, num_classes, null_label=null_label)
+    model = build_network(config, num_classes, null_label=null_label, autoencoder=autoencoder)
     load_state_strict(model, network_layout(state, model), source)
     return model.eval()
 
@@ -110,12 +111,39 @@ def label_rows(config: ExperimentConfig, rows: int, source: str) -> tuple[int, b
 
 
 def nfe_per_sample(config: ExperimentConfig) -> float:
-    """Network evaluations per sample, counting the doubled CFG batch inside the interval."""
-    sample = config.sample
-    evals = sample.sampler.build(steps=sample.steps).function_evaluations()
-    low, high = sample.guidance_interval
-    guided = (high - low) if sample.cfg_scale != 1.0 else 0.0
-    return evals * (1 + guided)
+    """Network evaluations per sample: the sampler's calls, each with what the guidance adds at the time
+    of its step (`Guidance.extra_evaluations`), read off the sampler run on a toy velocity field."""
+    from repa.components.path.interpolants import LinearPath
+
+    sampler, guidance = build_sampling(config)
+    times: list[float] = []
+
+    def velocity(x, t, step_t):
+        times.append(step_t)
+        return x / t.clamp_min(1e-3).view(-1, *[1] * (x.ndim - 1))
+
+    sampler.sample(velocity, torch.ones(1, 1, dtype=torch.float64), LinearPath(), _ZeroNoise())
+    return sum(1.0 + guidance.extra_evaluations(step_t) for step_t in times)
+
+
+class _ZeroNoise:
+    def randn_like(self, x):
+        return torch.zeros_like(x)
+
+
+def load_network(config: ExperimentConfig, path: str, device):
+    """Another trained network for guidance (`Guidance` factories' load_network): a run or checkpoint
+    folder or weights file; a run folder brings its own experiment (config.resolved.toml), anything
+    else is read with this experiment's architecture."""
+    from repa.config import load_experiment
+
+    folder = Path(path)
+    other = config
+    resolved = folder / "config.resolved.toml"
+    if folder.is_dir() and resolved.is_file():
+        other = load_experiment(resolved)
+    weights, _, source = resolve_checkpoint(folder)
+    return load_model(other, weights, source).to(device)
 
 
 def sampling_autocast(config: ExperimentConfig, device) -> torch.dtype | None:
@@ -157,7 +185,7 @@ def default_out(config: ExperimentConfig, checkpoint: Path | None, seed: int, la
     blob = json.dumps([str(checkpoint), labels, sample, data["autoencoder"], data["backbone"]], sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:6]
     return Path(f"samples/{config.experiment.name}-{config.sample.sampler.kind}-{config.sample.steps}"
-                f"-cfg{config.sample.cfg_scale}-seed{seed}-{digest}")
+                f"-cfg{config.sample.guidance_settings()[0]}-seed{seed}-{digest}")
 
 
 DECODE_CHUNK = 32  # images per autoencoder decode: its memory stays bounded whatever the batch
@@ -199,7 +227,7 @@ def auto_batch_size(model, shape: tuple[int, ...], device, guided: bool, dtype, 
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     with autocast_to(device.type, dtype):
-        model(x, t, y, align=False)
+        model.denoise(x, t, y)
     per_sample = max(torch.cuda.max_memory_allocated(device) - base, 1) / probe
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(AUTO_BATCH_CAP, 0.8 * free // per_sample)))
@@ -215,9 +243,9 @@ class SampleRun:
         self.batch_size, self.label_mode, self.progress = batch_size, labels, progress
         with self.state.main_process_first():  # one download, then every rank reads the cached file
             weights, self.step, self.source = resolve_checkpoint(checkpoint)
-        self.model = load_model(config, weights, self.source).to(self.state.device)
         self.autoencoder = config.autoencoder.build().to(self.state.device)
-        sampler, guidance = build_sampling(config)
+        self.model = load_model(config, weights, self.source, self.autoencoder).to(self.state.device)
+        sampler, guidance = build_sampling(config, lambda path: load_network(config, path, self.state.device))
         path, prediction, _ = build_objective_parts(config)
         self.sampler = sampler
         dtype = sampling_autocast(config, self.state.device)
@@ -227,7 +255,7 @@ class SampleRun:
         if config.sample.compile:
             compile_network(self.model, "blocks")
         if batch_size == "auto":
-            guided = config.sample.cfg_scale != 1.0
+            guided = nfe_per_sample(config) > sampler.function_evaluations()
             size = min(auto_batch_size(self.model, self.shape, self.state.device, guided, dtype), num)
             self.batch_size = smallest_over_processes(size, self.state)  # one partition of the indices
             log.info("repa: sample.batch_size = auto: %d per forward", self.batch_size)
@@ -292,10 +320,10 @@ class SampleRun:
         y = torch.zeros(len(x), dtype=torch.long, device=self.state.device)
         t = torch.full((len(x),), 0.5, device=self.state.device)
         with torch.no_grad():
-            self.model(x, t, y, align=False)  # as the Denoiser calls it
+            self.model.denoise(x, t, y)  # as the Denoiser calls it
             _synchronize(self.state.device)
             started = time.perf_counter()
-            self.model(x, t, y, align=False)
+            self.model.denoise(x, t, y)
             _synchronize(self.state.device)
             forward = time.perf_counter() - started
             started = time.perf_counter()
@@ -318,7 +346,8 @@ class SampleRun:
             estimate = self.estimate()
             todo_images = sum(len(b) for b in todo) * self.state.num_processes
             log.info("repa: sampling %d images (%s, %d steps, cfg %.2f) from %s; %d to draw, estimated %s",
-                     self.num, self.config.sample.sampler.kind, self.config.sample.steps, self.config.sample.cfg_scale,
+                     self.num, self.config.sample.sampler.kind, self.config.sample.steps,
+                     self.config.sample.guidance_settings()[0],
                      self.source, min(todo_images, self.num), _duration(estimate * min(todo_images, self.num) / self.num))
         started, done = time.perf_counter(), 0
         with progress_bar("sample", enabled=self.progress) as bar:

@@ -100,10 +100,15 @@ class FeatureCache:
         return torch.from_numpy(np.array(self._maps[i // self.shard_size][i % self.shard_size]))
 
 
-class WithFeatures(torch.utils.data.Dataset):
-    """A dataset whose items also carry `features_<k>` for the cached alignment entries."""
+def feature_key(folder: str) -> str:
+    """The batch key of a feature cache's tokens."""
+    return f"features:{folder}"
 
-    def __init__(self, dataset, caches: dict[int, FeatureCache]):
+
+class WithFeatures(torch.utils.data.Dataset):
+    """A dataset whose items also carry `features:<folder>` for each feature cache the terms read."""
+
+    def __init__(self, dataset, caches: dict[str, FeatureCache]):
         for k, cache in caches.items():
             if len(cache) != len(dataset):
                 raise DataError(f"{cache.root}: {len(cache)} cached samples but the dataset has {len(dataset)}")
@@ -115,6 +120,6 @@ class WithFeatures(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.dataset[i])
-        for k, cache in self.caches.items():
-            item[f"features_{k}"] = cache[i]
+        for folder, cache in self.caches.items():
+            item[feature_key(folder)] = cache[i]
         return item

@@ -70,6 +70,8 @@ class Images:
     noise: torch.Tensor
     foreground: torch.Tensor | None
     encoders: dict[str, Representation] = field(default_factory=dict)
+    images: torch.Tensor | None = None  # uint8 [N,3,R,R], kept when the autoencoder trains (its latents vary)
+    posterior: torch.Tensor | None = None  # the latent draws' noise, with the images
 
 
 # ============================================================================
@@ -149,6 +151,7 @@ def collect_images(config: ExperimentConfig, dataset, encoders: dict, settings: 
              for name, component in encoders.items()}
     generator = torch.Generator().manual_seed(settings.seed + 1)
     labels, inputs, masks, pooled, tokens = [], [], [], {n: [] for n in built}, {n: [] for n in built}
+    trains, kept, noises = config.autoencoder.params.trains(), [], []
     for start, items in _batches(dataset, indices, settings.batch_size):
         images = torch.stack([item["image"] for item in items]).to(device)
         labels.append(torch.tensor([int(item["y"]) for item in items]))
@@ -158,6 +161,9 @@ def collect_images(config: ExperimentConfig, dataset, encoders: dict, settings: 
             half = moments.shape[1] // 2
             posterior = torch.randn(moments[:, :half].shape, generator=generator).to(device)
             inputs.append(autoencoder.sample(moments, posterior).float().cpu())
+            if trains:
+                kept.append(images.cpu())
+                noises.append(posterior.cpu())
             for name, encoder in built.items():
                 out = encoder(encoder.preprocess(images)).float()
                 pooled[name].append(out.mean(1).cpu())
@@ -168,7 +174,8 @@ def collect_images(config: ExperimentConfig, dataset, encoders: dict, settings: 
     x0 = torch.cat(inputs)
     noise = torch.randn(x0.shape, generator=generator)
     foreground = torch.stack(masks).bool() if masks and all(m is not None for m in masks) else None
-    data = Images(torch.cat(labels), x0, noise, foreground)
+    data = Images(torch.cat(labels), x0, noise, foreground, images=torch.cat(kept) if kept else None,
+                  posterior=torch.cat(noises) if noises else None)
     resolution = config.data.params.resolution
     for name, component in encoders.items():
         count = component.params.tokens_for(resolution)
@@ -178,6 +185,21 @@ def collect_images(config: ExperimentConfig, dataset, encoders: dict, settings: 
                             "compares token grids (per-token CKNNA, spatial scores) and needs a square one")
         data.encoders[name] = Representation(name, torch.cat(pooled[name]), torch.cat(tokens[name]), (side, side))
     return data
+
+
+@torch.no_grad()
+def trained_latents(data: Images, autoencoder, batch_size: int, device) -> Images:
+    """The same images and draws through a checkpoint's trained autoencoder (in eval mode)."""
+    import dataclasses
+
+    for module in autoencoder.trained_modules().values():
+        getattr(module, "module", module).eval()
+    inputs = []
+    for start in range(0, len(data.images), batch_size):
+        images = data.images[start : start + batch_size].to(device)
+        moments = autoencoder.encode(images)
+        inputs.append(autoencoder.sample(moments, data.posterior[start : start + len(images)].to(device)).float().cpu())
+    return dataclasses.replace(data, x0=torch.cat(inputs))
 
 
 @torch.no_grad()
@@ -199,8 +221,8 @@ def hidden_states(model, config: ExperimentConfig, data: Images, t: float, setti
         labels = data.labels[start : start + len(x0)].to(device)
         y = torch.full_like(labels, backbone.num_classes) if backbone.has_null_label else labels
         with autocast_to(device.type, dtype):
-            _, hidden = backbone(x_t, times, y, drop_ids=None, hidden_depths=list(range(1, blocks + 1)))
-        for b, h in enumerate(hidden):
+            hidden = backbone(x_t, times, y, drop_ids=None, hidden_depths=list(range(1, blocks + 1))).hidden
+        for b, h in enumerate(hidden.values()):
             pooled[b].append(h.float().mean(1))
             tokens[b].append(h[: max(0, settings.token_images - start)].half().cpu())
     return [Representation(f"block {b + 1}", torch.cat(pooled[b]), torch.cat(tokens[b]), grid)
@@ -281,7 +303,10 @@ def analyze(targets: list[Target], experiment: ExperimentConfig | None, encoders
                           "runs on the image tokens alone, which it never did in training")
             for folder in target.checkpoints:
                 state, step, source = resolve_checkpoint(folder)
-                model = load_model(target.config, state, source).to(device)
+                autoencoder = target.config.autoencoder.build() if data.images is not None else None
+                model = load_model(target.config, state, source, autoencoder).to(device)
+                if autoencoder is not None:  # the checkpoint's trained autoencoder gives this checkpoint's latents
+                    data = trained_latents(data, autoencoder.to(device), settings.batch_size, device)
                 dtype = sampling_autocast(target.config, device)
                 for t in settings.times:
                     for rep in hidden_states(model, target.config, data, t, settings, device, dtype):

@@ -16,15 +16,32 @@ def make_ema(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, apply: torch.Tensor | None = None) -> None:
-    """ema = decay * ema + (1 - decay) * model, over all parameters (pos_embed included, as official),
-    as multi-tensor operations. `apply` (a bool tensor on the device): where it is False (a skipped
-    step) the EMA stays as it is, decided on the device without a synchronisation."""
-    ema_named, named = dict(ema.named_parameters()), dict(model.named_parameters())
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, apply: torch.Tensor | None = None,
+               copied: frozenset = frozenset()) -> None:
+    """ema = decay * ema + (1 - decay) * model, over all parameters (pos_embed included, as official) and
+    floating buffers (a BatchNorm's statistics), as multi-tensor operations; other buffers are copied.
+    `copied`: names the EMA follows (a module trained with ema=False). `apply` (a bool tensor on the
+    device): where it is False (a skipped step) the EMA stays as it is, decided on the device without a
+    synchronisation."""
+    ema_named, named = _state_tensors(ema), _state_tensors(model)
     if ema_named.keys() != named.keys():
         raise ValueError("the EMA and the model have different parameters")
-    ema_params = [ema_named[k] for k in named]
-    params = [p.detach() for p in named.values()]
+    averaged = [k for k in named if k not in copied and named[k].is_floating_point()]
+    _average([ema_named[k] for k in averaged], [named[k].detach() for k in averaged], decay, apply)
+    followed = [k for k in named if k not in averaged]
+    if followed:  # a skipped step leaves the trained weights as they were: copying them is still exact
+        torch._foreach_copy_([ema_named[k] for k in followed], [named[k].detach() for k in followed])
+
+
+def _state_tensors(module: torch.nn.Module) -> dict:
+    tensors = dict(module.named_parameters())
+    tensors.update((name, b) for name, b in module.named_buffers() if name not in tensors)
+    return tensors
+
+
+def _average(ema_params: list, params: list, decay: float, apply: torch.Tensor | None) -> None:
+    if not params:
+        return
     if apply is None:
         torch._foreach_mul_(ema_params, decay)
         torch._foreach_add_(ema_params, params, alpha=1 - decay)

@@ -1,32 +1,23 @@
-"""The training objective, composed from the configured components (REPA Eq. 9):
+"""The training objective, composed from the configured components (REPA Eq. 9 and its follow-ups):
 
-    L = E_t[ w(t) |f(x_t, t, y) - target|^2 ] + sum_k coeff_k * align_k(h_phi_k(h_t), y*_k) / n
-        [ + coeff_J * E_t[ w(t) |g(z_t, ...) - target_z|^2 ] ]
+    L = E_t[ w(t) |f(x_t, t, y) - target|^2 ] + sum over active terms of coeff_i * mean_B loss_i(ctx)
 
-        [ + sum_a coeff_a * mean_pairs attn_a(A_student[block], A_teacher[encoder block]) ]
-
-The first bracketed term is a quantity denoised jointly with the image ([[joint]], `repa.interfaces.Joint`;
-REG, Wu et al. 2025, loss.py `denoising_loss_cls`): z0 is noised by the same path at the same t.
-The second is attention alignment ([[attention]], `repa.interfaces.AttentionLoss`; HASTE, Wang et
-al. 2025, loss.py `attn_loss`): the backbone's attention logits against the encoder's, block pair by
-block pair, averaged over the pairs.
-
-The weighting gives t, the path x_t, the prediction target what to regress, each alignment
-entry (`repa.engine.network.AlignmentTerm`) its loss on its projector's output. With
-reduction "mean" the alignment sum is divided by the number of entries, the official
-normalisation (sihyun-yu/REPA @ 67f7145, loss.py: sum over encoders and batch / (n * B)).
+The weighting gives t, the path x_t, the prediction target what to regress; every other part of the
+loss is a term (`repa.interfaces.Term`): REPA's alignment per [[alignment]] entry (with reduction
+"mean" its coefficient is divided by the number of entries, the official normalisation:
+sihyun-yu/REPA @ 67f7145, loss.py: sum over encoders and batch / (n * B)), a [[joint]] quantity's
+denoising loss, an [[attention]] alignment, any [[term]]. The objective knows none of them by name.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from repa.engine.network import AlignmentTerm
-from repa.interfaces import AttentionLoss, Path, Prediction, Weighting
+from repa.errors import ContractError
+from repa.interfaces import Path, Prediction, Weighting
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -34,102 +25,80 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class LossParts:
-    total: torch.Tensor  # scalar to backpropagate
-    denoising: torch.Tensor  # [B] per-sample
-    alignment: list[torch.Tensor]  # [B] per entry (zeros if inactive)
-    joint: torch.Tensor | None = None  # [B] the joint quantity's denoising loss, when there is one
-    attention: list[torch.Tensor | None] = field(default_factory=list)  # [B] per [[attention]] term; None: off
+class TermSlot:
+    """A built term in the objective: the name its loss is logged under, its coefficient and schedule,
+    its section in the network, its extra-token module and how messages name it."""
 
-
-@dataclass
-class AttentionTerm:
-    """One [[attention]] entry: its loss over the pairs (blocks[i], the teacher's logits i)."""
-    loss: AttentionLoss
+    term: object
+    name: str
     coeff: float
-    blocks: list[int]
+    label: str
     stop_after: int | None = None
+    section: str | None = None
+    joint: object = None  # term.extra_tokens()
+    modules: dict = field(default_factory=dict)  # name -> TrainedModule, placed at `section`
+    rank: int = 3  # losses are summed by rank, then in order: 0 joint, 1 alignment, 2 attention, 3 [[term]]
 
     def active(self, step: int) -> bool:
         return self.coeff > 0 and (self.stop_after is None or step < self.stop_after)
 
-    def __call__(self, student: dict[int, torch.Tensor], teachers: list[torch.Tensor]) -> torch.Tensor:
-        """Per-sample loss [B], the mean over the block pairs; the student's first H heads meet the
-        teacher's H (HASTE aligns SiT-XL's first 12 of 16 heads with DINOv2-B's 12)."""
-        losses = []
-        for block, teacher in zip(self.blocks, teachers):
-            heads = teacher.shape[1]
-            if student[block].shape[1] < heads or student[block].shape[2:] != teacher.shape[2:]:
-                raise ValueError(f"attention of block {block} is {list(student[block].shape)} but the teacher's is "
-                                 f"{list(teacher.shape)}: the backbone needs at least as many heads and the same tokens")
-            losses.append(self.loss(student[block][:, :heads], teacher))
-        return torch.stack(losses).mean(0)
+    def computed(self, step: int) -> bool:
+        """An inactive term that owns modules still runs with weight 0 (every trained parameter gets a
+        gradient, as DDP requires, and switching a term off changes nothing else); one without is skipped."""
+        return self.active(step) or bool(self.modules)
 
 
 @dataclass
-class AttentionBatch:
-    """The teachers' attention logits per [[attention]] term (None: the term is off), and the backbone's recorder."""
-    teachers: list[list[torch.Tensor] | None]
-    record: Callable  # record(depths) -> context manager yielding the list the forward fills
-
-
-@dataclass
-class JointBatch:
-    """The joint quantity's clean value z0 [B,K,D], its noise [B,K,D] and its loss coefficient."""
-    clean: torch.Tensor
-    noise: torch.Tensor
-    coeff: float
-    aligned_entry: int | None  # the alignment entry whose target gets z0 in front (REG), or None
+class LossParts:
+    total: torch.Tensor  # scalar to backpropagate
+    denoising: torch.Tensor  # [B] per-sample
+    terms: dict = field(default_factory=dict)  # logged name -> [B] (or scalar) detached
 
 
 class Objective:
-    def __init__(self, path: Path, prediction: Prediction, weighting: Weighting,
-                 terms: list[AlignmentTerm], reduction: str = "mean", attention_terms: list[AttentionTerm] = ()):
-        self.path, self.prediction, self.weighting, self.terms = path, prediction, weighting, terms
-        self.reduction, self.attention_terms = reduction, list(attention_terms)
+    def __init__(self, path: Path, prediction: Prediction, weighting: Weighting, slots: list[TermSlot] = ()):
+        self.path, self.prediction, self.weighting = path, prediction, weighting
+        self.slots = sorted(slots, key=lambda slot: slot.rank)  # stable: within a rank, in build order
 
-    def attention_depths(self, step: int) -> list[int]:
-        """The backbone blocks whose attention the active [[attention]] terms read at `step`."""
-        return sorted({block for term in self.attention_terms if term.active(step) for block in term.blocks})
+    def computed(self, step: int) -> list[TermSlot]:
+        return [slot for slot in self.slots if slot.computed(step)]
 
     def inputs(self, x0, noise, t):
         """x_t and the regression target."""
         alpha, sigma, _, _ = self.path.broadcast(t, x0)
         return alpha * x0 + sigma * noise, self.prediction.target(x0, noise, t, self.path)
 
-    def __call__(self, model, x0, noise, t, y, targets: list[torch.Tensor], step: int, drop_ids=None,
-                 joint: JointBatch | None = None, attention: AttentionBatch | None = None) -> LossParts:
-        x_t, target = self.inputs(x0, noise, t)
-        depths = self.attention_depths(step) if attention is not None else []
-        with attention.record(depths) if depths else contextlib.nullcontext([]) as recorded:
-            if joint is None:
-                out, projected = model(x_t, t, y, drop_ids=drop_ids)
-            else:
-                z_t, z_target = self.inputs(joint.clean, joint.noise, t)
-                out, projected, z_out = model(x_t, t, y, drop_ids=drop_ids, joint_state=z_t)
-        denoising = mean_flat((out.float() - target.float()) ** 2) * self.weighting.loss_weight(t).float()
-        per_entry, total = [], denoising.mean()
-        joint_loss = None
-        if joint is not None:
-            joint_loss = mean_flat((z_out.float() - z_target.float()) ** 2) * self.weighting.loss_weight(t).float()
-            total = total + joint.coeff * joint_loss.mean()
-        for k, (term, z_tilde, z) in enumerate(zip(self.terms, projected, targets)):
-            loss = term(z_tilde, z, joint.clean if joint is not None and joint.aligned_entry == k else None)
-            per_entry.append(loss.detach())
-            # An inactive term still enters with weight 0, so every projector gets a gradient
-            # (DDP requires it) and switching a term off changes nothing else.
-            scale = term.coeff / (len(self.terms) if self.reduction == "mean" else 1) if term.active(step) else 0.0
-            total = total + scale * loss.mean()
-        # Without a [[joint]]'s extra tokens (they come first): the teacher's tokens are the image's.
-        extra = joint.clean.shape[1] if joint is not None else 0
-        student = {d: logits[:, :, extra:, extra:] for d, logits in zip(depths, recorded)}
-        per_attention = []
-        for term, teachers in zip(self.attention_terms, attention.teachers if attention is not None else []):
-            if teachers is None:  # switched off (stop_after): neither recorded nor computed, as HASTE's phase II
-                per_attention.append(None)
-                continue
-            loss = term(student, teachers)
-            per_attention.append(loss.detach())
-            total = total + term.coeff * loss.mean()
-        return LossParts(total, denoising.detach(), per_entry, None if joint_loss is None else joint_loss.detach(),
-                         per_attention)
+    def __call__(self, network, ctx, check: bool = False) -> LossParts:
+        """Inside the trained network's call: the student's pass, the denoising loss, every computed term.
+        check: each term's loss is held to its contract (shape [B], float, finite) with one line."""
+        ctx.run_student(network)
+        out, target = ctx.student.out, ctx.target
+        denoising = mean_flat((out.float() - target.float()) ** 2) * self.weighting.loss_weight(ctx.t).float()
+        total, logged = denoising.mean(), {}
+        for slot in sorted(ctx.slots, key=lambda slot: slot.rank):
+            loss, scalars = split_scalars(slot.term.loss(ctx))
+            if check:
+                check_loss(slot, loss, ctx.t.shape[0])
+            logged[slot.name] = loss.detach()
+            logged.update({f"{slot.name}/{k}": v.detach() for k, v in scalars.items()})
+            total = total + (slot.coeff if slot.active(ctx.step) else 0.0) * loss.mean()
+        return LossParts(total, denoising.detach(), logged)
+
+
+def split_scalars(result) -> tuple[torch.Tensor, dict]:
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict):
+        return result
+    return result, {}
+
+
+def check_loss(slot: TermSlot, loss, batch: int) -> None:
+    problem = None
+    if not isinstance(loss, torch.Tensor):
+        problem = f"loss(ctx) returned {type(loss).__name__}"
+    elif tuple(loss.shape) != (batch,):
+        problem = f"loss(ctx) returned shape {list(loss.shape)}"
+    elif not loss.is_floating_point() or not math.isfinite(float(loss.detach().float().sum())):
+        problem = "loss(ctx) is not a finite float tensor"
+    if problem:
+        raise ContractError(f"{slot.label}: {problem}; a term returns a per-sample loss [B] (here [{batch}]) "
+                            "or (loss [B], {name: scalar})")

@@ -30,7 +30,8 @@ class DDPStrategy:
         self.acc = acc
 
     def wrap(self, model, ema, make_optimizer):
-        model, optimizer = self.acc.prepare(model, make_optimizer(model.parameters()))
+        """make_optimizer(network) -> the optimizer over the network's parameter groups."""
+        model, optimizer = self.acc.prepare(model, make_optimizer(model))
         return model, ema, optimizer
 
     def unwrapped(self, model):
@@ -39,9 +40,9 @@ class DDPStrategy:
     def no_sync(self, model):
         return self.acc.no_sync(model)
 
-    def clip(self, model, max_norm: float) -> torch.Tensor:
-        """Clip the gradients' global L2 norm; returns the norm before clipping, on the device."""
-        return _full(self.acc.clip_grad_norm_(model.parameters(), max_norm))
+    def clip(self, parameters, max_norm: float) -> torch.Tensor:
+        """Clip these gradients' global L2 norm; returns the norm before clipping, on the device."""
+        return _full(self.acc.clip_grad_norm_(parameters, max_norm))
 
     def after_inference(self, module) -> None:
         """Nothing to do: a replicated module holds its whole parameters at all times (FSDP's
@@ -77,7 +78,7 @@ class FSDPStrategy:
 
     def wrap(self, model, ema, make_optimizer):
         model, ema = self._shard(model), self._shard(ema)
-        return model, ema, make_optimizer(model.parameters())  # built on the sharded parameters
+        return model, ema, make_optimizer(model)  # built on the sharded parameters
 
     def unwrapped(self, model):
         return model
@@ -85,8 +86,8 @@ class FSDPStrategy:
     def no_sync(self, model):
         return contextlib.nullcontext()  # gradients are reduce-scattered every micro-batch
 
-    def clip(self, model, max_norm: float) -> torch.Tensor:
-        return _full(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    def clip(self, parameters, max_norm: float) -> torch.Tensor:
+        return _full(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
 
     def after_inference(self, module) -> None:
         """The root unit keeps its parameters gathered after a forward without backward (the EMA

@@ -26,24 +26,25 @@ class GlobalDraws:
     posterior: torch.Tensor  # [G, C, H, W] noise of the latent draw from the VAE moments
     drop: torch.Tensor  # [G] bool: label replaced by the null label (CFG dropout)
     legacy_drop: torch.Tensor  # [G] bool: the official script's second dropout
-    joint_noise: torch.Tensor | None = None  # [G, K, D] the joint quantity's eps ([[joint]]), drawn last
+    extra_noise: tuple = ()  # [G, K, D] per jointly denoised quantity (extra tokens), drawn last, in order
 
     def rows(self, start: int, stop: int) -> "GlobalDraws":
-        fields = ("t", "noise", "posterior", "drop", "legacy_drop", "joint_noise")
-        return GlobalDraws(*(None if getattr(self, f) is None else getattr(self, f)[start:stop] for f in fields))
+        fields = ("t", "noise", "posterior", "drop", "legacy_drop")
+        return GlobalDraws(*(getattr(self, f)[start:stop] for f in fields),
+                           tuple(noise[start:stop] for noise in self.extra_noise))
 
 
 def draw_step(
     seed: int, step: int, global_batch: int, shape: tuple[int, ...], weighting: Weighting, path: Path,
-    label_dropout: float, device: torch.device, joint_shape: tuple[int, ...] | None = None,
+    label_dropout: float, device: torch.device, extra_shapes: list[tuple[int, ...]] = (),
 ) -> GlobalDraws:
-    """The draws of one step; a joint quantity's noise (joint_shape = (K, D)) comes after all the
-    others, so that every other draw is the same with and without it."""
+    """The draws of one step; the jointly denoised quantities' noises (extra_shapes: (K, D) each) come
+    after all the others, so that every other draw is the same with and without them."""
     generator = torch.Generator(device).manual_seed(step_seed(seed, step))
     t = weighting.sample_t(global_batch, generator, path, device=device)
     noise = torch.randn((global_batch, *shape), generator=generator, device=device)
     posterior = torch.randn((global_batch, *shape), generator=generator, device=device)
     drop = torch.rand(global_batch, generator=generator, device=device) < label_dropout
     legacy = torch.rand(global_batch, generator=generator, device=device) < label_dropout
-    joint = None if joint_shape is None else torch.randn((global_batch, *joint_shape), generator=generator, device=device)
-    return GlobalDraws(t, noise, posterior, drop, legacy, joint)
+    extra = tuple(torch.randn((global_batch, *shape), generator=generator, device=device) for shape in extra_shapes)
+    return GlobalDraws(t, noise, posterior, drop, legacy, extra)

@@ -16,14 +16,16 @@ import torch
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
 from repa.engine.build import (
-    build_attention_terms, build_network, build_objective_parts, build_sampling, build_terms, compile_network, input_geometry, probe_alignment,
-    probe_attention, probe_data, probe_generation, probe_network,
+    build_objective_parts, build_sampling, build_training, check_term_needs, compile_network, input_geometry,
+    probe_alignment, probe_attention, probe_data, probe_generation, probe_network,
 )
+from repa.engine.prep.features import FeatureCache, WithFeatures, describe, feature_key
+from repa.engine.train.context import StepInputs, TrainingContext
 from repa.engine.train.data import StepBatchSampler, make_loader
 from repa.engine.train.ema import make_ema, update_ema
-from repa.engine.prep.features import FeatureCache, WithFeatures, describe
 from repa.engine.train.grids import SampleGrids
-from repa.engine.train.objective import AttentionBatch, JointBatch, Objective
+from repa.engine.train.objective import Objective
+from repa.engine.train.optimizer import OptimizerGroups
 from repa.engine.train.parallel import STRATEGIES
 from repa.engine.train.randomness import draw_step
 from repa.engine.record import RunRecord
@@ -81,17 +83,6 @@ class Window:
         return dict(zip(keys, means.tolist()))
 
 
-def encode(encoder, x, wants_global: bool, attention_depths: tuple) -> tuple:
-    """-> (tokens, global token or None, {block: attention logits}) from as few passes as possible."""
-    tokens, global_token, logits = None, None, {}
-    if attention_depths:
-        tokens, maps = encoder.forward_with_attention(x, attention_depths)
-        logits = dict(zip(attention_depths, maps))
-    if wants_global:
-        tokens, global_token = encoder.forward_with_global(x)
-    return (encoder(x) if tokens is None else tokens), global_token, logits
-
-
 def skips_on_device(optimizer) -> bool:
     """Whether the optimizer's step takes `found_inf` (fused Adam/AdamW/SGD): then a step can be
     skipped on the device. `optimizer` may be accelerate's wrapper."""
@@ -99,9 +90,11 @@ def skips_on_device(optimizer) -> bool:
     return bool(getattr(inner, "_step_supports_amp_scaling", False))
 
 
-def apply_step(optimizer, ema, network, decay: float, ok: torch.Tensor, device_side: bool) -> None:
+def apply_step(optimizer, ema, network, decay: float, ok: torch.Tensor, device_side: bool,
+               copied: frozenset = frozenset()) -> None:
     """Optimizer step and EMA update where `ok` (a bool tensor), then zero the gradients. Device side:
-    nothing is read (found_inf, EMA decay 1 on a skip); otherwise `ok` is read once."""
+    nothing is read (found_inf, EMA decay 1 on a skip); otherwise `ok` is read once. `copied`: names
+    the EMA follows instead of averaging (TrainedModule(ema=False))."""
     if device_side:
         inner = getattr(optimizer, "optimizer", optimizer)
         inner.found_inf = (~ok).float()
@@ -109,10 +102,10 @@ def apply_step(optimizer, ema, network, decay: float, ok: torch.Tensor, device_s
             optimizer.step()
         finally:
             del inner.found_inf
-        update_ema(ema, network, decay, ok)
+        update_ema(ema, network, decay, ok, copied)
     elif bool(ok):
         optimizer.step()
-        update_ema(ema, network, decay)
+        update_ema(ema, network, decay, copied=copied)
     optimizer.zero_grad(set_to_none=True)
 
 
@@ -187,49 +180,85 @@ class Trainer:
         self.autoencoder = config.autoencoder.build().to(self.device)
         probe_data(config, self.dataset, self.autoencoder, self.device)
         check_stored_moments(config, self.dataset)
-        caches, self.encoders, built = {}, [], {}
+        torch.manual_seed(config.experiment.seed)
+        model, slots = build_training(config, self.dataset.num_classes, autoencoder=self.autoencoder)
+        model = model.to(self.device)
+        check_term_needs(config, slots, self.autoencoder)
         with acc.main_process_first():
-            for k, entry in enumerate(config.alignment):
-                online = entry.features == "online"
-                if online and entry.encoder.identity() not in built:  # frozen: entries with one encoder share it
-                    built[entry.encoder.identity()] = self._build_encoder(entry)
-                self.encoders.append(built[entry.encoder.identity()] if online else None)
-                if not online:
-                    caches[k] = self._open_cache(entry)
+            self.encoders, caches = self._open_encoders(slots)
         if caches:
             self.dataset = WithFeatures(self.dataset, caches)
-        torch.manual_seed(config.experiment.seed)
-        model = build_network(config, self.dataset.num_classes).to(self.device)
         path, prediction, weighting = build_objective_parts(config)
-        self.objective = Objective(path, prediction, weighting, build_terms(config), config.train.alignment_reduction,
-                                   build_attention_terms(config))
-        probe_network(config, model, self.device)
-        probe_alignment(config, self.objective.terms, self.encoders, self.device)
-        probe_attention(config, model, self.encoders, self.device)
+        self.objective = Objective(path, prediction, weighting, slots)
+        alignment_encoders = [self.encoders.get(entry.encoder.identity()) if entry.features == "online" else None
+                              for entry in config.alignment]
+        probe_network(config, model, slots, self.device)
+        probe_alignment(config, slots, alignment_encoders, self.device)
+        probe_attention(config, model, alignment_encoders, self.device)
         sampler, guidance = build_sampling(config)
         probe_generation(config, sampler, guidance, path)
         ema = make_ema(model)
+        self._probe_terms(model, ema)
         if config.train.compile:  # after the EMA's copy (which stays eager), before DDP/FSDP wrap the blocks
             compile_network(model, config.train.compile)
+        self.groups = OptimizerGroups(model, config.optim.params)
+        self.copied = frozenset(model.unaveraged())
         self.model, self.ema, self.optimizer = self.parallel.wrap(
-            model, ema, lambda parameters: config.optim.build(parameters=parameters))
-        self.geometry = input_geometry(config)
+            model, ema, lambda network: config.optim.build(parameters=self.groups.torch_groups(network)))
         self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective,
                                  sampler, guidance)
         if self.resume:  # run_experiment refuses to start a fresh run over existing checkpoints
             self.counters = self.checkpoints.restore(self.resume, self.model, self.ema, self.optimizer) or Counters()
 
-    def _build_encoder(self, entry):
-        encoder = entry.encoder.build(resolution=self.config.data.params.resolution).to(self.device)
+    def _open_encoders(self, slots) -> tuple[dict, dict]:
+        """Every encoder the terms read, built once per choice (frozen: terms naming one share it), and
+        the feature caches they read instead (checked against the encoder that made them)."""
+        encoders, caches = {}, {}
+        for slot in slots:
+            for need in slot.term.needs().encoders:
+                if need.features != "online":
+                    if need.features not in caches:
+                        caches[need.features] = self._open_cache(need)
+                elif need.encoder.identity() not in encoders:
+                    encoders[need.encoder.identity()] = self._build_encoder(need.encoder)
+        return encoders, caches
+
+    def _build_encoder(self, component):
+        encoder = component.build(resolution=self.config.data.params.resolution).to(self.device)
         encoder.autocast_dtype = autocast_dtype(self.acc.mixed_precision)
         return encoder
 
-    def _open_cache(self, entry) -> FeatureCache:
+    def _open_cache(self, need) -> FeatureCache:
         """The cache must come from this encoder, weights, resolution, precision and dataset."""
-        cache = FeatureCache(Path(entry.features))
-        encoder = entry.encoder.build(resolution=self.config.data.params.resolution)
-        cache.check(describe(self.config, entry, encoder, self.dataset, self.acc.mixed_precision))
+        cache = FeatureCache(Path(need.features))
+        encoder = need.encoder.build(resolution=self.config.data.params.resolution)
+        cache.check(describe(self.config, need, encoder, self.dataset, self.acc.mixed_precision))
         return cache
+
+    def _probe_terms(self, model, ema) -> None:
+        """One step's losses on two samples, every term held to its contract (one line each), before
+        anything is written; the network's buffers are put back as they were (a BatchNorm's statistics)."""
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        probe = [self.dataset[i] for i in range(min(2, len(self.dataset)))]
+        batch = {key: torch.stack([torch.as_tensor(item[key]) for item in probe]) for key in probe[0]}
+        step = self.counters.step
+        draws = self._draws(step, len(probe))
+        ctx = self._context(batch, draws, (0, len(probe)), len(probe), ema, step)
+        try:
+            ctx.prepare()
+            with torch.no_grad(), self.acc.autocast():
+                model(lambda network: self.objective(network, ctx, check=True))
+        except RepaError:
+            raise
+        except Exception as exc:
+            from repa.plugins.contract import _first_line
+
+            raise RepaError(f"a training term failed on a probe batch: {type(exc).__name__}: {_first_line(exc)} "
+                            "(rerun with --traceback to see where)") from exc
+        finally:
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    b.copy_(buffers[name])
 
     def save_checkpoint(self, diagnostic: bool = False) -> Path:
         return self.checkpoints.save(self.model, self.ema, self.optimizer, self.counters, diagnostic)
@@ -243,97 +272,58 @@ class Trainer:
     def train_step(self, micro_batches, sampler: StepBatchSampler) -> tuple[dict, torch.Tensor]:
         """One optimizer step over `micro_batches` (gradient accumulation) -> (the logged values and
         the step's outcome code), both on the device: the step never waits for the device to finish."""
-        config, acc = self.config, self.acc
-        shape = (self.geometry[1], self.geometry[0], self.geometry[0])
-        draws = draw_step(config.experiment.seed, self.counters.step, config.train.global_batch_size, shape,
-                          self.objective.weighting, self.objective.path, config.train.label_dropout, self.device,
-                           self._joint_shape())
+        acc, step = self.acc, self.counters.step
+        draws = self._draws(step, self.config.train.global_batch_size)
         accum = len(micro_batches)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         values = {}
         for m, batch in enumerate(micro_batches):
             sync = m == accum - 1
+            rows = sampler.rows_of(m)
+            ctx = self._context(batch, draws.rows(*rows), rows, self.config.train.global_batch_size, self.ema, step)
             with contextlib.nullcontext() if sync else self.parallel.no_sync(self.model):
-                parts = self._micro_step(batch, draws.rows(*sampler.rows_of(m)))
+                ctx.prepare()
+                with acc.autocast():
+                    parts = self.model(lambda network: self.objective(network, ctx))
                 finite = finite & torch.isfinite(parts.total.detach())
                 acc.backward(parts.total / accum)
             _accumulate(values, "loss", parts.total.detach().float() / accum)
             _accumulate(values, "denoising_loss", parts.denoising.mean().float() / accum)
-            for k, align in enumerate(parts.alignment):
-                _accumulate(values, f"align_loss_{k}", align.mean().float() / accum)
-            if parts.joint is not None:
-                _accumulate(values, "joint_loss", parts.joint.mean().float() / accum)
-            for a, attention in enumerate(parts.attention):
-                if attention is not None:  # a switched-off term is not computed (HASTE's phase II)
-                    _accumulate(values, f"attention_loss_{a}", attention.mean().float() / accum)
+            for name, value in parts.terms.items():
+                _accumulate(values, name, value.mean().float() / accum)
         if acc.num_processes > 1:
             finite = acc.gather(finite.reshape(1)).all()
         values["grad_norm"], code = self._update(finite)
         return values, code
 
-    def _micro_step(self, batch, rows):
-        images = batch["image"].to(self.device, non_blocking=True)
-        with torch.no_grad():
-            moments = (batch["moments"].to(self.device, non_blocking=True) if "moments" in batch
-                       else self.autoencoder.encode(images))
-            x0 = self.autoencoder.sample(moments, rows.posterior)
-            targets, joint, attention = self._targets(batch, images, rows)
-        y = batch["y"].to(self.device, non_blocking=True)
+    def _draws(self, step: int, batch: int):
+        side, channels = input_geometry(self.config)
+        shape = (channels, side, side)
+        extra = [(s.joint.tokens, s.joint.width) for s in self.objective.slots if s.joint is not None]
+        return draw_step(self.config.experiment.seed, step, batch, shape, self.objective.weighting,
+                         self.objective.path, self.config.train.label_dropout, self.device, extra)
+
+    def _context(self, batch, rows, span, global_batch: int, ema, step: int) -> TrainingContext:
+        """The step context of one micro-batch: its images, labels, its rows of the draws, cached features."""
+        device = self.device
+        images = batch["image"].to(device, non_blocking=True)
+        y = batch["y"].to(device, non_blocking=True)
         if self.config.train.legacy_label_dropout:
-            y = torch.where(rows.legacy_drop, torch.full_like(y, self._unwrapped().num_classes), y)
-        with self.acc.autocast():
-            return self.objective(self.model, x0, rows.noise, rows.t, y, targets, self.counters.step, rows.drop,
-                                  joint, attention)
-
-    def _targets(self, batch, images, rows) -> tuple[list, JointBatch | None, AttentionBatch | None]:
-        """Each entry's target tokens; the joint quantity's clean value and the active [[attention]]
-        teachers' logits come from the same pass: each encoder runs once per batch for all it is asked."""
-        network, config, step = self._unwrapped(), self.config, self.counters.step
-        joint_entry = config.joint[0].params.source if config.joint else None
-        active = [term.active(step) for term in self.objective.attention_terms]  # off: not computed at all
-        needs: dict[int, tuple[bool, set]] = {}  # id(encoder) -> (global token, attention blocks)
-        for k, encoder in enumerate(self.encoders):
-            if encoder is None:
-                continue
-            wants_global, depths = needs.get(id(encoder), (False, set()))
-            wants_global |= k == joint_entry and config.joint[0].params.needs_global_token()
-            depths |= {d for term, on in zip(config.attention, active) if on and term.params.source == k
-                       for d in term.params.encoder_blocks}
-            needs[id(encoder)] = (wants_global, depths)
-        targets, outputs = [], {}
-        for k, encoder in enumerate(self.encoders):
-            cached = batch.get(f"features_{k}")
-            if cached is not None:
-                targets.append(cached.to(self.device, non_blocking=True))
-                continue
-            if id(encoder) not in outputs:
-                wants_global, depths = needs[id(encoder)]
-                outputs[id(encoder)] = encode(encoder, encoder.preprocess(images), wants_global, tuple(sorted(depths)))
-            targets.append(outputs[id(encoder)][0])
-        joint = None
-        if network.joint is not None:
-            tokens, global_token, _ = outputs[id(self.encoders[joint_entry])]
-            joint = JointBatch(network.joint.clean(tokens, global_token), rows.joint_noise,
-                               config.joint[0].params.coeff, joint_entry if network.joint.aligned else None)
-        attention = None
-        if config.attention:
-            teachers = [[outputs[id(self.encoders[term.params.source])][2][d] for d in term.params.encoder_blocks]
-                        if on else None for term, on in zip(config.attention, active)]
-            attention = AttentionBatch(teachers, network.backbone.record_attention)
-        return targets, joint, attention
-
-    def _joint_shape(self) -> tuple[int, int] | None:
-        joint = self._unwrapped().joint
-        return None if joint is None else (joint.tokens, joint.width)
+            y = torch.where(rows.legacy_drop, torch.full_like(y, self.dataset.num_classes), y)
+        moments = batch["moments"].to(device, non_blocking=True) if "moments" in batch else None
+        cached = {key.removeprefix("features:"): value.to(device, non_blocking=True)
+                  for key, value in batch.items() if key.startswith("features:")}
+        inputs = StepInputs(step, images, y, rows.drop, rows.t, rows.noise, rows.posterior, list(rows.extra_noise),
+                            moments, cached, tuple(span), global_batch, self.config.experiment.seed)
+        return TrainingContext(inputs, self.objective, self.autoencoder, self.encoders, ema,
+                               self.objective.computed(step))
 
     def _set_learning_rate(self) -> None:
         train = self.config.train
         if train.lr_schedule == "constant" and not train.warmup_steps:
             return  # the optimizer's own lr, as built
-        lr = learning_rate(self.config.optim.params.lr, self.counters.step, train.max_steps, train.lr_schedule,
-                           train.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, base in zip(self.optimizer.param_groups, self.groups.base_lrs):
+            group["lr"] = learning_rate(base, self.counters.step, train.max_steps, train.lr_schedule, train.warmup_steps)
 
     def _update(self, finite: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip and step, or skip the step when the loss or the gradient is not finite -> (grad norm,
@@ -346,11 +336,14 @@ class Trainer:
         working, not a non-finite step), or with an optimizer without that step, the outcome is read
         once per step instead (a synchronisation)."""
         self._set_learning_rate()
-        grad_norm = self.parallel.clip(self.model, self.config.optim.params.max_grad_norm)
-        gradient_ok = torch.isfinite(grad_norm) if self.acc.scaler is None else torch.ones_like(finite)
+        norms = [self.parallel.clip(params, max_norm) for params, max_norm in self.groups.clipped(self.model)]
+        grad_norm = norms[0]
+        gradient_ok = (torch.stack([torch.isfinite(n) for n in norms]).all() if self.acc.scaler is None
+                       else torch.ones_like(finite))
         code = torch.where(finite, torch.where(gradient_ok, OK, NONFINITE_GRADIENT), NONFINITE_LOSS)
         device_side = self.acc.scaler is None and skips_on_device(self.optimizer)
-        apply_step(self.optimizer, self.ema, self._unwrapped(), self.config.train.ema_decay, code == OK, device_side)
+        apply_step(self.optimizer, self.ema, self._unwrapped(), self.config.train.ema_decay, code == OK, device_side,
+                   self.copied)
         self.counters.step += 1
         return grad_norm.detach().float(), code
 
