@@ -593,6 +593,7 @@ class ObjectiveHarness:
 
         self.config = config
         trains = config.autoencoder.params.trains()
+        torch.manual_seed(seed + 1)  # as the trainer: a trainable autoencoder's seeded start, then the network's
         self.autoencoder = config.autoencoder.build() if trains else _GivenLatents()
         torch.manual_seed(seed)
         self.network, self.slots = build_training(config, num_classes, autoencoder=self.autoencoder if trains else None)

@@ -4,6 +4,8 @@ plugins written against the earlier API."""
 
 from __future__ import annotations
 
+import json
+import pathlib
 import re
 import sys
 import textwrap
@@ -217,14 +219,15 @@ def examples(tmp_path, monkeypatch):
 EXAMPLES = [("encoder", "patch-pixels", {"resolution": 32}), ("alignment_loss", "normalised-mse", {}),
             ("projector", "example-conv", {}), ("target_transform", "example-spatial-norm", {}), ("backbone", "patch-mlp", {}),
             ("sampler", "midpoint", {}), ("metric", "pixel-diversity", {}), ("analysis", "spread", {}),
-            ("joint", "mean-token", {})]
+            ("joint", "mean-token", {}), ("term", "self-alignment", {}), ("autoencoder", "tiny-ae", {}),
+            ("term", "reconstruction", {})]
 
 
 def test_contributing_has_an_example_per_kind_and_each_keeps_the_contract(examples):
     _, modules, components = examples
     assert sorted(modules) == sorted(f"repa_example.{m}" for m in
                                      ("encoder", "loss", "projector", "transform", "backbone", "sampler", "metric",
-                                      "analysis", "joint"))
+                                      "analysis", "joint", "self_alignment", "joint_autoencoder"))
     assert components.failed == []
     for kind, name, context in EXAMPLES:
         check_component(kind, name, **context)
@@ -418,3 +421,122 @@ def test_plugins_lists_a_failed_plugin_and_check_fails_on_it(tmp_path):
     assert check.returncode == 2, check.stderr
     assert "ok          alignment_loss cosine (repa)" in check.stdout
     assert "FAIL        plugin 'broken_plugin'" in check.stdout and "1 contract failure(s)" in check.stdout
+
+
+# ============================================================================
+# CONTRIBUTING.md's terms: a new method written outside repa/
+# ============================================================================
+
+
+def _toml_block(first_line: str) -> str:
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    return re.search(r"```toml\n(" + re.escape(first_line) + r".*?)```", text, re.S).group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block,logged", [('[[term]]\nkind = "self-alignment"', "self-alignment_loss"),
+                                          ('[autoencoder]\nkind = "tiny-ae"', "reconstruction_loss")])
+def test_each_contributing_term_example_trains_five_steps_samples_and_resumes(examples, tiny_toml, tmp_path, block,
+                                                                              logged):
+    folder, modules, _ = examples
+    experiment = tiny_toml()
+    text = experiment.read_text()
+    if block.startswith("[autoencoder]"):  # the example's autoencoder replaces the tiny experiment's
+        text = text.replace('[autoencoder]\nkind = "identity"\n', "")
+    text = re.sub(r"\[\[alignment\]\].*?\n\n", "", text, flags=re.S)  # the term alone
+    text = text.replace("resolution = 16", "resolution = 32").replace("patch_size = 4", "patch_size = 2")
+    text = text.replace("depth = 2\n", "depth = 4\n", 1)
+    experiment.write_text(text + "\n" + _toml_block(block))
+    plugin_args = [arg for module in modules for arg in ("-p", module)]
+    env = {"PYTHONPATH": str(folder)}
+    straight = run_cli(*plugin_args, "run", str(experiment), "--no-progress", "--set", "train.max_steps=5",
+                       "--set", "experiment.name=straight", env=env, cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    run = tmp_path / "exps" / "straight"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5] and all(r[logged] > 0 for r in records)
+    sampled = run_cli(*plugin_args, "sample", str(experiment), "--set", "experiment.name=straight", "--num-samples", "2",
+                      "--out", str(tmp_path / "samples"), "--no-progress", env=env, cwd=tmp_path)
+    assert sampled.returncode == 0, sampled.stderr
+    split = [run_cli(*plugin_args, "run", str(experiment), "--no-progress", "--set", f"train.max_steps={steps}",
+                     "--set", "experiment.name=split", *resume, env=env, cwd=tmp_path)
+             for steps, resume in ((3, []), (5, ["--resume"]))]
+    assert all(r.returncode == 0 for r in split), split[-1].stderr
+    from repa.weights import load_file
+
+    for which in ("model", "ema"):
+        a = load_file(run / "checkpoints" / "0000005" / f"{which}.safetensors")
+        b = load_file(tmp_path / "exps" / "split" / "checkpoints" / "0000005" / f"{which}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), which
+
+
+def test_the_joint_autoencoder_example_stops_each_loss_at_its_module(examples, tiny_toml):
+    """The diffusion loss gives the autoencoder a zero gradient; the reconstruction loss gives it all of its
+    gradient and the backbone none."""
+    from repa.config import load_experiment
+    from repa.testing import ObjectiveHarness
+
+    text = tiny_toml().read_text().replace('kind = "identity"', 'kind = "tiny-ae"').replace("resolution = 16",
+                                                                                            "resolution = 32")
+    text = re.sub(r"\[\[alignment\]\].*?\n\n", "", text, flags=re.S).replace("patch_size = 4", "patch_size = 2")
+    config_path = pathlib.Path(examples[0]) / "ae.toml"
+    config_path.write_text(text + '\n[[term]]\nkind = "reconstruction"\n')
+    harness = ObjectiveHarness(load_experiment(config_path))
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 32, 32), generator=g, dtype=torch.uint8)
+    noise, posterior = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    parts = harness.loss(images=images, posterior=posterior, noise=noise, t=torch.tensor([0.3, 0.8]),
+                         y=torch.tensor([1, 2]))
+    autoencoder = list(harness.network.autoencoder.parameters())
+    backbone = [p for p in harness.network.backbone.parameters() if p.requires_grad]
+    total = torch.autograd.grad(parts.total, autoencoder + backbone, allow_unused=True, retain_graph=True)
+    reconstruction = harness.term("reconstruction_loss").loss(harness.context).mean()  # the term alone, same step
+    assert torch.allclose(reconstruction, parts.terms["reconstruction_loss"].mean())
+    alone = torch.autograd.grad(reconstruction, autoencoder + backbone, allow_unused=True)
+    for mine, all_of_it in zip(alone[:len(autoencoder)], total[:len(autoencoder)]):
+        assert mine.abs().sum() > 0 and torch.equal(mine, all_of_it)  # the diffusion loss adds exactly nothing
+    assert all(g is None for g in alone[len(autoencoder):])  # and the reconstruction nothing to the backbone
+    assert any(g is not None and g.abs().sum() > 0 for g in total[len(autoencoder):])
+
+
+BROKEN_TERMS = {
+    "an unknown need": ("Needs(teachers=(TeacherNeed(model='student'),))", "torch.zeros(len(ctx.t))", "{}",
+                        "unknown need TeacherNeed(model='student'"),
+    "a loss of the wrong shape": ("Needs()", "torch.zeros(len(ctx.t), 3)", "{}",
+                                  "loss(ctx) returned shape [2, 3]; a term returns a per-sample loss [B] (here [2])"),
+    "a module that is not an nn.Module": ("Needs()", "torch.zeros(len(ctx.t))", "{'head': lambda x: x}",
+                                          "module 'head' is a function, not a torch.nn.Module"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_TERMS))
+def test_a_term_breaking_its_contract_is_one_line_exit_2_before_the_run_folder(tiny_toml, tmp_path, case):
+    needs, loss, modules, expected = BROKEN_TERMS[case]
+    (tmp_path / "broken_term.py").write_text(f"""
+import torch
+from repa.interfaces import Needs, TeacherNeed, Term, TermParams
+from repa.plugins import hookimpl
+
+
+class Broken(Term):
+    def needs(self):
+        return {needs}
+
+    def modules(self):
+        return {modules}
+
+    def loss(self, ctx):
+        return {loss}
+
+
+@hookimpl
+def repa_register_terms(registry):
+    registry.add("broken", lambda params, *, facts: Broken(), TermParams)
+""")
+    experiment = tiny_toml('\n[[term]]\nkind = "broken"\n')
+    result = run_cli("-p", "broken_term", "run", str(experiment), "--no-progress", env={"PYTHONPATH": str(tmp_path)},
+                     cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and expected in result.stderr.strip().splitlines()[-1], result.stderr
+    assert "term 'broken' ([[term]][0])" in result.stderr
+    assert not (tmp_path / "exps" / "tiny").exists()

@@ -177,6 +177,7 @@ class Trainer:
         fails here, before the run folder is written."""
         config, acc = self.config, self.acc
         self.dataset = config.data.build(split="train")
+        torch.manual_seed(config.experiment.seed + 1)  # an autoencoder that trains starts from seeded weights
         self.autoencoder = config.autoencoder.build().to(self.device)
         probe_data(config, self.dataset, self.autoencoder, self.device)
         check_stored_moments(config, self.dataset)
