@@ -68,6 +68,9 @@ class OfficialLayoutNetwork(TrainedNetwork):
         super().__init__(backbone, [Placement(f"projectors.{k}", TrainedModule(p)) for k, p in enumerate(projectors)])
         self.encoder_depth = encoder_depth
 
+    def denoise(self, x, t, y, extras=()):
+        return self._denoise(x, t, y, extras)  # its own call is the official forward
+
     def forward(self, x, t, y, drop_ids=None):
         output = self.backbone(x, t, y, drop_ids=drop_ids, hidden_depths=[self.encoder_depth])
         hidden = output.hidden[self.encoder_depth]

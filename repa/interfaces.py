@@ -383,7 +383,8 @@ class TrainedModule:
 class TermFacts:
     """What a term's factory may build from: the backbone's width, blocks, tokens per image and their
     grid, the model input's shape (C, H, W), the image resolution, the class count, the term's index
-    among the experiment's terms of its kind and the autoencoder."""
+    among the experiment's terms of its kind, the autoencoder, and the terms built before it (the
+    [[alignment]] entries' first: a term may reuse one's encoder, depth and projector, as REPA-E does)."""
 
     hidden_size: int
     num_blocks: int
@@ -394,6 +395,7 @@ class TermFacts:
     num_classes: int
     index: int = 0
     autoencoder: Any = None
+    other_terms: tuple = ()
 
 
 class StepContext(Protocol):

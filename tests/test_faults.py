@@ -329,7 +329,8 @@ def test_entries_with_one_encoder_share_it(tiny_toml, tmp_path):
     config = load_experiment(tiny_toml(entry))
     trainer = Trainer(config, tmp_path / "run", progress=False)
     trainer.setup()
-    assert len(trainer.encoders) == 2 and trainer.encoders[0] is trainer.encoders[1]
+    needs = [need for slot in trainer.objective.slots for need in slot.term.needs().encoders]
+    assert len(needs) == 2 and len(trainer.encoders) == 1  # two entries read one encoder, built once
     assert not (tmp_path / "run").exists()  # setup writes nothing
 
 

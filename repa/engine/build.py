@@ -74,33 +74,36 @@ def build_terms(config: ExperimentConfig, facts: TermFacts) -> list[TermSlot]:
     from repa.components.term import AttentionTermParams, JointTermParams
 
     divide = len(config.alignment) if config.train.alignment_reduction == "mean" else 1
-    alignments = [_slot("alignment", entry, facts, k, name=f"align_loss_{k}", section=f"projectors.{k}",
-                        label=f"[[alignment]][{k}] ({entry.encoder.kind})", coeff=entry.coeff / divide, rank=1)
+    slots: list[TermSlot] = []
+
+    def add(kind, params, index, **where) -> TermSlot:
+        built = TermFacts(**{**facts.__dict__, "index": index, "other_terms": tuple(s.term for s in slots)})
+        slots.append(_slot(kind, params, built, index, **where))
+        return slots[-1]
+
+    alignments = [add("alignment", entry, k, name=f"align_loss_{k}", section=f"projectors.{k}",
+                      label=f"[[alignment]][{k}] ({entry.encoder.kind})", coeff=entry.coeff / divide, rank=1)
                   for k, entry in enumerate(config.alignment)]
-    joints = []
     for j, joint in enumerate(config.joint):
         source = config.alignment[joint.params.source]
         params = JointTermParams(quantity=joint, encoder=source.encoder, features=source.features,
                                  coeff=joint.params.coeff)
-        slot = _slot("joint", params, facts, j, name="joint_loss" if j == 0 else f"joint_loss_{j}",
-                     section="joint" if j == 0 else f"joint_{j}", label=f"[[joint]][{j}] ({joint.kind})", rank=0)
+        slot = add("joint", params, j, name="joint_loss" if j == 0 else f"joint_loss_{j}",
+                   section="joint" if j == 0 else f"joint_{j}", label=f"[[joint]][{j}] ({joint.kind})", rank=0)
         if slot.joint.aligned:  # REG: its tokens join the alignment of the entry they come from
             alignments[joint.params.source].term.prefix = slot.term
-        joints.append(slot)
-    attentions = []
     for a, attention in enumerate(config.attention):
         source = config.alignment[attention.params.source]
         params = AttentionTermParams(loss=attention, encoder=source.encoder, blocks=attention.params.blocks,
                                      encoder_blocks=attention.params.encoder_blocks, coeff=attention.params.coeff,
                                      stop_after=attention.params.stop_after)
-        attentions.append(_slot("attention", params, facts, a, name=f"attention_loss_{a}", section=None,
-                                label=f"[[attention]][{a}] ({attention.kind})", rank=2))
+        add("attention", params, a, name=f"attention_loss_{a}", section=None,
+            label=f"[[attention]][{a}] ({attention.kind})", rank=2)
     kinds = [term.kind for term in config.term]
-    terms = [_slot(term.kind, term.params, facts, i, name=f"{term.kind}_loss" + (f"_{i}" if kinds.count(term.kind) > 1
-                                                                                 else ""),
-                   section=f"terms.{i}", label=f"term {term.kind!r} ([[term]][{i}])", component=term, rank=3)
-             for i, term in enumerate(config.term)]
-    return alignments + joints + attentions + terms
+    for i, term in enumerate(config.term):
+        add(term.kind, term.params, i, name=f"{term.kind}_loss" + (f"_{i}" if kinds.count(term.kind) > 1 else ""),
+            section=f"terms.{i}", label=f"term {term.kind!r} ([[term]][{i}])", component=term, rank=3)
+    return slots
 
 
 def _slot(kind: str, params, facts: TermFacts, index: int, name: str, section: str | None, label: str,
@@ -108,7 +111,7 @@ def _slot(kind: str, params, facts: TermFacts, index: int, name: str, section: s
     from repa.plugins import get_components
 
     entry = component.entry if component is not None else get_components().get("term", kind)
-    term = entry.build(params, facts=TermFacts(**{**facts.__dict__, "index": index}))
+    term = entry.build(params, facts=facts)
     where = f"{entry.label} as {label}"
     modules = _modules(term, where)
     joint = term.extra_tokens()

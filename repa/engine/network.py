@@ -57,7 +57,11 @@ class TrainedNetwork(nn.Module):
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, extras: Sequence[torch.Tensor] = ()) -> list:
         """[the image's output, then each jointly denoised quantity's prediction] at (x_t, t, y): the
-        quantities' states `extras` [B,K,D] enter as extra tokens (zeros when not given: cost probes)."""
+        quantities' states `extras` [B,K,D] enter as extra tokens (zeros when not given: cost probes).
+        Through the module's own call, so that a sharded network (FSDP) gathers its weights."""
+        return self(lambda network: network._denoise(x, t, y, extras))
+
+    def _denoise(self, x, t, y, extras) -> list:
         if not self.joints:
             return [self.backbone(x, t, y).out]
         if not extras:
