@@ -435,8 +435,12 @@ class StepContext(Protocol):
         """The step's jointly denoised quantity of `term` (one that declares `extra_tokens()`)."""
 
     def rand(self, term: "Term", *shape: int) -> torch.Tensor:
-        """Uniform [0,1) numbers [B, *shape] drawn for `term` from (seed, step, its index): reproducible,
-        the same over any number of processes and accumulation steps, and independent of other draws."""
+        """Uniform [0,1) numbers [B, *shape] drawn for `term` from (seed, step, its place among the terms):
+        reproducible, the same over any number of processes and accumulation steps, independent of other
+        draws. One step's calls with one shape return the same numbers: draw all a step needs at once."""
+
+    def randn(self, term: "Term", *shape: int) -> torch.Tensor:
+        """Standard normal numbers [B, *shape] for `term`, as `rand` (a stream of their own)."""
 
 
 class Term(abc.ABC):

@@ -156,12 +156,21 @@ class TrainingContext:
         return frozen_pass(self._network.backbone, x_t, t, labels, list(need.hidden), need.input_gradient)
 
     def rand(self, term, *shape: int) -> torch.Tensor:
-        """[B, *shape] uniform numbers for `term`, drawn over the global batch and cut to these rows."""
-        index = next(i for i, slot in enumerate(self.slots) if slot.term is term)
-        generator = torch.Generator(self.t.device).manual_seed(step_seed(self.inputs.seed + 7919 * (index + 1),
-                                                                         self.step))
+        """[B, *shape] uniform numbers in [0, 1) for `term`, drawn over the global batch and cut to these rows."""
+        return self._draw(term, shape, torch.rand, 0)
+
+    def randn(self, term, *shape: int) -> torch.Tensor:
+        """[B, *shape] standard normal numbers for `term` (another stream than `rand`'s)."""
+        return self._draw(term, shape, torch.randn, 1)
+
+    def _draw(self, term, shape, draw, stream: int) -> torch.Tensor:
+        """A generator per (seed, step, the term's place among all the objective's terms, stream): the same
+        whichever terms are active, over any number of processes and accumulation steps."""
+        index = next(i for i, slot in enumerate(self.objective.slots) if slot.term is term)
+        seed = step_seed(self.inputs.seed + 7919 * (index + 1) + 104729 * stream, self.step)
+        generator = torch.Generator(self.t.device).manual_seed(seed)
         start, stop = self.inputs.rows
-        return torch.rand((self.inputs.global_batch, *shape), generator=generator, device=self.t.device)[start:stop]
+        return draw((self.inputs.global_batch, *shape), generator=generator, device=self.t.device)[start:stop]
 
 
 def frozen_pass(backbone, x_t, t, labels, depths, input_gradient: bool) -> BackboneOutput:
