@@ -657,7 +657,8 @@ class GuidanceParams(Params):
 
 NetworkFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], Any]
 """network(x [N,...], t [N], y [N]) -> the network's outputs for those rows: a list of tensors, the
-image's first (then each jointly denoised quantity's), each [N,...] in the state's dtype."""
+image's first (then each jointly denoised quantity's), each [N,...] in the state's dtype.
+`network.of(other)` is the same for another network (one `load_network` gave) on the same states."""
 
 
 class Guidance(abc.ABC):
@@ -665,7 +666,8 @@ class Guidance(abc.ABC):
     sampler evaluation). Built per sampling run by factory(params, *, scale, interval, load_network):
     scale and interval are resolved from the params or [sample]; load_network(path) builds another
     trained network (a run or checkpoint folder, or a weights file of this experiment's architecture)
-    in eval mode on the sampling device, for guidance by a second model (autoguidance)."""
+    in eval mode on the sampling device, for guidance by a second model (autoguidance: evaluate it in
+    `guide` with `network.of(other)`)."""
 
     @abc.abstractmethod
     def active(self, t: float) -> bool:

@@ -63,20 +63,11 @@ class Denoiser:
             )
         return torch.full_like(y, self.model.num_classes)
 
-    def network_fn(self, model=None):
-        """network(x, t, y) -> [the image's output, each quantity's] for packed states x, in x's dtype:
-        what guidance evaluates (`repa.interfaces.NetworkFn`). `model`: another network of the same
-        experiment (guidance by a second model); default: this one."""
-        model = self.model if model is None else model
-        dtype = next(model.parameters()).dtype
-
-        def network(x, t, y):
-            parts = self.state.unpack(x)
-            with autocast_to(x.device.type, self.autocast_dtype):
-                outs = model.denoise(parts[0].to(dtype), t.to(dtype), y, [p.to(dtype) for p in parts[1:]])
-            return [out.to(x.dtype) for out in outs]
-
-        return network
+    def network_fn(self, model=None) -> "BoundNetwork":
+        """network(x, t, y) -> [the image's output, each quantity's] for packed states x, in x's dtype: what
+        guidance evaluates (`repa.interfaces.NetworkFn`); `.of(other)` evaluates another network of the
+        experiment (guidance by a second model) on the same states."""
+        return BoundNetwork(self, self.model if model is None else model)
 
     def velocity_for(self, y: torch.Tensor):
         low, high = self.prediction.time_range
@@ -109,6 +100,23 @@ class Denoiser:
         x0 = sampler.sample(self.velocity_for(y), self.state.pack(x1, *starts).to(dtype), self.path, noise)
         image, *self.last_joint = self.state.unpack(x0)
         return image
+
+
+class BoundNetwork:
+    """A network evaluated on the denoiser's packed sampler states, under its autocast."""
+
+    def __init__(self, denoiser: Denoiser, model):
+        self.denoiser, self.model = denoiser, model
+        self.dtype = next(model.parameters()).dtype
+
+    def of(self, model) -> "BoundNetwork":
+        return BoundNetwork(self.denoiser, model)
+
+    def __call__(self, x, t, y) -> list:
+        parts = self.denoiser.state.unpack(x)
+        with autocast_to(x.device.type, self.denoiser.autocast_dtype):
+            outs = self.model.denoise(parts[0].to(self.dtype), t.to(self.dtype), y, [p.to(self.dtype) for p in parts[1:]])
+        return [out.to(x.dtype) for out in outs]
 
 
 class PackedState:

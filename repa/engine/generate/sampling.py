@@ -110,12 +110,14 @@ def label_rows(config: ExperimentConfig, rows: int, source: str) -> tuple[int, b
     return classes, rows == classes + 1
 
 
-def nfe_per_sample(config: ExperimentConfig) -> float:
+def nfe_per_sample(config: ExperimentConfig, sampler=None, guidance=None) -> float:
     """Network evaluations per sample: the sampler's calls, each with what the guidance adds at the time
-    of its step (`Guidance.extra_evaluations`), read off the sampler run on a toy velocity field."""
+    of its step (`Guidance.extra_evaluations`), read off the sampler run on a toy velocity field. The
+    sampler and guidance are the run's when given (built from the experiment otherwise)."""
     from repa.components.path.interpolants import LinearPath
 
-    sampler, guidance = build_sampling(config)
+    if sampler is None or guidance is None:
+        sampler, guidance = build_sampling(config)
     times: list[float] = []
 
     def velocity(x, t, step_t):
@@ -255,7 +257,7 @@ class SampleRun:
         if config.sample.compile:
             compile_network(self.model, "blocks")
         if batch_size == "auto":
-            guided = nfe_per_sample(config) > sampler.function_evaluations()
+            guided = nfe_per_sample(config, sampler, guidance) > sampler.function_evaluations()
             size = min(auto_batch_size(self.model, self.shape, self.state.device, guided, dtype), num)
             self.batch_size = smallest_over_processes(size, self.state)  # one partition of the indices
             log.info("repa: sample.batch_size = auto: %d per forward", self.batch_size)
@@ -330,7 +332,7 @@ class SampleRun:
             decode_in_chunks(self.autoencoder, x)
             _synchronize(self.state.device)
             decode = time.perf_counter() - started
-        per_batch = forward * nfe_per_sample(self.config) + decode
+        per_batch = forward * nfe_per_sample(self.config, self.sampler, self.denoiser.guidance) + decode
         return per_batch * math.ceil(self.num / (len(x) * self.state.num_processes))
 
     def run(self) -> Path:

@@ -24,6 +24,7 @@ from repa.engine.train.context import StepInputs, TrainingContext
 from repa.engine.train.data import StepBatchSampler, make_loader
 from repa.engine.train.ema import make_ema, update_ema
 from repa.engine.train.grids import SampleGrids
+from repa.engine.generate.sampling import load_network
 from repa.engine.train.objective import Objective
 from repa.engine.train.optimizer import OptimizerGroups
 from repa.engine.train.parallel import STRATEGIES
@@ -196,7 +197,7 @@ class Trainer:
         probe_network(config, model, slots, self.device)
         probe_alignment(config, slots, alignment_encoders, self.device)
         probe_attention(config, model, alignment_encoders, self.device)
-        sampler, guidance = build_sampling(config)
+        sampler, guidance = build_sampling(config, lambda folder: load_network(config, folder, self.device))
         probe_generation(config, sampler, guidance, path)
         ema = make_ema(model)
         self._probe_terms(model, ema)
