@@ -15,7 +15,8 @@ from repa_rae.autoencoder import RepresentationAutoencoder
 
 class DecoderTerm(Term):
     def __init__(self, params, facts):
-        if not isinstance(facts.autoencoder, RepresentationAutoencoder) or not facts.autoencoder.trainable:
+        known = facts.autoencoder is not None  # None: built for a size estimate, not to train
+        if known and (not isinstance(facts.autoencoder, RepresentationAutoencoder) or not facts.autoencoder.trainable):
             raise ConfigError(["term rae-decoder: needs a representation autoencoder with train = true"])
         self.noise_tau = params.noise_tau
 

@@ -34,7 +34,8 @@ class REPAETerm(Term):
     def __init__(self, params, facts):
         from repa.components.term.alignment import AlignmentTerm
 
-        if not isinstance(facts.autoencoder, EndToEndAutoencoder) or not facts.autoencoder.trainable:
+        known = facts.autoencoder is not None  # None: built for a size estimate, not to train
+        if known and (not isinstance(facts.autoencoder, EndToEndAutoencoder) or not facts.autoencoder.trainable):
             raise ConfigError(["term repa-e: needs an autoencoder that trains end to end (autoencoder kind "
                                "\"e2e-vae\" or \"digits-vae\" with train = true)"])
         alignments = [t for t in facts.other_terms if isinstance(t, AlignmentTerm)]
