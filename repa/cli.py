@@ -227,17 +227,21 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-def _at_least(low: int):
+def _at_least(low: int, high: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
         return value
 
     return parse
+
+
+SEED_MAX = 2**63 - 1  # torch generators take 64-bit seeds
 
 
 def _batch_size(text: str):
@@ -353,9 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: the latest checkpoint of the experiment's run; without an "
                                         "experiment, or with --backbone, the released SiT-XL/2 REPA checkpoint)")
     p.add_argument("--backbone", help="backbone preset, e.g. SiT-XL/2 (default: the experiment's)")
-    p.add_argument("--num-samples", type=int, default=50_000)
+    p.add_argument("--num-samples", type=_at_least(1), default=50_000)
     p.add_argument("--out", help="output folder (images/ + samples.npz)")
-    p.add_argument("--seed", type=int, default=0, help="sample i depends only on (seed, i)")
+    p.add_argument("--seed", type=_at_least(0, SEED_MAX // 1_000_004), default=0,
+                   help="sample i depends only on (seed, i)")
     p.add_argument("--labels", choices=["uniform", "balanced"], help="class labels: uniform at random (official) "
                                                                       "or the same count per class")
     p.add_argument("--preset", choices=["paper"], help="paper: SDE Euler-Maruyama, 250 steps, cfg 1.8 on [0, 0.7], "

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from repa.errors import DataError
-from repa.storage import require_space, write_atomic, writing
+from repa.storage import entry_problem, require_space, write_atomic, writing
 from repa.weights import file_digest
 
 FORMAT, MANIFEST = "repa-packed", "manifest.json"
@@ -112,6 +112,11 @@ def read_manifest(root: Path) -> dict:
     if not manifest.get("complete"):
         raise DataError(f"{path}: packing did not finish ({sum(s['count'] for s in manifest['shards'])} of "
                         f"{manifest['count']} samples); re-run `repa preprocess pack` to resume")
+    for shard in manifest.get("shards", []):  # before anything is opened or memory-mapped
+        for entry in shard.get("files", {}).values():
+            problem = entry_problem(root, entry.get("name") if isinstance(entry, dict) else entry)
+            if problem:
+                raise DataError(f"{path}: {problem}; refused (a packed manifest names the shards in its folder)")
     return manifest
 
 

@@ -129,3 +129,19 @@ def save_figure(figure, path: Path, dpi: int = 120) -> Path:
         figure.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)
     return path
+
+
+def entry_problem(folder: Path, name) -> str | None:
+    """Why a manifest entry may not be opened: not a plain relative name inside `folder` (absolute, with
+    `..`, or a link out of it); None when it stays inside. Checked before anything is opened."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return f"entry {name!r} is not a file name"
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or PureWindowsPath(name).is_absolute() or ".." in pure.parts or "\\" in name:
+        return f"entry {name!r} names a path outside its folder (absolute or with '..')"
+    target = (Path(folder) / pure).resolve()
+    if not target.is_relative_to(Path(folder).resolve()):
+        return f"entry {name!r} leads outside its folder (a link to {target})"
+    return None

@@ -32,10 +32,12 @@ def user_cache() -> Path:
 
 
 def cache_dir() -> Path:
-    """$REPA_CACHE, else $XDG_CACHE_HOME/repa, else ~/.cache/repa."""
-    if os.environ.get("REPA_CACHE"):
-        return Path(os.environ["REPA_CACHE"])
-    return user_cache() / "repa"
+    """$REPA_CACHE, else $XDG_CACHE_HOME/repa, else ~/.cache/repa; a file there is one line."""
+    folder = Path(os.environ["REPA_CACHE"]) if os.environ.get("REPA_CACHE") else user_cache() / "repa"
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: the repa cache (REPA_CACHE, else $XDG_CACHE_HOME/repa) is a file, not a "
+                              "folder; point REPA_CACHE to a folder")
+    return folder
 
 
 def torch_hub_checkpoints() -> Path:

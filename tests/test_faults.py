@@ -315,7 +315,7 @@ def test_resume_never_starts_over_checkpoints_that_all_fail_to_verify(tiny_toml,
 @pytest_slow
 def test_finite_loss_with_an_infinite_gradient_is_a_non_finite_step(tiny_toml, tmp_path):
     result = cli(*run_args(tiny_toml(), "alignment[0].coeff=1e38", "train.max_nonfinite_steps=2"), expect=1)
-    assert "non-finite gradient norm at step 0; update skipped (1 in a row)" in result.stderr
+    assert "non-finite gradient norm at step 1; update skipped (1 in a row)" in result.stderr  # steps count from 1
     assert last_line(result).startswith("error: 2 non-finite steps (loss or gradient) in a row at step 2")
     log = (tmp_path / "exps" / "tiny" / "log.txt").read_text().splitlines()
     assert log[-1].split(" ", 2)[2] == last_line(result)  # the error that ended the run, in its log too

@@ -152,3 +152,254 @@ def test_torchscript_inside_a_checkpoint_folder_runs_nothing_on_resume(tiny_toml
     _one_line_error(latest, 1)  # the only checkpoint is unusable: nothing to start over
     assert "is a TorchScript archive" in latest.stderr
     assert not marker.exists()
+
+
+# ============================================================================
+# Manifests that point outside their folder: refused before anything is opened
+# ============================================================================
+
+
+@pytest.mark.parametrize("entry", ["../../../../etc/shadow", "/etc/shadow", "sub/../../x.pt"])
+def test_a_checkpoint_manifest_naming_a_file_outside_its_folder_is_refused_unopened(tmp_path, monkeypatch, entry):
+    from repa.engine import checkpoint as ckpt
+
+    folder = tmp_path / "checkpoints" / "0000002"
+    folder.mkdir(parents=True)
+    manifest = {name: {"bytes": 1, "blake2b": "x"} for name in ckpt.FILES}
+    manifest[entry] = {"bytes": 1, "blake2b": "x"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    opened = []
+    monkeypatch.setattr(ckpt, "file_digest", lambda path, *a, **k: opened.append(str(path)) or "")
+    with pytest.raises(CheckpointError) as info:
+        ckpt.verify(folder)
+    assert f"entry {entry!r}" in str(info.value) and "refused" in str(info.value)
+    assert opened == []
+
+
+def test_a_checkpoint_manifest_entry_linked_outside_is_refused(tmp_path):
+    from repa.engine import checkpoint as ckpt
+
+    folder = tmp_path / "0000002"
+    folder.mkdir()
+    (tmp_path / "secret").write_text("x")
+    (folder / "optimizer.pt").symlink_to(tmp_path / "secret")
+    (folder / "manifest.json").write_text(json.dumps({name: {"bytes": 1, "blake2b": "x"} for name in ckpt.FILES}))
+    with pytest.raises(CheckpointError, match=r"entry 'optimizer.pt' leads outside its folder"):
+        ckpt.verify(folder)
+
+
+def test_a_packed_manifest_naming_a_shard_outside_its_folder_is_refused_unopened(tmp_path, monkeypatch):
+    import numpy as np
+
+    from repa.errors import DataError
+    from repa.packs import read_manifest
+
+    (tmp_path / "outside").mkdir()
+    np.save(tmp_path / "outside" / "x.npy", np.zeros(3))
+    root = tmp_path / "pack"
+    root.mkdir()
+    manifest = {"format": "repa-packed", "count": 1, "complete": True,
+                "shards": [{"count": 1, "files": {"images": {"name": "../outside/x.npy", "bytes": 1}}}]}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("a shard outside the folder was opened"))
+    with pytest.raises(DataError, match=r"entry '../outside/x.npy' names a path outside its folder"):
+        read_manifest(root)
+
+
+# ============================================================================
+# A read-only shared cache that holds the networks is read, not refused
+# ============================================================================
+
+
+def test_a_cached_digits_network_loads_from_a_cache_it_cannot_write(monkeypatch):
+    import builtins
+
+    from repa.components import digits_models as dm
+
+    model, path = dm.cached_model("digits-convnet", dm.DigitsConvEncoder, 0, 2)
+    real_open = builtins.open
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    again, same = dm.cached_model("digits-convnet", dm.DigitsConvEncoder, 0, 2)
+    assert same == path and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+# ============================================================================
+# Preemption signals: each stops training with a checkpoint; during setup, one line and nothing written
+# ============================================================================
+
+
+def _wait_for(path: Path, process, timeout: float = 120) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and process.poll() is None:
+        if path.is_file() and path.read_text().count("\n") >= 2:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGUSR1", "SIGUSR2", "SIGHUP"])
+def test_a_preemption_signal_stops_with_a_checkpoint_and_the_run_resumes(tiny_toml, tmp_path, name):
+    import signal
+    import subprocess
+    import sys
+
+    experiment = tiny_toml()
+    args = [sys.executable, "-m", "repa.cli", "run", str(experiment), "--no-progress", "--set", "train.max_steps=100000",
+            "--set", "train.checkpoint_every=100000"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "exps" / "tiny"
+    assert _wait_for(run / "metrics.jsonl", process)
+    process.send_signal(getattr(signal, name))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert f"{name} received; finishing this step and writing a checkpoint" in stderr and TRACEBACK not in stderr
+    assert "Resume with: repa run" in stderr
+    log = (run / "log.txt").read_text()
+    assert f"{name} received" in log and "stopped at step" in log
+    assert any(p.name.isdigit() for p in (run / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_run_is_built_is_one_line_and_writes_nothing(tiny_toml, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    experiment = tiny_toml()
+    env = {**__import__("os").environ, "REPA_CACHE": str(tmp_path / "fresh-cache")}  # the encoder trains on first use
+    process = subprocess.Popen([sys.executable, "-m", "repa.cli", "run", str(experiment), "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(4)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == ("error: SIGTERM received while the run was being built; stopped before "
+                                               "training, nothing was written")
+    assert not (tmp_path / "exps" / "tiny").exists()
+
+
+# ============================================================================
+# One line where a traceback was, and no silent garbage
+# ============================================================================
+
+
+@pytest.mark.slow
+def test_a_term_raising_inside_a_step_checkpoints_the_last_step_and_is_one_line(tiny_toml, tmp_path):
+    (tmp_path / "flaky_term.py").write_text("""
+import torch
+from repa.interfaces import Term, TermParams
+from repa.plugins import hookimpl
+
+
+class Flaky(Term):
+    def loss(self, ctx):
+        if ctx.step == 3:
+            raise MemoryError("out of memory in the plugin")
+        return torch.zeros(len(ctx.t))
+
+
+@hookimpl
+def repa_register_terms(registry):
+    registry.add("flaky", lambda params, *, facts: Flaky(), TermParams)
+""")
+    experiment = tiny_toml('\n[[term]]\nkind = "flaky"\n')
+    result = run_cli("-p", "flaky_term", "run", str(experiment), "--no-progress", "--set", "train.max_steps=6",
+                     "--set", "train.checkpoint_every=100", env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    run = tmp_path / "exps" / "tiny"
+    line = _one_line_error(result, 1)
+    assert line.startswith("error: step 4 failed: MemoryError: out of memory in the plugin; the state after step 3 is in ")
+    assert (run / "checkpoints" / "0000003" / "ema.safetensors").is_file()
+    from repa.engine import checkpoint as ckpt
+
+    ckpt.verify(run / "checkpoints" / "0000003")
+
+
+def test_evaluate_refuses_unreadable_or_meaningless_sample_files_in_one_line(tmp_path):
+    import numpy as np
+
+    cases = {
+        "empty.npz": ({}, "no 'arr_0'"),
+        "objects.npz": ({"arr_0": np.array([object(), 1], dtype=object)}, "not a readable .npz of arrays"),
+        "flat.npz": ({"arr_0": np.zeros((4, 8, 8), dtype=np.uint8)}, "expected uint8 [N, H, W, 3]"),
+        "none.npz": ({"arr_0": np.zeros((0, 8, 8, 3), dtype=np.uint8)}, "with N >= 1"),
+        "negative.npz": ({"arr_0": np.zeros((2, 8, 8, 3), dtype=np.uint8), "labels": np.array([1, -5])}, "labels hold -5"),
+        "strings.npz": ({"arr_0": np.zeros((2, 8, 8, 3), dtype=np.uint8), "labels": np.array(["a", "b"])},
+                        "expected integers [2]"),
+    }
+    for name, (arrays, expected) in cases.items():
+        np.savez(tmp_path / name, **arrays)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "flat.npz").read_bytes()[:80])
+    cases["cut.npz"] = (None, "not a readable .npz of arrays (BadZipFile")
+    for name, (_, expected) in cases.items():
+        result = run_cli("evaluate", str(tmp_path / name), "--metrics", "digits-fd")
+        assert expected in _one_line_error(result, 1), name
+
+
+def test_digits_accuracy_refuses_labels_that_are_not_digits(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "s.npz", arr_0=np.zeros((2, 32, 32, 3), dtype=np.uint8), labels=np.array([3, 999]))
+    result = run_cli("evaluate", str(tmp_path / "s.npz"), "--metrics", "digits-accuracy")
+    assert "digits-accuracy: the samples' labels hold 999; the digits are classes 0..9" in _one_line_error(result, 1)
+
+
+def test_a_reference_that_is_not_finite_is_refused(tmp_path, monkeypatch):
+    import numpy as np
+
+    from repa.components.metric import adm
+    from repa.errors import DataError
+
+    np.savez(tmp_path / "ref.npz", arr_0=np.zeros((2, 8, 8, 3), dtype=np.uint8), mu=np.full(4, np.nan), sigma=np.eye(4))
+    fake = {"pool": np.zeros((2, 4)), "spatial": np.zeros((2, 4))}
+    monkeypatch.setattr(adm, "_extractor", lambda weights: (lambda images, batch: fake))  # no Inception weights here
+    adm._reference.cache_clear()
+    with pytest.raises(DataError, match=r"ref.npz: mu is not a finite float array"):
+        adm._reference(str(tmp_path / "ref.npz"), None, 2, 8)
+
+
+def test_sample_arguments_out_of_range_are_one_line():
+    for args, expected in ((["--num-samples", "0"], "must be at least 1, got 0"),
+                           (["--num-samples", "-5"], "must be at least 1, got -5"),
+                           (["--seed", str(2 ** 70)], "argument --seed: must be between 0 and")):
+        result = run_cli("sample", *args)
+        assert result.returncode == 2 and expected in result.stderr and TRACEBACK not in result.stderr
+
+
+def test_a_cache_that_is_a_file_and_a_run_without_checkpoints_are_one_line(tiny_toml, tmp_path):
+    (tmp_path / "cache").write_text("")
+    result = run_cli("run", str(tiny_toml()), "--no-progress", env={"REPA_CACHE": str(tmp_path / "cache")})
+    assert "the repa cache (REPA_CACHE, else $XDG_CACHE_HOME/repa) is a file" in _one_line_error(result, 1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.resolved.toml").write_text(tiny_toml().read_text() + '\n[eval]\nmetrics = ["digits-fd"]\n')
+    result = run_cli("evaluate", str(run))
+    assert _one_line_error(result, 1).startswith(f"error: {run}: no checkpoint to evaluate")
+
+
+def test_metrics_with_a_byte_that_is_not_utf8_still_read(tmp_path):
+    from repa.engine.record import RunRecord, read_records
+
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1, "loss": 1.0}\n{"step": 2, "loss": \xff}\n{"step": 3, "loss": 3.0}\n')
+    assert [r["step"] for r in read_records(tmp_path)] == [1, 3]
+    RunRecord(tmp_path).rewind(2)
+    assert [r["step"] for r in read_records(tmp_path)] == [1]
+
+
+def test_a_checkpoint_folder_not_named_by_digits_is_not_a_step(tmp_path):
+    from repa.engine import checkpoint as ckpt
+    from repa.engine.generate.sampling import folder_step
+
+    for name in ("0000002", "0000010", "latest", "²"):
+        (tmp_path / name).mkdir()
+    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["0000002", "0000010"]
+    assert folder_step(tmp_path / "diagnostic-0000005") == 5 and folder_step(tmp_path / "latest") is None

@@ -129,6 +129,9 @@ def cached_model(name: str, build, seed: int, epochs: int) -> tuple[nn.Module, P
     with torch.random.fork_rng():  # the initial weights come from the seed; the caller's RNG is untouched
         torch.manual_seed(seed)
         model = build()
+    if path.is_file():  # cached: read it, even from a read-only shared cache (no lock to take)
+        model.load_state_dict(load_file(str(path)))
+        return model.eval().requires_grad_(False), path
     with writing(path.parent):  # the cache ($REPA_CACHE) may be read-only or full
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path.with_suffix(".lock"), "w")

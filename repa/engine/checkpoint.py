@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from repa.errors import CheckpointError
+from repa.storage import entry_problem
 from repa.weights import file_digest, load_file
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.pt", "state.json")
@@ -119,9 +120,11 @@ def commit(tmp: Path, checkpoints: Path, step: int, keep: int) -> Path:
 
 
 def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """The checkpoint folders, by step: folders named by ASCII digits alone (others are not checkpoints)."""
     if not checkpoints.is_dir():
         return []
-    return sorted(p for p in checkpoints.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted((p for p in checkpoints.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()),
+                  key=lambda p: int(p.name))
 
 
 def verify(folder: Path) -> None:
@@ -136,6 +139,10 @@ def verify(folder: Path) -> None:
     for name in FILES:
         if name not in expected:
             raise CheckpointError(f"{folder}: {name} is missing from the checkpoint")
+    for name in expected:  # before anything is opened: a manifest names files in its folder only
+        problem = entry_problem(folder, name)
+        if problem:
+            raise CheckpointError(f"{manifest_path}: {problem}; refused (a checkpoint manifest names its own files)")
     for name, (size, digest) in expected.items():
         path = folder / name
         if not path.is_file() or path.stat().st_size != size:

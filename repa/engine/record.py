@@ -47,7 +47,7 @@ class RunRecord(Tracker):
         is dropped too. Rewritten atomically: a kill during it keeps the old file."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines(keepends=True) if _step_of(line) <= step]
+        kept = [line for line in _lines(self.path, keepends=True) if _step_of(line) <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with writing(self.path, sum(map(len, kept)), temporary=[tmp]):
             tmp.write_text("".join(kept))
@@ -89,6 +89,12 @@ def read_records(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [r for r in map(_parse, path.read_text().splitlines()) if r is not None]
+    return [r for r in map(_parse, _lines(path)) if r is not None]
+
+
+def _lines(path: Path, keepends: bool = False) -> list[str]:
+    """The file's lines; a line that is not UTF-8 (a damaged disk, an editor) reads as a record that does
+    not parse, so it is dropped like a line cut by a kill instead of stopping resume and evaluate."""
+    return path.read_bytes().decode("utf-8", errors="replace").splitlines(keepends=keepends)
 
 

@@ -66,10 +66,17 @@ def reference_features(source: str | Path, extract, resolution: int) -> dict:
     if source.suffix == ".npz":
         if not source.is_file():
             raise missing_reference(source)
-        with np.load(source) as data:
-            if "arr_0" not in data:
-                raise DataError(f"{source}: no 'arr_0' array of uint8 [N,H,W,3] images")
-            return extract(data["arr_0"])
+        try:
+            with np.load(source) as data:
+                if "arr_0" not in data:
+                    raise DataError(f"{source}: no 'arr_0' array of uint8 [N,H,W,3] images")
+                images = data["arr_0"]
+        except (ValueError, OSError, EOFError, __import__("zipfile").BadZipFile) as exc:
+            raise DataError(f"{source}: not a readable reference batch ({type(exc).__name__}: "
+                            f"{str(exc).strip()[:120]})") from None
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not len(images):
+            raise DataError(f"{source}: arr_0 is {images.dtype} {list(images.shape)}, expected uint8 [N, H, W, 3]")
+        return extract(images)
     if source.is_dir():
         parts = [extract(images) for images in folder_images(source, resolution)]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -188,6 +195,10 @@ def _reference(source: str, weights: str | None, batch_size: int, resolution: in
     if source.endswith(".npz"):
         with np.load(source) as data:
             stats = {k: data[k] for k in ("mu", "sigma", "mu_s", "sigma_s") if k in data}
+        for key, value in stats.items():  # a reference that is not finite would score nan, exit 0
+            if value.dtype.kind != "f" or not np.isfinite(value).all():
+                raise DataError(f"{source}: {key} is not a finite float array; rebuild the reference batch "
+                                "(repa preprocess reference)")
     if "mu" not in stats:
         stats["mu"], stats["sigma"] = gaussian_stats(feats["pool"])
     if "mu_s" not in stats:

@@ -61,7 +61,13 @@ class DigitsAccuracy(DigitsMetric):
         if labels is None:
             raise DataError("digits-accuracy needs the class label of every sample: a `labels` array in the "
                             "samples .npz (as `repa sample` writes it)")
-        return {"digits-accuracy": float((feats["logits"].argmax(1) == np.asarray(labels)).mean())}
+        labels = np.asarray(labels)
+        classes = feats["logits"].shape[1]
+        if labels.dtype.kind not in "iu" or (len(labels) and not 0 <= labels.min() <= labels.max() < classes):
+            shown = sorted({str(v) for v in labels.tolist() if not (isinstance(v, int) and 0 <= v < classes)})[:3]
+            raise DataError(f"digits-accuracy: the samples' labels hold {', '.join(shown) or labels.dtype}; the digits "
+                            f"are classes 0..{classes - 1}")
+        return {"digits-accuracy": float((feats["logits"].argmax(1) == labels).mean())}
 
 
 METRICS = {"digits-fd": DigitsFD, "digits-accuracy": DigitsAccuracy}

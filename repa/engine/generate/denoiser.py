@@ -13,6 +13,10 @@ from repa.interfaces import Guidance, Path, Prediction
 from repa.precision import autocast_to
 
 
+class Interrupted(Exception):
+    """Sampling abandoned because a stop was asked for (a training run's grid)."""
+
+
 class GlobalNoise:
     """Noise from torch's global RNG (what the official samplers use)."""
 
@@ -54,6 +58,7 @@ class Denoiser:
         self.autocast_dtype = autocast_dtype
         self.state = PackedState(None, [])  # set per sample()
         self.last_joint: list[torch.Tensor] = []  # each quantity's end state [B,K,D] after sample()
+        self.interrupt = None  # () -> bool, asked at every evaluation: True abandons the sampling (Interrupted)
 
     def _null_labels(self, y):
         if not self.model.has_null_label:
@@ -74,6 +79,8 @@ class Denoiser:
         network = self.network_fn()
 
         def velocity(x, t, step_t):
+            if self.interrupt is not None and self.interrupt():
+                raise Interrupted
             t = t.clamp(low, high)
             if self.guidance is None:
                 outs = network(x, t, y)

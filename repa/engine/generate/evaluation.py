@@ -33,16 +33,32 @@ def evaluate_images(metrics, images: np.ndarray, labels: np.ndarray | None, refe
 
 
 def read_samples(npz: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """arr_0 uint8 [N,H,W,3] (N >= 1) and, when the file has them, integer labels [N]; anything else is one line."""
     if not npz.is_file():
         raise DataError(f"{npz}: no such file")
-    with np.load(npz) as data:
-        if "arr_0" not in data:
-            raise DataError(f"{npz}: no 'arr_0' (uint8 [N,H,W,3]); not an ADM-format sample batch")
-        images = data["arr_0"]
-        labels = data["labels"] if "labels" in data else None
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise DataError(f"{npz}: arr_0 is {images.dtype} {list(images.shape)}, expected uint8 [N, H, W, 3]")
+    try:
+        with np.load(npz) as data:
+            if "arr_0" not in data:
+                raise DataError(f"{npz}: no 'arr_0' (uint8 [N,H,W,3]); not an ADM-format sample batch")
+            images = data["arr_0"]
+            labels = data["labels"] if "labels" in data else None
+    except (ValueError, OSError, EOFError, __import__("zipfile").BadZipFile) as exc:
+        raise DataError(f"{npz}: not a readable .npz of arrays ({type(exc).__name__}: {str(exc).strip()[:120]}); "
+                        "redraw the samples with repa sample") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not len(images):
+        raise DataError(f"{npz}: arr_0 is {images.dtype} {list(images.shape)}, expected uint8 [N, H, W, 3] with N >= 1")
+    if labels is not None:
+        labels = checked_labels(npz, labels, len(images))
     return images, labels
+
+
+def checked_labels(npz: Path, labels: np.ndarray, count: int) -> np.ndarray:
+    """Integer class labels, one per image, none negative (a null or a string label is not a class)."""
+    if labels.shape != (count,) or labels.dtype.kind not in "iu":
+        raise DataError(f"{npz}: labels are {labels.dtype} {list(labels.shape)}, expected integers [{count}]")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{npz}: labels hold {int(labels.min())}; class labels are 0 or more")
+    return labels
 
 
 def _digest(data) -> str:
@@ -86,6 +102,9 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
     if not config.eval.metrics:
         raise DataError(f"{config_file}: [eval] metrics is empty; set eval.metrics (e.g. --set eval.metrics=[\"fid\"])")
     key, scored_by = settings_key(config), metrics_key(config)
+    if not ckpt.complete_checkpoints(run_dir / "checkpoints"):
+        raise DataError(f"{run_dir}: no checkpoint to evaluate (checkpoints/ is empty or missing); train it first, "
+                        "or resume it with repa run ... --resume")
     done = evaluated_steps(run_dir, key, scored_by)
     state = PartialState(cpu=not _cuda())
     results = []

@@ -70,10 +70,18 @@ def resolve_checkpoint(path: Path | None) -> tuple[dict, int | None, str]:
                 raise CheckpointError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints/")
             folder = found[-1]
         ckpt.verify(folder)
-        return load_file(folder / "ema.safetensors"), int(folder.name), str(folder)
+        return load_file(folder / "ema.safetensors"), folder_step(folder), str(folder)
     obj = load_file(path)
     step = obj.get("steps") if isinstance(obj, dict) and isinstance(obj.get("steps"), int) else None
     return strip_prefix(unwrap_state_dict(obj, ("ema", "model", "state_dict"))), step, str(path)
+
+
+def folder_step(folder: Path) -> int | None:
+    """The step a checkpoint folder holds: its name's digits (`0000500`, `diagnostic-0000500`); None otherwise."""
+    import re
+
+    found = re.fullmatch(r"(?:diagnostic-)?([0-9]+)", folder.name)
+    return int(found.group(1)) if found else None
 
 
 def load_model(config: ExperimentConfig, state: dict, source: str, autoencoder=None):

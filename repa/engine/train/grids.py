@@ -9,7 +9,7 @@ import torch
 
 from repa.config import ExperimentConfig
 from repa.engine.build import input_geometry
-from repa.engine.generate.denoiser import Denoiser
+from repa.engine.generate.denoiser import Denoiser, Interrupted
 from repa.engine.generate.generation import class_labels, generate, image_grid, to_uint8
 
 
@@ -20,26 +20,34 @@ class SampleGrids:
         self.sampler, self.guidance = sampler, guidance
 
     @torch.no_grad()
-    def samples(self, ema, step: int, trackers) -> None:
-        """train.sample_images samples of the EMA model, logged as the step's "samples" image."""
+    def samples(self, ema, step: int, trackers, interrupt=None) -> bool:
+        """train.sample_images samples of the EMA model, logged as the step's "samples" image; False when
+        `interrupt()` said to stop before the grid was done (nothing is written then)."""
         config, acc, main = self.config, self.acc, self.acc.is_main_process
         if not (main or self.parallel.collective_sampling):
             acc.wait_for_everyone()
-            return
+            return True
         n = config.train.sample_images
         denoiser = Denoiser(ema, self.objective.prediction, self.objective.path, self.guidance)
+        denoiser.interrupt = interrupt
         labels = class_labels(config.experiment.seed, range(n), self.dataset.num_classes, "balanced")
         side, channels = input_geometry(config)
-        with acc.autocast():
-            x0 = generate(denoiser, self.sampler, range(n), labels, config.experiment.seed, (channels, side, side),
-                          acc.device, config.sample.state_dtype)
-        self.parallel.after_inference(ema)
+        try:
+            with acc.autocast():
+                x0 = generate(denoiser, self.sampler, range(n), labels, config.experiment.seed, (channels, side, side),
+                              acc.device, config.sample.state_dtype)
+        except Interrupted:
+            acc.wait_for_everyone()
+            return False
+        finally:
+            self.parallel.after_inference(ema)
         if main:
             images = to_uint8(self.autoencoder.decode(x0.float()))
             grid = image_grid(images, **class_columns(n, self.dataset.num_classes))
             for tracker in trackers:
                 tracker.log_images(step, {"samples": grid})
         acc.wait_for_everyone()
+        return True
 
     def ground_truth(self, run_dir: Path) -> None:
         """samples/ground_truth.png: the first train.sample_images real images."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -80,7 +82,8 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
     if not resume:
         refuse_existing_checkpoints(run_dir)
     trainer = Trainer(config, run_dir, resume=resume, progress=progress)
-    trainer.setup()  # builds and checks every component: a broken one stops here, nothing written
+    with stop_signals_refuse_setup():
+        trainer.setup()  # builds and checks every component: a broken one stops here, nothing written
     handler = None
 
     def claim_run_folder():
@@ -115,6 +118,28 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
             detach_log_file(handler)
         lock.release()
     return 130 if trainer.stopped else 0
+
+
+class StoppedBeforeTraining(RepaError):
+    exit_code = 130
+
+
+@contextlib.contextmanager
+def stop_signals_refuse_setup():
+    """A stop signal while the run is being built (weights loading, encoder training on first use) ends it
+    at once, in one line, before anything is written."""
+    from repa.engine.train.trainer import STOP_SIGNALS
+
+    def stop(signum, frame):
+        raise StoppedBeforeTraining(f"{signal.Signals(signum).name} received while the run was being built; stopped "
+                                    "before training, nothing was written")
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def next_command(config: ExperimentConfig, experiment_file: str, run_dir: Path) -> str:

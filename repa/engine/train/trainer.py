@@ -39,11 +39,18 @@ record_log = logging.getLogger("repa.record")  # log.txt only (run.attach_log_fi
 record_log.propagate = False
 
 
+class StepFailed(RepaError):
+    """A training step raised; the last completed step is checkpointed."""
+
+
 class TrainingStopped(RepaError):
     """Training stopped on purpose (non-finite losses); the message says what was saved."""
 
 
 STOP_CHECK_EVERY = 10  # steps between the processes' agreement on a stop request (several processes)
+# Ctrl-C, the scheduler's termination, and the preemption warnings batch systems send ahead of it (Slurm's
+# --signal=USR1@..., SIGUSR2, SIGHUP when the session ends): each finishes the step and writes a checkpoint.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 OK, NONFINITE_LOSS, NONFINITE_GRADIENT = 0, 1, 2  # a step's outcome, kept on the device until the log
 PROBLEMS = {NONFINITE_LOSS: "loss", NONFINITE_GRADIENT: "gradient norm"}
 
@@ -362,7 +369,7 @@ class Trainer:
             counters.nonfinite_total += 1
             counters.nonfinite_in_row += 1
             log.warning("repa: non-finite %s at step %d; update skipped (%d in a row)",
-                        PROBLEMS[code], first + offset, counters.nonfinite_in_row)
+                        PROBLEMS[code], first + offset + 1, counters.nonfinite_in_row)  # steps count from 1
             if stop_at is None and counters.nonfinite_in_row >= self.config.train.max_nonfinite_steps:
                 stop_at = (counters.nonfinite_in_row, first + offset + 1)
         if stop_at:
@@ -393,7 +400,7 @@ class Trainer:
             log.warning("repa: %s received; finishing this step and writing a checkpoint",
                         signal.Signals(signum).name)
 
-        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
         return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
     def _should_stop(self) -> bool:
@@ -457,7 +464,7 @@ class Trainer:
                 while counters.step < config.train.max_steps:
                     started = time.perf_counter()
                     micro = [next(batches) for _ in range(config.train.grad_accum_steps)]
-                    values, code = self.train_step(micro, sampler)
+                    values, code = self._guarded_step(micro, sampler, window)
                     window.add(values, code)
                     progress.update(counters.step, time.perf_counter() - started)
                     if counters.step % config.train.log_every == 0 or counters.step == config.train.max_steps:
@@ -482,8 +489,32 @@ class Trainer:
         if not stopped and counters.step % config.train.sample_every:
             self._sample_grid()
 
+    def _guarded_step(self, micro, sampler, window):
+        """A step that fails inside (a plugin raising, memory running out) leaves the weights of the last
+        completed step: they are checkpointed, and the failure is one line saying so."""
+        try:
+            return self.train_step(micro, sampler)
+        except (RepaError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            step = self.counters.step
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.acc.num_processes == 1 and not (self.checkpoints.folder / ckpt.checkpoint_name(step)).is_dir():
+                self._settle(window)  # (several processes would wait for the failed one: no checkpoint then)
+                self._checkpoint()
+            from repa.plugins.contract import _first_line
+
+            raise StepFailed(f"step {step + 1} failed: {type(exc).__name__}: {_first_line(exc)}; the state after step "
+                             f"{step} is in {self.checkpoints.folder / ckpt.checkpoint_name(step)} (resume with --resume;"
+                             " rerun with --traceback to see where)") from exc
+
     def _sample_grid(self) -> None:
-        self.grids.samples(self.ema, self.counters.step, self.trackers)
+        """The grid of this step; a stop asked for meanwhile abandons it (a grid can take tens of seconds;
+        the checkpoint matters more), except where every process samples together (FSDP)."""
+        interrupt = None if self.parallel.collective_sampling else (lambda: self.stop_requested)
+        if not self.grids.samples(self.ema, self.counters.step, self.trackers, interrupt):
+            log.warning("repa: the grid of step %d was abandoned for the stop", self.counters.step)
+            return
         if self.acc.is_main_process:
             log.info("repa: samples at step %d: %s", self.counters.step,
                      self.run_dir / "samples" / f"{self.counters.step:07d}.png")
