@@ -34,25 +34,68 @@ class PackWriter:
     so an interrupted pack resumes at the first unfinished shard."""
 
     def __init__(self, dest: Path, count: int, resolution: int, fields: dict[str, tuple[str, tuple]],
-                 shard_size: int = 8192):
+                 shard_size: int = 8192, source: dict | None = None, shard_inputs=None, what: str = "packed data"):
+        """source: what made the whole pack (e.g. the encoder and its settings); a folder holding a pack made
+        from another source is refused. shard_inputs(start, stop) -> a digest of what made those samples
+        (their files' sizes and times): a finished shard whose inputs changed is made again, with those after it."""
         self.dest, self.count, self.shard_size = Path(dest), count, shard_size
+        self.source, self.shard_inputs = source, shard_inputs
         self.dest.mkdir(parents=True, exist_ok=True)
         self.fields = {k: {"dtype": d, "shape": list(s)} for k, (d, s) in fields.items()}
-        previous = self._read_partial()
+        existing = self._read_existing()
+        if existing is not None and source is not None:
+            self._refuse_other_source(existing, source, what)
+        previous = existing if existing is not None and self._same_layout(existing) else None
         self.manifest = previous or {
             "format": FORMAT, "version": 1, "count": count, "resolution": resolution,
-            "shard_size": shard_size, "fields": self.fields, "shards": [], "complete": False,
+            "shard_size": shard_size, "fields": self.fields, "shards": [], "complete": False, "source": source,
         }
+        self.changed_from = self._drop_changed_shards() if previous is not None else None
         self._open: dict[str, np.memmap] = {}
         self._shard = -1
 
-    def _read_partial(self):
+    def _drop_changed_shards(self) -> int | None:
+        """The first finished shard whose inputs changed since it was written (it and those after it are made
+        again); None when every finished shard is current."""
+        if self.shard_inputs is None:
+            return None
+        for k, shard in enumerate(self.manifest["shards"]):
+            start = k * self.shard_size
+            if shard.get("inputs") != self.shard_inputs(start, start + shard["count"]):
+                self.manifest["shards"] = self.manifest["shards"][:k]
+                self.manifest["complete"] = False
+                return k
+        return None
+
+    def _read_existing(self) -> dict | None:
         path = self.dest / MANIFEST
         if not path.is_file():
             return None
-        manifest = json.loads(path.read_text())
-        same = manifest.get("count") == self.count and manifest.get("fields") == self.fields
-        return manifest if same and manifest.get("shard_size") == self.shard_size else None
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: unreadable ({e}); delete the folder to make it again") from None
+        if not isinstance(manifest, dict):
+            raise DataError(f"{path}: not a repa manifest; delete the folder to make it again")
+        return manifest
+
+    def _refuse_other_source(self, existing: dict, source: dict, what: str) -> None:
+        """A folder holding data made from something else is never added to nor silently replaced."""
+        recorded = existing.get("source")
+        if recorded == source:
+            return
+        if not isinstance(recorded, dict):
+            raise DataError(f"{self.dest}: holds {what} that does not record what made it (an older repa); "
+                            "delete the folder to make them again")
+        changed = sorted(k for k in set(source) | set(recorded) if source.get(k) != recorded.get(k))
+        raise DataError(f"{self.dest}: holds {what} made with other settings ({', '.join(changed)} differ: "
+                        f"{', '.join(f'{k} was {recorded.get(k)!r}' for k in changed)}); "
+                        "choose another folder, or delete this one to make them again")
+
+    def _same_layout(self, manifest: dict) -> bool:
+        """A partial pack of the same count, fields and shard size resumes; anything else starts over."""
+        return (manifest.get("count") == self.count and manifest.get("fields") == self.fields
+                and manifest.get("shard_size") == self.shard_size and isinstance(manifest.get("shards"), list))
 
     @property
     def done_until(self) -> int:
@@ -94,7 +137,10 @@ class PackWriter:
                            "blake2b": file_digest(path), "quick": file_digest(path, quick=True)}
         count = len(next(iter(self._open.values())))
         self._open, self._shard = {}, -1
-        self.manifest["shards"].append({"count": count, "files": files})
+        record = {"count": count, "files": files}
+        if self.shard_inputs is not None:
+            record["inputs"] = self.shard_inputs(shard * self.shard_size, shard * self.shard_size + count)
+        self.manifest["shards"].append(record)
         self.manifest["complete"] = self.done_until == self.count
         write_atomic(self.dest / MANIFEST, json.dumps(self.manifest, indent=1))
 

@@ -403,3 +403,73 @@ def test_a_checkpoint_folder_not_named_by_digits_is_not_a_step(tmp_path):
         (tmp_path / name).mkdir()
     assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["0000002", "0000010"]
     assert folder_step(tmp_path / "diagnostic-0000005") == 5 and folder_step(tmp_path / "latest") is None
+
+
+# ============================================================================
+# Caches and packs record what made them: other settings are refused, changed sources redone
+# ============================================================================
+
+
+def test_features_for_other_encoder_settings_are_refused_and_the_cache_kept(tiny_toml, tmp_path):
+    experiment, cache = tiny_toml(), tmp_path / "cache"
+    assert run_cli("preprocess", "features", str(experiment), str(cache), "--encoder", "digits-convnet").returncode == 0
+    record, tokens = (cache / "features.json").read_bytes(), (cache / "tokens-00000.npy").read_bytes()
+    other = run_cli("preprocess", "features", str(experiment), str(cache), "--encoder", "digits-convnet",
+                    "--set", 'alignment.encoder={ kind = "digits-convnet", epochs = 3 }')
+    line = _one_line_error(other, 1)
+    assert str(cache) in line and "encoder_params" in line and "'epochs': 2" in line and "delete" in line
+    assert (cache / "features.json").read_bytes() == record and (cache / "tokens-00000.npy").read_bytes() == tokens
+    again = run_cli("preprocess", "features", str(experiment), str(cache), "--encoder", "digits-convnet")
+    assert again.returncode == 0 and ": 0 samples" in again.stdout  # the same settings: nothing to redo
+
+
+def _images_folder(root: Path, count: int, resolution: int = 16) -> Path:
+    """The official layout's images/ with dataset.json, as `preprocess images` writes it."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "images" / "00000").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    labels = []
+    for i in range(count):
+        name = f"00000/img{i:08d}.png"
+        Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)).save(root / "images" / name)
+        labels.append([name, i % 3])
+    (root / "images" / "dataset.json").write_text(json.dumps({"labels": labels}))
+    return root
+
+
+def test_pack_redoes_the_shard_whose_source_image_changed_and_keeps_the_others(tmp_path):
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from repa.engine.prep.preprocess import pack
+
+    src = _images_folder(tmp_path / "src", 10)
+    dest = tmp_path / "packed"
+    assert pack(src, dest, 16, shard_size=4, workers=0, progress=False, num_classes=3) == 10
+    first_shard = (dest / "images-00000.npy").read_bytes()
+    changed = np.full((16, 16, 3), 7, dtype=np.uint8)
+    path = src / "images" / "00000" / "img00000005.png"
+    Image.fromarray(changed).save(path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # even within one clock tick
+    assert pack(src, dest, 16, shard_size=4, workers=0, progress=False, num_classes=3) == 6  # shards 1 and 2
+    assert (dest / "images-00000.npy").read_bytes() == first_shard
+    np.testing.assert_array_equal(np.load(dest / "images-00001.npy")[1], changed.transpose(2, 0, 1))
+    assert pack(src, dest, 16, shard_size=4, workers=0, progress=False, num_classes=3) == 0
+
+
+def test_pack_into_a_folder_made_with_other_settings_is_refused(tmp_path):
+    from repa.engine.prep.preprocess import pack
+    from repa.errors import DataError
+
+    src = _images_folder(tmp_path / "src", 4)
+    dest = tmp_path / "packed"
+    pack(src, dest, 16, shard_size=4, workers=0, progress=False, num_classes=3)
+    manifest = (dest / "manifest.json").read_bytes()
+    with pytest.raises(DataError, match=r"packed: holds a packed dataset made with other settings "
+                                        r"\(num_classes differ: num_classes was 3\)"):
+        pack(src, dest, 16, shard_size=4, workers=0, progress=False, num_classes=10)
+    assert (dest / "manifest.json").read_bytes() == manifest

@@ -54,8 +54,11 @@ def cache_features(config, encoder_name: str, dest: Path, batch_size: int = 64, 
     encoder = entry.encoder.build(resolution=config.data.params.resolution).to(device)
     encoder.autocast_dtype = autocast_dtype(precision)
     tokens = encoder.tokens_for(config.data.params.resolution)
+    record = describe(config, entry, encoder, dataset, precision)
     writer = PackWriter(Path(dest), len(dataset), config.data.params.resolution,
-                        {"tokens": ("float32", (tokens, encoder.embed_dim))}, shard_size)
+                        {"tokens": ("float32", (tokens, encoder.embed_dim))}, shard_size, source=record,
+                        what="encoder features")
+    write_atomic(Path(dest) / RECORD, json.dumps(record, indent=1))  # first: a partial cache says what it holds
     done = writer.done_until
     with progress_bar(f"{encoder_name} features", enabled=progress) as bar:
         task = bar.add_task("features", total=len(dataset), completed=done, rate="")
@@ -65,7 +68,6 @@ def cache_features(config, encoder_name: str, dest: Path, batch_size: int = 64, 
             for i, row in zip(indices, encoder(encoder.preprocess(images)).cpu().numpy()):
                 writer.write(i, tokens=row)
             bar.advance(task, len(indices))
-    write_atomic(Path(dest) / RECORD, json.dumps(describe(config, entry, encoder, dataset, precision), indent=1))
     return len(dataset) - done
 
 

@@ -292,6 +292,22 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 # ============================================================================
 
 
+def source_digest(dataset, start: int, stop: int) -> str:
+    """What samples start..stop of a folder dataset were made from: each image's (and latent's) name, size
+    and modification time."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=8)
+    for i in range(start, stop):
+        files = [dataset.images_dir / dataset.images[i]]
+        if dataset.latents is not None:
+            files.append(dataset.latents_dir / dataset.latents[i])
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
 def pack(src: Path, dest: Path, resolution: int, shard_size: int = 8192, workers: int = 2,
          progress: bool = True, num_classes: int = 1000) -> int:
     import torch
@@ -306,7 +322,13 @@ def pack(src: Path, dest: Path, resolution: int, shard_size: int = 8192, workers
     fields = {"images": ("uint8", (3, resolution, resolution)), "labels": ("int64", ())}
     if latents:
         fields["moments"] = ("float32", tuple(dataset[0]["moments"].shape))
-    writer = PackWriter(Path(dest), len(dataset), resolution, fields, shard_size)
+    # The folder's own path is not recorded: a moved source keeps its files' names, sizes and times.
+    source = {"resolution": resolution, "latents": latents, "num_classes": num_classes}
+    writer = PackWriter(Path(dest), len(dataset), resolution, fields, shard_size, source=source,
+                        shard_inputs=lambda start, stop: source_digest(dataset, start, stop), what="a packed dataset")
+    if writer.changed_from is not None:
+        log.info("repa: source files of shard %d changed since it was packed; packing again from there",
+                 writer.changed_from)
     start = writer.done_until
     indices = list(range(start, len(dataset)))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=None,
