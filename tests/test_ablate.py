@@ -231,3 +231,73 @@ def test_report_checkpoints_keep_the_bases_frequency(tmp_path):
                                                                                    "checkpoint_every = 4"))
     runs, configs = expand(load_ablation(path), path)
     assert {c.train.checkpoint_every for c in configs} == {4}  # gcd(4, 8), not 8
+
+
+PREEMPTED = """
+[ablation]
+name = "stop"
+base = "base.toml"
+output_dir = "{out}"
+seeds = [0]
+steps = [4, 8]
+set = ["train.max_steps=8", "train.log_every=4", "eval.metrics=[]"]
+
+[[ablation.axes]]
+name = "method"
+variants = { repa = [] }
+
+[ablation.table]
+rows = ["method"]
+columns = ["step"]
+metrics = ["loss", "denoising_loss", "align_loss_0", "grad_norm"]
+"""
+
+# A term that adds nothing to the loss and, during the step PREEMPT_AT, sends SIGINT to the process that
+# started training (`repa ablate`), as a user's `kill -INT` or a scheduler would.
+PREEMPT_TERM = """
+import os
+import signal
+
+import torch
+from repa.interfaces import Term, TermParams
+from repa.plugins import hookimpl
+
+
+class Preempt(Term):
+    def loss(self, ctx):
+        if ctx.step == int(os.environ.get("PREEMPT_AT", "-1")):
+            os.kill(os.getppid(), signal.SIGINT)
+        return torch.zeros(len(ctx.t))
+
+
+@hookimpl
+def repa_register_terms(registry):
+    registry.add("preempt", lambda params, *, facts: Preempt(), TermParams)
+"""
+
+
+def test_a_stopped_ablation_keeps_the_runs_checkpoint_and_resumes_to_the_uninterrupted_table(tmp_path):
+    """The signal reaches the ablation only: it is forwarded to the run, which checkpoints mid-window; the
+    run is listed as stopped, not failed, and the resumed run's records equal an uninterrupted run's."""
+    (tmp_path / "preempt_term.py").write_text(PREEMPT_TERM)
+    (tmp_path / "base.toml").write_text(TINY.replace("{out}", str(tmp_path / "unused")) + '\n[[term]]\nkind = "preempt"\n')
+    env = {"PYTHONPATH": str(tmp_path), "REPA_PLUGINS": "preempt_term"}
+    tables = {}
+    for name, preempt_at in (("straight", "-1"), ("stopped", "4")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(PREEMPTED.replace("{out}", str(tmp_path / name)))
+        result = run_cli("ablate", str(path), env={**env, "PREEMPT_AT": preempt_at})
+        root = tmp_path / name / "stop"
+        if name == "stopped":
+            assert result.returncode == 130, result.stderr[-2000:]
+            line = result.stderr.strip().splitlines()[-1]
+            assert line.startswith("error: stopped by SIGINT during run ") and "continues where it stopped" in line
+            (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+            assert not (run_dir / "ablation_failure.txt").exists()
+            assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["0000002", "0000004", "0000005"]
+            assert [json.loads(r)["step"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()] == [4]
+            result = run_cli("ablate", str(path), env=env)
+            assert "(resuming)" in result.stdout
+        assert result.returncode == 0, result.stderr[-2000:]
+        tables[name] = (root / "table.md").read_text()
+    assert tables["stopped"] == tables["straight"]

@@ -86,9 +86,11 @@ def parameter_fingerprint(model: torch.nn.Module) -> list[float]:
     return [float(total), float(squares)]
 
 
-def write_rank_state(tmp: Path, rank: int, model: torch.nn.Module) -> None:
-    """Each process's RNG states and a fingerprint of the weights it holds."""
-    torch.save({**rng_state(), "parameters": parameter_fingerprint(model)}, tmp / f"rng-{rank}.pt")
+def write_rank_state(tmp: Path, rank: int, model: torch.nn.Module, unlogged: list | None = None) -> None:
+    """Each process's RNG states, a fingerprint of the weights it holds and its values of the steps
+    since the last log line."""
+    torch.save({**rng_state(), "parameters": parameter_fingerprint(model), "unlogged": unlogged or []},
+               tmp / f"rng-{rank}.pt")
 
 
 def write_main(tmp: Path, model_state: dict, ema_state: dict, optimizer_state: dict, state: dict) -> None:

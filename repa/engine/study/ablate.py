@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table as RichTable
 
 from repa.engine.study.ablation import (
-    commands, execute, expand, has_checkpoints, load_ablation, measured_flops_per_second, status_of, still_queued,
+    AblationStopped, StopForwarder, commands, execute, expand, has_checkpoints, load_ablation, measured_flops_per_second, status_of, still_queued,
     submit_slurm, training_flops,
 )
 from repa.engine.study.ablation_report import collect, write_reports
@@ -52,14 +53,7 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
             for job in submitted:
                 job.result()
     else:
-        with progress_bar("ablation runs") as bar:  # a run's own output goes to its ablation.log
-            task = bar.add_task("runs", total=len(jobs), rate="")
-            for i, (run, cmds) in enumerate(jobs, 1):
-                console.print(f"[{i}/{len(jobs)}] run {run.run_id} {run.labels} seed {run.seed}"
-                              f"{' (resuming)' if has_checkpoints(run) else ''}: log in {run.run_dir}/ablation.log",
-                              markup=False, highlight=False)
-                execute(run, cmds, lambda line: console.print(line, markup=False, highlight=False))
-                bar.advance(task)
+        _run_locally(console, jobs, path)
     statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate) for r in runs}
     rows = collect(ablation, runs, statuses, max_steps)
     header, body, plots = write_reports(ablation, runs, rows, root)
@@ -67,6 +61,23 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
     console.print(f"tables: {root / 'table.md'}, {root / 'table.csv'}, {root / 'table.tex'}; plots: {root / 'plots'}")
     failed = [r for r in runs if statuses[r.run_id] == "failed"]
     return 1 if failed else 0
+
+
+def _run_locally(console, jobs, path: Path) -> None:
+    """One run after another; a stop signal stops the running one with its checkpoint, and nothing more
+    starts (`repa ablate` again continues: a stopped run resumes, its records as if never stopped)."""
+    with StopForwarder() as stops, progress_bar("ablation runs") as bar:  # a run's output: its ablation.log
+        task = bar.add_task("runs", total=len(jobs), rate="")
+        for i, (run, cmds) in enumerate(jobs, 1):
+            console.print(f"[{i}/{len(jobs)}] run {run.run_id} {run.labels} seed {run.seed}"
+                          f"{' (resuming)' if has_checkpoints(run) else ''}: log in {run.run_dir}/ablation.log",
+                          markup=False, highlight=False)
+            if execute(run, cmds, lambda line: console.print(line, markup=False, highlight=False), stops) == "stopped":
+                cause = signal.Signals(stops.received).name if stops.received else "a signal to the run itself"
+                raise AblationStopped(f"stopped by {cause} during run {run.run_id} (its checkpoint is kept; "
+                                      f"{i - 1} of {len(jobs)} runs finished); `repa ablate {path}` continues where "
+                                      "it stopped")
+            bar.advance(task)
 
 
 def _print_plan(console, ablation, runs, configs, statuses) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from repa.config import ExperimentConfig, config_hash, load_experiment
 from repa.config.source import key_lines, read_toml
 from repa.engine.record import read_records
-from repa.errors import ConfigError
+from repa.errors import ConfigError, RepaError
 from repa.plugins.contract import metric_outputs
 from repa.storage import write_atomic, writing
 
@@ -299,23 +300,70 @@ def commands(run: Run, base: Path, launcher: Launcher, resume: bool, evaluate: b
     return [train] + steps
 
 
-def execute(run: Run, cmds: list[list[str]], log) -> bool:
-    """Run the commands in order; on failure keep the reason in the run folder (shown in the table)."""
+class AblationStopped(RepaError):
+    exit_code = 130
+
+
+class StopForwarder:
+    """While entered, a stop signal (those `repa run` checkpoints on) is remembered and passed on to the
+    running command as SIGTERM, which `repa run` answers with a checkpoint; the ablation then starts
+    nothing more. SIGTERM, not the signal itself: a terminal's Ctrl-C reaches the command too, and a
+    second SIGINT would make it quit without its checkpoint."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.child: subprocess.Popen | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopForwarder":
+        from repa.engine.train.trainer import STOP_SIGNALS
+
+        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = self.received or signum
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+
+# `repa run` and `repa evaluate` stopped by a signal (after their checkpoint): not a failure.
+STOPPED_EXIT = 130
+
+
+def execute(run: Run, cmds: list[list[str]], log, stops: StopForwarder | None = None) -> str:
+    """Run the commands in order: "done", "failed" (the reason kept in the run folder, shown in the table)
+    or "stopped" (by a signal: the run resumes where it stopped next time)."""
     with writing(Path(run.run_dir)):
         Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     failure = Path(run.run_dir) / "ablation_failure.txt"
     failure.unlink(missing_ok=True)
     for cmd in cmds:
-        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
-        entry = f"$ {' '.join(cmd)}\n{result.stdout}{result.stderr}\n"
+        if stops is not None and stops.received:
+            return "stopped"
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+        if stops is not None:
+            stops.child = process
+        try:
+            stdout, stderr = process.communicate()
+        finally:
+            if stops is not None:
+                stops.child = None
+        entry = f"$ {' '.join(cmd)}\n{stdout}{stderr}\n"
         with writing(Path(run.run_dir) / "ablation.log", len(entry)), open(Path(run.run_dir) / "ablation.log", "a") as f:
             f.write(entry)
-        if result.returncode != 0:
-            lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()] or [f"exit {result.returncode}"]
+        if process.returncode == STOPPED_EXIT or (stops is not None and stops.received):
+            return "stopped"
+        if process.returncode != 0:
+            lines = [ln for ln in stderr.strip().splitlines() if ln.strip()] or [f"exit {process.returncode}"]
             write_atomic(failure, lines[-1].removeprefix("error: "))
             log(f"run {run.run_id} failed: {lines[-1]}")
-            return False
-    return True
+            return "failed"
+    return "done"
 
 
 class SubmititRun:
@@ -325,7 +373,7 @@ class SubmititRun:
         self.run, self.cmds = run, cmds
 
     def __call__(self) -> bool:
-        return execute(self.run, self.cmds, print)
+        return execute(self.run, self.cmds, print) == "done"
 
 
 def still_queued(run: Run, folder: Path) -> bool:

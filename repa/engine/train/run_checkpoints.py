@@ -4,7 +4,7 @@ files themselves: repa.engine.checkpoint)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from repa.config import ExperimentConfig, config_hash
@@ -22,6 +22,10 @@ class Counters:
     step: int = 0
     nonfinite_total: int = 0
     nonfinite_in_row: int = 0
+    # This process's values of each step since the last log line ({name: float} per step): a checkpoint
+    # between log steps keeps them (in rng-<rank>.pt), so the next record averages the same steps
+    # whether or not the run stopped and resumed in between.
+    unlogged: list = field(default_factory=list)
 
 
 class RunCheckpoints:
@@ -61,6 +65,7 @@ class RunCheckpoints:
         counters = Counters(state["step"], state.get("nonfinite_total", 0), state.get("nonfinite_in_row", 0))
         if saved.rng is not None:
             ckpt.set_rng_state(saved.rng)
+            counters.unlogged = saved.rng.get("unlogged", [])
         if state.get("config_hash") != config_hash(self.config):
             log.warning("repa: the experiment's resolved config differs from the one of checkpoint %s "
                         "(hash %s vs %s); continuing with the current file", folder.name,
@@ -82,7 +87,7 @@ class RunCheckpoints:
             if acc.is_main_process:
                 ckpt.begin(self.folder, step) if not diagnostic else tmp.mkdir(parents=True, exist_ok=True)
             acc.wait_for_everyone()
-            ckpt.write_rank_state(tmp, acc.process_index, self.parallel.unwrapped(model))
+            ckpt.write_rank_state(tmp, acc.process_index, self.parallel.unwrapped(model), counters.unlogged)
             acc.wait_for_everyone()
             final = self.folder / name
             if acc.is_main_process:

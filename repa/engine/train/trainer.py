@@ -64,6 +64,24 @@ class Window:
     codes: list = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     paused: float = 0.0  # seconds spent on grids and checkpoints: not training, not in steps_per_s
+    carried: int = 0  # steps restored from a checkpoint: in the means, not in this process's time
+
+    @classmethod
+    def resumed(cls, unlogged: list, device) -> "Window":
+        """The window a checkpoint saved between two log steps."""
+        values = [{k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in step.items()} for step in unlogged]
+        return cls(values=values, carried=len(values))
+
+    def unlogged(self) -> list[dict[str, float]]:
+        """The values of its steps, read to the host (for a checkpoint)."""
+        if not self.values:
+            return []
+        flat = torch.stack([v.double() for step in self.values for v in step.values()]).tolist()  # one read
+        values, at = [], 0
+        for step in self.values:
+            values.append(dict(zip(step, flat[at:at + len(step)])))
+            at += len(step)
+        return values
 
     @property
     def steps(self) -> int:
@@ -81,10 +99,12 @@ class Window:
     def means(self) -> dict:
         """Means of each value over the window's steps, non-finite values left out; NaN for a key
         with no finite value. Every key on every rank, so the gathers line up."""
-        keys = list(self.values[0]) if self.values else []
+        keys = list(self.values[-1]) if self.values else []
         if not keys:
             return {}
-        stacked = torch.stack([torch.stack([v[k].double() for v in self.values]) for k in keys])  # [keys, steps]
+        missing = torch.tensor(float("nan"), dtype=torch.float64, device=self.values[-1][keys[0]].device)
+        # (a step restored from a checkpoint of another config may lack a key: left out like a non-finite value)
+        stacked = torch.stack([torch.stack([v.get(k, missing).double() for v in self.values]) for k in keys])
         finite = torch.isfinite(stacked)
         sums, counts = torch.where(finite, stacked, 0).sum(1), finite.sum(1)
         means = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
@@ -269,7 +289,8 @@ class Trainer:
                 for name, b in model.named_buffers():
                     b.copy_(buffers[name])
 
-    def save_checkpoint(self, diagnostic: bool = False) -> Path:
+    def save_checkpoint(self, window: Window, diagnostic: bool = False) -> Path:
+        self.counters.unlogged = window.unlogged()
         return self.checkpoints.save(self.model, self.ema, self.optimizer, self.counters, diagnostic)
 
     def _unwrapped(self):
@@ -373,7 +394,7 @@ class Trainer:
             if stop_at is None and counters.nonfinite_in_row >= self.config.train.max_nonfinite_steps:
                 stop_at = (counters.nonfinite_in_row, first + offset + 1)
         if stop_at:
-            folder = self.save_checkpoint(diagnostic=True)
+            folder = self.save_checkpoint(window, diagnostic=True)
             in_row, step = stop_at
             reached = "" if step == counters.step else f" (noticed at step {counters.step}, the next log step)"
             raise TrainingStopped(
@@ -423,7 +444,7 @@ class Trainer:
         means = {k: float(acc.gather(torch.tensor([v], device=self.device, dtype=torch.float64)).nanmean())
                  for k, v in means.items()}
         means = {k: v for k, v in means.items() if math.isfinite(v)}  # all skipped: leave the key out
-        rate = window.steps / elapsed if elapsed > 0 else float("nan")
+        rate = (window.steps - window.carried) / elapsed if elapsed > 0 else float("nan")
         record = {**means, "lr": self.optimizer.param_groups[0]["lr"], "steps_per_s": rate,
                   "images_per_s": rate * config.train.global_batch_size,
                   "peak_memory_gb": peak_memory_gb(self.device), "nonfinite_steps": self.counters.nonfinite_total}
@@ -450,7 +471,7 @@ class Trainer:
         progress = TrainingProgress(config.train.max_steps, counters.step, enabled=self.show_progress,
                                     visible=acc.is_main_process)
         try:
-            self._loop(Window(), iter(loader), sampler, progress)
+            self._loop(Window.resumed(counters.unlogged, self.device), iter(loader), sampler, progress)
         finally:
             restore_signals()
             for tracker in self.trackers:
@@ -475,17 +496,18 @@ class Trainer:
                         self._sample_grid()
                     if counters.step % config.train.checkpoint_every == 0:
                         self._settle(window)  # the checkpoint records the non-finite count
-                        self._checkpoint()
+                        self._checkpoint(window)
                     window.paused += time.perf_counter() - paused
                     if self._should_stop():
                         stopped = True
                         break
         finally:
             self.stopped = stopped
-        if window.steps:
-            self._log(window)
+        # A stop between log steps logs nothing: the checkpoint keeps the window, so the record at the
+        # next log step is the one an uninterrupted run writes.
         if not (self.checkpoints.folder / ckpt.checkpoint_name(counters.step)).is_dir():
-            self._checkpoint()
+            self._settle(window)
+            self._checkpoint(window)
         if not stopped and counters.step % config.train.sample_every:
             self._sample_grid()
 
@@ -501,7 +523,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.acc.num_processes == 1 and not (self.checkpoints.folder / ckpt.checkpoint_name(step)).is_dir():
                 self._settle(window)  # (several processes would wait for the failed one: no checkpoint then)
-                self._checkpoint()
+                self._checkpoint(window)
             from repa.plugins.contract import _first_line
 
             raise StepFailed(f"step {step + 1} failed: {type(exc).__name__}: {_first_line(exc)}; the state after step "
@@ -519,7 +541,7 @@ class Trainer:
             log.info("repa: samples at step %d: %s", self.counters.step,
                      self.run_dir / "samples" / f"{self.counters.step:07d}.png")
 
-    def _checkpoint(self) -> None:
-        folder = self.save_checkpoint()
+    def _checkpoint(self, window: Window) -> None:
+        folder = self.save_checkpoint(window)
         if self.acc.is_main_process:
             log.info("repa: checkpoint at step %d: %s", self.counters.step, folder)
