@@ -473,3 +473,82 @@ def test_pack_into_a_folder_made_with_other_settings_is_refused(tmp_path):
                                         r"\(num_classes differ: num_classes was 3\)"):
         pack(src, dest, 16, shard_size=4, workers=0, progress=False, num_classes=10)
     assert (dest / "manifest.json").read_bytes() == manifest
+
+
+# ============================================================================
+# Images that decode to too many bytes, and workers that die
+# ============================================================================
+
+
+@pytest.mark.slow
+def test_a_16_bit_bomb_under_pillows_pixel_limit_is_skipped_from_its_header(tmp_path, monkeypatch):
+    """The review's bomb: 13000 x 13000 16-bit, a few hundred KB of PNG, under Pillow's pixel limit."""
+    from PIL import Image, ImageFile
+
+    from repa.engine.prep.preprocess import _crop_one
+
+    Image.new("I;16", (13000, 13000)).save(tmp_path / "bomb.png")
+    assert (tmp_path / "bomb.png").stat().st_size < 2**20 and 13000**2 < Image.MAX_IMAGE_PIXELS * 2
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the bomb was decoded"))
+    index, reason, fault = _crop_one((0, str(tmp_path / "bomb.png"), str(tmp_path / "out" / "0.png"), 16))
+    assert fault is None and reason == ("13000x13000 I;16 decodes to 322 MiB, over the 256 MiB bound "
+                                        "(a decompression bomb?)")
+
+
+def test_wide_greyscale_converts_in_bands_exactly_as_at_once():
+    import numpy as np
+
+    from repa.components.dataset.crop import _to_8bit
+
+    rng = np.random.default_rng(0)
+    for mode, values in (("I;16", rng.integers(0, 65536, (37, 11)).astype(np.uint16)),
+                         ("F", rng.random((37, 11), dtype=np.float32)), ("I", rng.integers(0, 256, (37, 11)))):
+        whole = _to_8bit(values, mode, rows_at_once=10**9)
+        np.testing.assert_array_equal(_to_8bit(values, mode, rows_at_once=4), whole)
+        if mode == "I;16":
+            np.testing.assert_array_equal(whole, np.rint(values / 257.0).astype(np.uint8))
+
+
+def _within(seconds: float, call):
+    """call() in a thread: a hang fails the test instead of stalling the suite."""
+    import threading
+
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: hung"
+    return box["result"]
+
+
+def test_a_job_whose_worker_dies_is_retried_alone_and_reported_when_it_kills_it_again(tmp_path):
+    from repa.engine.prep.preprocess import map_in_processes
+    from tests.dying_worker import square_or_die
+
+    results = {}
+    jobs = [(i, str(tmp_path)) for i in range(10)]
+    _within(300, lambda: map_in_processes(square_or_die, jobs, 2, lambda r: results.__setitem__(*r),
+                                          died=lambda job: (job[0], "died")))
+    assert results == {**{i: i * i for i in range(10) if i != 3}, 3: "died"}
+
+
+def test_an_image_whose_worker_dies_is_listed_in_skipped_and_the_rest_are_written(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from repa.engine.prep import preprocess
+    from tests.dying_worker import crop_or_die
+
+    src = tmp_path / "src" / "n01"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png", "killer.png", "c.png", "d.png"):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(src / name)
+    monkeypatch.setattr(preprocess, "_crop_one", crop_or_die)  # the workers import it by name
+    summary = _within(300, lambda: preprocess.preprocess_images(tmp_path / "src", tmp_path / "out", 16, workers=2,
+                                                               progress=False))
+    assert summary.written == 4 and summary.skipped == [(str(src / "killer.png"), preprocess.WORKER_DIED)]
+    images = tmp_path / "out" / "images"
+    assert (images / "skipped.txt").read_text() == f"{src / 'killer.png'}\t{preprocess.WORKER_DIED}\n"
+    assert len(json.loads((images / "dataset.json").read_text())["labels"]) == 4
+    assert not list(images.rglob("*.tmp"))

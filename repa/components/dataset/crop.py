@@ -31,10 +31,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
-    values = values.astype(np.float64)
-    if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
-        values = values / 257.0  # 0..65535 -> 0..255
-    elif mode == "F" and values.max(initial=0) <= 1.0:
-        values = values * 255.0  # float images in [0, 1]
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+def _to_8bit(values: np.ndarray, mode: str, rows_at_once: int = 256) -> np.ndarray:
+    """In bands of rows: float64 copies of a whole large image would take 8 bytes a pixel, several times."""
+    peak = values.max(initial=0)
+    if mode.startswith("I;16") or (mode == "I" and peak > 255):
+        rescale = lambda band: band / 257.0  # 0..65535 -> 0..255
+    elif mode == "F" and peak <= 1.0:
+        rescale = lambda band: band * 255.0  # float images in [0, 1]
+    else:
+        rescale = lambda band: band
+    out = np.empty(values.shape, dtype=np.uint8)
+    for top in range(0, values.shape[0], rows_at_once):
+        band = rescale(values[top : top + rows_at_once].astype(np.float64))
+        out[top : top + rows_at_once] = np.clip(np.rint(band), 0, 255)
+    return out

@@ -137,6 +137,21 @@ def _readable(folder: Path, names: list[str], skipped: list) -> list[str]:
     return kept
 
 
+# Bytes a band of each mode takes once decoded (Pillow keeps 8-bit multi-band images at 4 bytes a pixel).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """What decoding `image` takes (from its header alone)."""
+    return image.size[0] * image.size[1] * _BYTES_PER_PIXEL.get(image.mode, 4)
+
+
+def max_decoded_bytes() -> int:
+    """Pillow bounds pixels (Image.MAX_IMAGE_PIXELS), not bytes: a 16-bit or float image under its pixel
+    limit decodes to 2-4x what an 8-bit one does. The bound is what its limit allows an 8-bit RGB image."""
+    return 3 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
 def _crop_one(job: tuple[int, str, str, int]) -> tuple[int, str | None, str | None]:
     """Worker: crop one image to DEST; returns (index, why it was skipped, a write fault that stops the job)."""
     index, source, target, resolution = job
@@ -144,6 +159,10 @@ def _crop_one(job: tuple[int, str, str, int]) -> tuple[int, str | None, str | No
     tmp = target_path.with_name(f".{target_path.name}.tmp")
     try:
         with Image.open(source) as image:
+            if decoded_bytes(image) > max_decoded_bytes():
+                return index, (f"{image.size[0]}x{image.size[1]} {image.mode} decodes to "
+                               f"{decoded_bytes(image) / 2**20:.0f} MiB, over the {max_decoded_bytes() / 2**20:.0f} MiB "
+                               "bound (a decompression bomb?)"), None
             image.load()
             array = center_crop_arr(to_rgb(image), resolution)
         if array.shape != (resolution, resolution, 3):
@@ -157,6 +176,68 @@ def _crop_one(job: tuple[int, str, str, int]) -> tuple[int, str | None, str | No
         return index, None, str(exc)
     except Exception as exc:  # Pillow raises many types (SyntaxError for broken PNG chunks): skip, never abort
         return index, f"{type(exc).__name__}: {exc}", None
+
+
+WORKER_DIED = "its worker process died on it twice (killed, e.g. by the out-of-memory killer)"
+
+# Per worker process: where it records the index of the job it is on (-1: none), so that the parent
+# knows which jobs were in flight when a worker died.
+_IN_FLIGHT = None
+_SLOT = -1
+
+
+def _take_slot(in_flight, next_slot) -> None:
+    global _IN_FLIGHT, _SLOT
+    with next_slot.get_lock():
+        _SLOT, next_slot.value = next_slot.value, next_slot.value + 1
+    _IN_FLIGHT = in_flight
+
+
+def _tracked(work, job):
+    _IN_FLIGHT[_SLOT] = job[0]
+    try:
+        return work(job)
+    finally:
+        _IN_FLIGHT[_SLOT] = -1
+
+
+def map_in_processes(work, jobs: list[tuple], workers: int, finished, died) -> None:
+    """finished(work(job)) for every job (job[0]: a unique int), in `workers` spawned processes, a few jobs
+    in flight at a time. A worker that dies (the out-of-memory killer, a crash in a decoder) breaks the
+    pool: the jobs that were in flight are tried again one at a time, each alone in a process, and a job
+    that kills that one too gets finished(died(job)); the other jobs go on in a new pool. `finished`
+    may raise to stop everything (the jobs in flight finish first)."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    context = multiprocessing.get_context("spawn")
+    pending, suspects = list(reversed(jobs)), []
+    while pending or suspects:
+        alone = bool(suspects)
+        batch = [suspects.pop()] if alone else pending
+        size = 1 if alone else workers
+        in_flight, next_slot = context.Array("q", [-1] * size), context.Value("q", 0)
+        pool = ProcessPoolExecutor(size, mp_context=context, initializer=_take_slot, initargs=(in_flight, next_slot))
+        running: dict = {}
+        try:
+            while batch or running:
+                while batch and len(running) < 4 * size:
+                    job = batch.pop()
+                    running[pool.submit(_tracked, work, job)] = job
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()  # BrokenProcessPool when a worker died
+                    del running[future]
+                    finished(result)
+        except BrokenProcessPool:
+            if alone:
+                finished(died(next(iter(running.values()))))
+                continue
+            on_it = {index for index in in_flight[:] if index >= 0}
+            suspects = [job for job in running.values() if job[0] in on_it]
+            pending = batch + [job for job in running.values() if job[0] not in on_it]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
@@ -209,14 +290,12 @@ def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
         else:
             jobs.append((index, str(source), str(out / name), resolution))
     workers = workers or max(1, (os.cpu_count() or 1))
-    with progress_bar("crop", enabled=progress) as bar, multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with progress_bar("crop", enabled=progress) as bar:
         task = bar.add_task("crop", total=len(jobs), rate="")
-        for index, error, fault in pool.imap_unordered(_crop_one, jobs, chunksize=16):
-            if fault:  # the other workers' half-written files go too; finished images stay for a rerun
-                pool.terminate()
-                pool.join()
-                for tmp in out.glob("*/.img*.png.tmp"):
-                    tmp.unlink(missing_ok=True)
+
+        def finished(result: tuple[int, str | None, str | None]) -> None:
+            index, error, fault = result
+            if fault:  # a full disk fails every image alike: stop (finished images stay for a rerun)
                 raise StorageError(fault)
             if error:
                 summary.skipped.append((str(entries[index][0]), error))
@@ -224,6 +303,12 @@ def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
             else:
                 summary.written += 1
             bar.advance(task)
+
+        try:
+            map_in_processes(_crop_one, jobs, workers, finished, died=lambda job: (job[0], WORKER_DIED, None))
+        finally:  # half-written files of stopped or dead workers
+            for tmp in out.glob("*/.img*.png.tmp"):
+                tmp.unlink(missing_ok=True)
     write_json_atomic(out / "dataset.json", {"labels": sorted([[k, v] for k, v in labels.items()])})
     if summary.skipped:
         write_atomic(out / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in summary.skipped))
