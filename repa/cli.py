@@ -74,8 +74,10 @@ def cmd_preprocess(args) -> int:
                                                Path(args.labels) if args.labels else None)
         print(f"{args.dest}/images: {summary.written} written, {summary.kept} already there, "
               f"{len(summary.skipped)} skipped")
+        from repa.console import shown
+
         for path, reason in summary.skipped:
-            print(f"  skipped {path}: {reason}")
+            print(f"  skipped {shown(path)}: {shown(reason)}")
         print(f"next: repa preprocess latents {args.dest} {args.dest}  (or train on the images: [data] kind = "
               f"\"folder\", path = \"{args.dest}\", latents = \"\")")
         return 0

@@ -23,6 +23,11 @@ def interactive(enabled: bool = True) -> bool:
     return enabled and sys.stderr.isatty()
 
 
+def shown(text: str) -> str:
+    """A file name as it can be printed: bytes that are not UTF-8 (kept by the OS as surrogates) as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)

@@ -552,3 +552,22 @@ def test_an_image_whose_worker_dies_is_listed_in_skipped_and_the_rest_are_writte
     assert (images / "skipped.txt").read_text() == f"{src / 'killer.png'}\t{preprocess.WORKER_DIED}\n"
     assert len(json.loads((images / "dataset.json").read_text())["labels"]) == 4
     assert not list(images.rglob("*.tmp"))
+
+
+def test_file_names_that_are_not_utf8_are_cropped_or_listed_as_the_disk_holds_them(tmp_path):
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "src" / "n01"
+    src.mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(os.fsencode(src) + b"/caf\xe9.png")
+    (Path(os.fsdecode(os.fsencode(src) + b"/bad\xff.png"))).write_bytes(b"not an image")
+    result = run_cli("preprocess", "images", str(tmp_path / "src"), str(tmp_path / "out"), "--resolution", "16",
+                     "--workers", "1")
+    assert result.returncode == 0 and TRACEBACK not in result.stderr, result.stderr[-2000:]
+    assert "1 written, 0 already there, 1 skipped" in result.stdout
+    assert f"skipped {src}/bad\\xff.png: UnidentifiedImageError" in result.stdout
+    listed = (tmp_path / "out" / "images" / "skipped.txt").read_bytes()
+    assert listed.startswith(os.fsencode(src) + b"/bad\xff.png\tUnidentifiedImageError")

@@ -311,7 +311,9 @@ def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
                 tmp.unlink(missing_ok=True)
     write_json_atomic(out / "dataset.json", {"labels": sorted([[k, v] for k, v in labels.items()])})
     if summary.skipped:
-        write_atomic(out / "skipped.txt", "".join(f"{path}\t{reason}\n" for path, reason in summary.skipped))
+        listed = "".join(f"{path}\t{reason}\n" for path, reason in summary.skipped)
+        # names as the file system holds them, bytes that are not UTF-8 included
+        write_atomic(out / "skipped.txt", listed.encode("utf-8", "surrogateescape"))
     else:
         (out / "skipped.txt").unlink(missing_ok=True)
     return summary
