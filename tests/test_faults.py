@@ -220,7 +220,7 @@ pytest_slow = pytest.mark.slow
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from repa.engine.train.run_lock import RunLock
+    from repa.engine.locks import RunLock
     RunLock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(600)
@@ -243,7 +243,7 @@ def test_a_held_run_folder_is_refused_and_a_killed_holder_does_not_block(tiny_to
     finally:
         holder.kill()  # kill -9: the kernel drops the lock, the file stays
         holder.wait()
-    from repa.engine.train.run_lock import RunLock
+    from repa.engine.locks import RunLock
 
     lock = RunLock(run)
     lock.acquire()  # the stale file does not block

@@ -4,10 +4,12 @@ Inception port, sampling determinism over processes, official checkpoints, run e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -386,3 +388,63 @@ def test_batch_size_auto_and_compiled_blocks_draw_the_same_images(trained_run, t
     assert labels.tolist() == auto_labels.tolist()
     compiled, _ = sample(experiment, tmp_path / "c", "--checkpoint", str(run), "--set", "sample.compile=true")
     assert np.abs(compiled.astype(int) - fixed.astype(int)).max() <= 1
+
+
+# ============================================================================
+# Folders held by one process at a time
+# ============================================================================
+
+HOLD = """
+import sys, time
+from repa.engine.locks import EvaluateLock, FolderLock, RunLock
+lock = {"run": lambda f: RunLock(f), "evaluate": lambda f: EvaluateLock(f),
+        "sample": lambda f: FolderLock(f, "repa sample", "")}[sys.argv[1]](sys.argv[2])
+lock.acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def held(kind: str, folder):
+    """Another process holding `folder` as `kind` (run, evaluate, sample) does."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, kind, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _refused(result) -> str:
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_second_sampler_into_one_folder_is_refused_and_the_first_ones_files_untouched(trained_run, tmp_path):
+    import socket
+
+    experiment, _ = trained_run
+    out = tmp_path / "samples"
+    with held("sample", out) as pid:
+        result = run_cli("sample", str(experiment), "--num-samples", "4", "--out", str(out), "--no-progress")
+        assert _refused(result).startswith(f"error: {out}: in use by repa sample PID {pid} on {socket.gethostname()}")
+        assert "choose another --out" in result.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    sample(experiment, out)  # the holder gone, the folder is free
+
+
+def test_evaluate_is_refused_while_the_run_trains_or_is_evaluated_and_training_while_it_is_evaluated(trained_run):
+    experiment, run = trained_run
+    records = (run / "metrics.jsonl").read_text()
+    with held("run", run) as pid:
+        line = _refused(run_cli("evaluate", str(run), "--no-progress"))
+        assert line.startswith(f"error: {run}: in use by repa run PID {pid} ") and "evaluate the run when it stops" in line
+    with held("evaluate", run) as pid:
+        line = _refused(run_cli("evaluate", str(run), "--no-progress"))
+        assert line.startswith(f"error: {run}: in use by repa evaluate PID {pid} ") and "wait for it to finish" in line
+        line = _refused(run_cli("run", str(experiment), "--no-progress", "--set", "train.max_steps=4", "--resume"))
+        assert line.startswith(f"error: {run}: in use by repa evaluate PID {pid} ")
+    assert (run / "metrics.jsonl").read_text() == records  # no record from the refused commands

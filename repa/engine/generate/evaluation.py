@@ -92,8 +92,8 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
     process; scoring and the record are the main process's."""
     from accelerate import PartialState
 
-    from repa.engine.record import RunRecord
-    from repa.engine.generate.sampling import SampleRun
+    from repa.engine.processes import main_decides
+    from repa.engine.locks import EvaluateLock
 
     config_file = run_dir / "config.resolved.toml"
     if not config_file.is_file():
@@ -105,8 +105,20 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
     if not ckpt.complete_checkpoints(run_dir / "checkpoints"):
         raise DataError(f"{run_dir}: no checkpoint to evaluate (checkpoints/ is empty or missing); train it first, "
                         "or resume it with repa run ... --resume")
-    done = evaluated_steps(run_dir, key, scored_by)
     state = PartialState(cpu=not _cuda())
+    lock = EvaluateLock(run_dir)
+    main_decides(state, lock.acquire)  # refused: every process of the launch stops
+    try:
+        return _evaluate_checkpoints(run_dir, config, key, scored_by, state, progress)
+    finally:
+        lock.release()
+
+
+def _evaluate_checkpoints(run_dir: Path, config, key: str, scored_by: str, state, progress: bool) -> list[dict]:
+    from repa.engine.record import RunRecord
+    from repa.engine.generate.sampling import SampleRun
+
+    done = evaluated_steps(run_dir, key, scored_by)
     results = []
     for folder in ckpt.complete_checkpoints(run_dir / "checkpoints"):
         step = int(folder.name)

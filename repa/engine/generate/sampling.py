@@ -319,7 +319,7 @@ class SampleRun:
                       self.config.sample.state_dtype)
         images = to_uint8(decode_in_chunks(self.autoencoder, x0.float()))
         for i, image in zip(indices, images):
-            tmp = self.png(i).with_name(f".{i:06d}.tmp.png")
+            tmp = self.png(i).with_name(f".{i:06d}.{os.getpid()}.tmp.png")
             with writing(self.png(i), image.nbytes, temporary=[tmp]):  # drawn images stay; a rerun resumes
                 Image.fromarray(image).save(tmp)
                 os.replace(tmp, self.png(i))
@@ -344,6 +344,24 @@ class SampleRun:
         return per_batch * math.ceil(self.num / (len(x) * self.state.num_processes))
 
     def run(self) -> Path:
+        """Draw the images not drawn yet into the folder, then its .npz; the folder is held meanwhile."""
+        from repa.engine.processes import main_decides
+        from repa.engine.locks import FolderLock
+
+        lock = FolderLock(self.out, "repa sample", "wait for it to finish, or choose another --out")
+
+        def claim():
+            with writing(self.out):
+                self.out.mkdir(parents=True, exist_ok=True)
+            lock.acquire()  # one sampler per folder: two would draw the same images into one another's files
+
+        main_decides(self.state, claim)  # refused: every process of the launch stops
+        try:
+            return self._draw()
+        finally:
+            lock.release()
+
+    def _draw(self) -> Path:
         from repa.console import progress_bar
 
         self.check_folder()
@@ -380,7 +398,7 @@ class SampleRun:
 
         images = np.stack([np.asarray(Image.open(self.png(i))) for i in range(self.num)])
         labels = class_labels(self.seed, range(self.num), self.model.num_classes, self.label_mode).numpy()
-        tmp = npz.with_name(".samples.tmp.npz")
+        tmp = npz.with_name(f".samples.{os.getpid()}.tmp.npz")
         with writing(npz, images.nbytes + labels.nbytes, temporary=[tmp]):
             np.savez(tmp, arr_0=images, labels=labels)
             os.replace(tmp, npz)

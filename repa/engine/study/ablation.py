@@ -316,7 +316,7 @@ class StopForwarder:
         self._previous: dict = {}
 
     def __enter__(self) -> "StopForwarder":
-        from repa.engine.train.trainer import STOP_SIGNALS
+        from repa.engine.processes import STOP_SIGNALS
 
         self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self

@@ -130,25 +130,3 @@ def _optimizer_state(saved, layout: str, source: str) -> dict:
 
 
 STRATEGIES = {"ddp": DDPStrategy, "fsdp": FSDPStrategy}
-
-
-def main_decides(acc, work) -> None:
-    """Run `work` on the main process; if it raises a RepaError, every process raises it (the
-    others would otherwise wait at the next collective until a timeout)."""
-    from repa.errors import RepaError
-
-    error = None
-    if acc.is_main_process:
-        try:
-            work()
-        except RepaError as exc:
-            error = exc
-    if acc.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        message = [str(error) if error is not None else None]
-        broadcast_object_list(message)
-        if message[0] is not None and error is None:
-            raise RepaError(message[0])
-    if error is not None:
-        raise error

@@ -12,8 +12,8 @@ from pathlib import Path
 from repa.config import ExperimentConfig, config_hash, to_toml
 from repa.engine.checkpoint import complete_checkpoints
 from repa.engine.record import run_dir_of
-from repa.engine.train.parallel import main_decides
-from repa.engine.train.run_lock import RunLock
+from repa.engine.processes import main_decides
+from repa.engine.locks import RunLock
 from repa.errors import RepaError
 from repa.storage import write_atomic, writing
 
@@ -128,7 +128,7 @@ class StoppedBeforeTraining(RepaError):
 def stop_signals_refuse_setup():
     """A stop signal while the run is being built (weights loading, encoder training on first use) ends it
     at once, in one line, before anything is written."""
-    from repa.engine.train.trainer import STOP_SIGNALS
+    from repa.engine.processes import STOP_SIGNALS
 
     def stop(signum, frame):
         raise StoppedBeforeTraining(f"{signal.Signals(signum).name} received while the run was being built; stopped "

@@ -10,7 +10,7 @@ from pathlib import Path
 from repa.config import ExperimentConfig, config_hash
 from repa.engine import checkpoint as ckpt
 from repa.engine.network import checkpoint_layout, network_layout
-from repa.engine.train.parallel import main_decides
+from repa.engine.processes import main_decides
 from repa.errors import CheckpointError
 from repa.storage import require_space, writing
 

@@ -30,6 +30,7 @@ from repa.engine.train.optimizer import OptimizerGroups
 from repa.engine.train.parallel import STRATEGIES
 from repa.engine.train.randomness import draw_step
 from repa.engine.record import RunRecord
+from repa.engine.processes import STOP_SIGNALS
 from repa.engine.train.run_checkpoints import Counters, RunCheckpoints
 from repa.errors import DataError, RepaError
 from repa.precision import autocast_dtype, effective_precision, on_cpu
@@ -48,9 +49,6 @@ class TrainingStopped(RepaError):
 
 
 STOP_CHECK_EVERY = 10  # steps between the processes' agreement on a stop request (several processes)
-# Ctrl-C, the scheduler's termination, and the preemption warnings batch systems send ahead of it (Slurm's
-# --signal=USR1@..., SIGUSR2, SIGHUP when the session ends): each finishes the step and writes a checkpoint.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 OK, NONFINITE_LOSS, NONFINITE_GRADIENT = 0, 1, 2  # a step's outcome, kept on the device until the log
 PROBLEMS = {NONFINITE_LOSS: "loss", NONFINITE_GRADIENT: "gradient norm"}
 
