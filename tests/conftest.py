@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"  # copies of ../shared/fixtures; see its README.md
+FIXTURES = ROOT / "tests" / "fixtures"  # tensors computed with the official code; see its README.md
 
 
 @pytest.fixture(scope="session", params=["official_tiny_sit", "official_tiny_sit_scaled"])

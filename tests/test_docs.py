@@ -26,8 +26,25 @@ def test_readme_starts_with_the_two_commands_ci_runs():
     assert "README.md" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_config_reference_names_every_key():
-    text = (ROOT / "README.md").read_text()
+def documentation() -> str:
+    """README.md and the pages it links under docs/."""
+    return "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+
+
+def test_readme_links_every_docs_page_and_every_link_resolves():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    for page in (ROOT / "docs").glob("*.md"):
+        assert f"(docs/{page.name})" in readme, f"docs/{page.name} is not linked from README.md"
+    for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), ROOT / "CONTRIBUTING.md", ROOT / "benchmarks" / "README.md"]:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", path.read_text()):
+            if "://" not in target:
+                assert (path.parent / target).exists(), f"{path.relative_to(ROOT)}: link to {target} leads nowhere"
+
+
+def test_docs_name_every_config_key():
+    text = documentation()
     for section, info in ExperimentConfig.model_fields.items():
         assert f"[{section}]" in text or f"[[{section}]]" in text, section
         model = info.annotation
@@ -35,13 +52,13 @@ def test_readme_config_reference_names_every_key():
         inner = args[0] if args else model
         fields = getattr(inner, "model_fields", {})
         for key in fields:
-            assert f"`{key}`" in text, f"{section}.{key} is not documented in README.md"
+            assert f"`{key}`" in text, f"{section}.{key} is not documented in README.md or docs/"
 
 
-def test_readme_names_every_builtin_component_and_parameter():
+def test_docs_name_every_builtin_component_and_parameter():
     from repa.plugins import KINDS, load_components
 
-    text = (ROOT / "README.md").read_text()
+    text = documentation()
     components = load_components(autoload=False)
     for kind in KINDS:
         for entry in components[kind]:
@@ -50,9 +67,9 @@ def test_readme_names_every_builtin_component_and_parameter():
             if kind == "encoder":
                 assert entry.name in text or entry.name.split("-vit-")[0] in text, entry.name
             else:
-                assert f"`{entry.name}`" in text, f"{kind} {entry.name} is not in README.md"
+                assert f"`{entry.name}`" in text, f"{kind} {entry.name} is not in README.md or docs/"
             for key in entry.params.model_fields:
-                assert f"`{key}`" in text, f"{kind} {entry.name}: parameter {key} is not in README.md"
+                assert f"`{key}`" in text, f"{kind} {entry.name}: parameter {key} is not in README.md or docs/"
 
 
 def test_contributing_kind_table_is_the_one_the_declarations_give():
