@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from repa import __version__
 from repa.errors import ConfigError, RepaError
@@ -51,8 +52,32 @@ def cmd_validate(args) -> int:
     config = _load(args)
     print(f"# {args.experiment}: valid; config hash {config_hash(config)}")
     print(to_toml(config), end="")
-    print(f"next: repa run {args.experiment}", file=sys.stderr)
+    commands = recipe_commands(Path(args.experiment)) or [f"repa run {args.experiment}"]
+    print(f"next: {commands[0]}", file=sys.stderr)
+    for command in commands[1:]:
+        print(f"      {command}", file=sys.stderr)
     return 0
+
+
+def recipe_commands(experiment: Path) -> list[str]:
+    """The commands an experiment file's own `# Run:` comment gives (continued on the `#` lines below
+    it), e.g. `accelerate launch ...` for a multi-GPU recipe; [] without one."""
+    import re
+
+    try:
+        lines = experiment.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    for i, line in enumerate(lines):
+        found = re.match(r"#\s*Run:\s*(\S.*)$", line)
+        if found:
+            commands = [found.group(1).strip()]
+            for more in lines[i + 1:]:
+                if not re.match(r"#\s{2,}\S", more) or re.match(r"#\s*\w+:\s", more):
+                    break
+                commands.append(more.lstrip("#").strip())
+            return commands
+    return []
 
 
 def cmd_run(args) -> int:

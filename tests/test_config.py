@@ -203,3 +203,26 @@ def test_alignment_depth_beyond_the_backbone(tiny_toml):
 def test_resolution_not_divisible_by_the_autoencoder(tiny_toml):
     (line,) = errors_of(tiny_toml(), ["autoencoder=sd-vae", "alignment=[]", "data.resolution=20"])
     assert "data.resolution: 20 is not divisible by the sd-vae autoencoder's downsampling factor 8" in line
+
+
+@pytest.mark.parametrize("key,hint", [
+    ("train.lr=1e-3", "train.lr: unknown key 'lr'; did you mean optim.lr?"),
+    ("train.optimizer.lr=1e-3", "train.optimizer: unknown key 'optimizer'; did you mean optim.lr?"),
+    ("train.optimizer.foo=1", "train.optimizer: unknown key 'optimizer'; did you mean section [optim]?"),
+    ("experiment.max_steps=3", "experiment.max_steps: unknown key 'max_steps'; did you mean train.max_steps?"),
+    ("train.zzz=1", "train.zzz: unknown key 'zzz'"),
+])
+def test_a_key_in_the_wrong_section_names_the_section_that_has_it(tiny_toml, key, hint):
+    result = run_cli("validate", str(tiny_toml()), "--set", key)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"--set {key}: {hint}"]
+
+
+def test_validate_suggests_the_command_the_recipe_itself_gives(tiny_toml):
+    root = ROOT / "experiments"
+    hint = run_cli("validate", str(root / "sit_xl_repa.toml")).stderr.strip().splitlines()
+    assert hint == ["next: accelerate launch -m repa.cli run experiments/sit_xl_repa.toml --set data.path=/path/to/imagenet256"]
+    hint = run_cli("validate", str(root / "ditdh_xl_rae.toml")).stderr.strip().splitlines()
+    assert hint == ["next: pip install -e plugins/repa-rae",
+                    "      accelerate launch -m repa.cli run experiments/ditdh_xl_rae.toml --set data.path=/path/to/imagenet256"]
+    plain = tiny_toml()
+    assert run_cli("validate", str(plain)).stderr.strip().splitlines() == [f"next: repa run {plain}"]

@@ -311,6 +311,39 @@ def _suggest(word: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _section_keys(name: str) -> set[str]:
+    """The keys a top-level section takes: its model's fields, or its default component's parameters."""
+    info = ExperimentConfig.model_fields[name]
+    model = _model_at(ExperimentConfig, (name,))
+    if model is not None:
+        return set(model.model_fields)
+    kind = next((m for m in info.metadata if isinstance(m, Kind)), None)
+    if kind is None or not kind.default:
+        return set()
+    try:
+        return set(get_components().get(kind.kind, kind.default).params.model_fields)
+    except (KeyError, UnknownComponentError):
+        return set()
+
+
+def _owner_elsewhere(key: str, section) -> str:
+    """A key put in the wrong section (`train.lr`): name the section that has it."""
+    owners = [name for name in ExperimentConfig.model_fields if name != section and key in _section_keys(name)]
+    return f"; did you mean {owners[0]}.{key}?" if owners else ""
+
+
+def _section_named_inside(key: str, value, section) -> str:
+    """A section named inside another (`train.optimizer.lr`): name it, with the key when it has it."""
+    others = [name for name in ExperimentConfig.model_fields if name != section]
+    close = difflib.get_close_matches(key, others, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    inner = next(iter(value)) if isinstance(value, dict) and len(value) == 1 else None
+    if inner in _section_keys(close[0]):
+        return f"; did you mean {close[0]}.{inner}?"
+    return f"; did you mean section [{close[0]}]?"
+
+
 def _translate(exc: ValidationError, model: type[BaseModel], prefix: KeyPath, owner: str = "") -> list[Issue]:
     issues = []
     for err in exc.errors(include_url=False):
@@ -329,7 +362,9 @@ def _message(err: dict, model: type[BaseModel], path: KeyPath, loc: tuple, owner
             close = difflib.get_close_matches(str(path[0]), choices, n=1, cutoff=0.6)
             hint = f"; did you mean [{close[0]}]?" if close else f"; the sections are {', '.join(choices)}"
             return f"unknown section [{path[0]}]{hint}"
-        return f"unknown key {loc[-1]!r}{where}{_suggest(str(loc[-1]), choices)}"
+        hint = (_owner_elsewhere(str(loc[-1]), path[0]) or _suggest(str(loc[-1]), choices)
+                or _section_named_inside(str(loc[-1]), given, path[0]))
+        return f"unknown key {loc[-1]!r}{where}{hint}"
     if kind == "missing":
         return f"missing required {'section' if len(path) == 1 else 'key'}{where}"
     if kind in _BOUNDS and _non_finite(given):  # nan fails every bound: say what is wrong with it
