@@ -45,15 +45,16 @@ FOLLOW_UP_ENCODERS = {
 }
 
 
-class TimmEncoderParams(EncoderParams):
-    model: str = Field("vit_small_patch16_224.augreg_in21k", description="timm model name with pretrained tag")
+class TimmViTParams(EncoderParams):
+    """What every timm ViT encoder takes; which model it is, each subclass says (model_name)."""
+
     resize: Literal["pretrained", "native", "grid"] = Field(
         "pretrained", description="pretrained: resize to its input size x resolution/256 (as REPA does for "
         "DINOv2); native: feed the images at their own size; grid: patch x resolution/16 (16x16 tokens per 256 px)")
     weights: str | None = Field(None, description="weights file (default: timm's pretrained weights, HF cache)")
 
     def model_name(self) -> str:
-        return self.model
+        raise NotImplementedError
 
     def input_size(self, resolution: int) -> int:
         facts = architecture(self.model_name())
@@ -75,8 +76,16 @@ class TimmEncoderParams(EncoderParams):
         return architecture(self.model_name())["class_token"]
 
 
-class NamedEncoderParams(TimmEncoderParams):
-    """A follow-up's encoder by its registered name: the timm release and "grid" sizing are fixed."""
+class TimmEncoderParams(TimmViTParams):
+    model: str = Field("vit_small_patch16_224.augreg_in21k", description="timm model name with pretrained tag")
+
+    def model_name(self) -> str:
+        return self.model
+
+
+class NamedEncoderParams(TimmViTParams):
+    """A follow-up's encoder by its registered name: the timm release and "grid" sizing are fixed (it
+    takes no `model`: a parameter it would ignore is refused, not listed and not hashed)."""
 
     release: ClassVar[str]
     resize: Literal["grid"] = Field("grid", description="16x16 tokens per 256 px, as SiT-*/2 at 256 px")
@@ -98,7 +107,7 @@ def build(params, *, resolution):
 def info(params):
     facts = architecture(params.model_name())
     return {"dim": facts["embed_dim"], "patch": facts["patch"], "input px @256": params.input_size(256),
-            "tokens @256/@512": f"{params.tokens_for(256)}/{params.tokens_for(512)}",
+            "tokens at 512 px": params.tokens_for(512),  # (at 256 px: repa's own line)
             "weight source": f"timm / HF {facts['hf_hub_id']}"}
 
 

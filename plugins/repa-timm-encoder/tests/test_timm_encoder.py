@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -118,3 +120,17 @@ def test_a_missing_follow_up_weights_file_is_one_line(tmp_path):
     with pytest.raises(MissingWeightsError) as info:
         entry.build(entry.params(weights=str(tmp_path / "dinov3.safetensors")), resolution=256)
     assert "\n" not in str(info.value) and str(tmp_path / "dinov3.safetensors") in str(info.value)
+
+
+def test_a_named_encoder_takes_no_model_it_would_ignore():
+    """dinov3-vit-b16 is one release: a `model` key is refused in one located line, not listed, not hashed."""
+    from repa.config import load_experiment
+    from repa.errors import ConfigError
+
+    entry = load_components().get("encoder", "dinov3-vit-b16")
+    assert "model" not in entry.params.model_fields and set(entry.params.model_fields) >= {"resize", "weights"}
+    with pytest.raises(ConfigError) as info:
+        load_experiment(Path(__file__).parents[3] / "experiments" / "quickstart.toml",
+                        ['alignment.encoder={kind="dinov3-vit-b16", model="vit_large_patch14_dinov2.lvd142m"}'])
+    assert "alignment[0].encoder.model: unknown key 'model' of encoder 'dinov3-vit-b16'" in str(info.value)
+    assert "model" in load_components().get("encoder", "timm-vit").params.model_fields
