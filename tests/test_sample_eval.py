@@ -448,3 +448,13 @@ def test_evaluate_is_refused_while_the_run_trains_or_is_evaluated_and_training_w
         line = _refused(run_cli("run", str(experiment), "--no-progress", "--set", "train.max_steps=4", "--resume"))
         assert line.startswith(f"error: {run}: in use by repa evaluate PID {pid} ")
     assert (run / "metrics.jsonl").read_text() == records  # no record from the refused commands
+
+
+def test_sample_without_out_draws_beside_the_run_and_says_where(trained_run, tmp_path):
+    experiment, run = trained_run
+    result = run_cli("sample", str(experiment), "--num-samples", "2", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (out,) = (run / "sampled").iterdir()
+    latest = sorted(p.name for p in (run / "checkpoints").iterdir())[-1]
+    assert out.name.startswith(f"{latest}-euler-2-cfg") and (out / "samples.npz").is_file()
+    assert f"into {out}" in result.stderr and list(tmp_path.iterdir()) == []  # nothing in the working folder

@@ -186,16 +186,38 @@ def experiment_checkpoint(config: ExperimentConfig, experiment_file: str | None)
                           f"(repa run {experiment_file}) or pass --checkpoint")
 
 
+def run_folder_of(checkpoint: Path | None) -> Path | None:
+    """The run folder a checkpoint belongs to (a run folder itself, or RUN/checkpoints/<step>); None for a
+    file or a folder that is not part of a run."""
+    if checkpoint is None or not Path(checkpoint).is_dir():
+        return None
+    checkpoint = Path(checkpoint)
+    for candidate in (checkpoint, checkpoint.parent.parent):
+        if (candidate / "config.resolved.toml").is_file():
+            return candidate
+    return None
+
+
 def default_out(config: ExperimentConfig, checkpoint: Path | None, seed: int, labels: str) -> Path:
-    """samples/<name>-<sampler>-<steps>-cfg<scale>-seed<seed>-<digest of everything else>."""
+    """Where `repa sample` draws without --out: beside the run the checkpoint belongs to
+    (RUN/sampled/<step>-<sampler>-...), else samples/<name>-<sampler>-... in the working folder; the
+    name ends with a digest of everything else the images depend on."""
     import hashlib
 
     data = to_dict(config)
     sample = {k: v for k, v in data["sample"].items() if k != "batch_size"}
     blob = json.dumps([str(checkpoint), labels, sample, data["autoencoder"], data["backbone"]], sort_keys=True)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:6]
-    return Path(f"samples/{config.experiment.name}-{config.sample.sampler.kind}-{config.sample.steps}"
-                f"-cfg{config.sample.guidance_settings()[0]}-seed{seed}-{digest}")
+    settings = (f"{config.sample.sampler.kind}-{config.sample.steps}-cfg{config.sample.guidance_settings()[0]}"
+                f"-seed{seed}-{digest}")
+    run = run_folder_of(checkpoint)
+    if run is not None:
+        drawn_from = Path(checkpoint)
+        if drawn_from == run:  # its latest checkpoint, as resolve_checkpoint takes it
+            drawn_from = (ckpt.complete_checkpoints(run / "checkpoints") or [run])[-1]
+        step = folder_step(drawn_from)
+        return run / "sampled" / (f"{step:07d}-{settings}" if step is not None else settings)
+    return Path("samples") / f"{config.experiment.name}-{settings}"
 
 
 DECODE_CHUNK = 32  # images per autoencoder decode: its memory stays bounded whatever the batch
@@ -373,10 +395,10 @@ class SampleRun:
         if self.state.is_main_process:
             estimate = self.estimate()
             todo_images = sum(len(b) for b in todo) * self.state.num_processes
-            log.info("repa: sampling %d images (%s, %d steps, cfg %.2f) from %s; %d to draw, estimated %s",
+            log.info("repa: sampling %d images (%s, %d steps, cfg %.2f) from %s into %s; %d to draw, estimated %s",
                      self.num, self.config.sample.sampler.kind, self.config.sample.steps,
-                     self.config.sample.guidance_settings()[0],
-                     self.source, min(todo_images, self.num), _duration(estimate * min(todo_images, self.num) / self.num))
+                     self.config.sample.guidance_settings()[0], self.source, self.out,
+                     min(todo_images, self.num), _duration(estimate * min(todo_images, self.num) / self.num))
         started, done = time.perf_counter(), 0
         with progress_bar("sample", enabled=self.progress) as bar:
             task = bar.add_task("sample", total=sum(len(b) for b in todo), rate="",
