@@ -6,9 +6,9 @@ import textwrap
 
 from pydantic import ValidationError
 from pydantic_core import PydanticUndefined
-from rich.console import Console
 from rich.table import Table
 
+from repa.console import output_console
 from repa.errors import RepaError
 from repa.plugins import KINDS, Entry, get_components
 
@@ -42,7 +42,7 @@ def print_plugins(kind_name: str | None) -> int:
     so `[low, high]` in a description stays."""
     components = get_components()
     kinds = _kind(kind_name)
-    console = Console(highlight=False)
+    console = output_console(highlight=False)
     width = max(40, console.width)
     title = "repa components" if len(kinds) > 1 else f"repa {kinds[0].replace('_', ' ')} components"
     lines = [title, ""]
@@ -111,7 +111,7 @@ def print_check(kind_name: str | None) -> int:
     """`repa plugins --check`: every component built on tiny inputs and checked (repa.testing);
     exit 2 when one breaks its contract or a plugin failed to load."""
     components = get_components()
-    console = Console()
+    console = output_console()
     failures = 0
     for kind in _kind(kind_name):
         for entry in components[kind]:
@@ -134,12 +134,12 @@ def print_results(title: str, rows: list[dict]) -> None:
         table.add_column(column, justify="right", overflow="fold")
     for row in rows:
         table.add_row(*[f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns])
-    Console().print(table)
+    output_console().print(table)
 
 
 def print_analysis_tables(found) -> None:
     """`repa analyze`'s tables: (title, header, rows) each."""
-    console = Console()
+    console = output_console()
     for title, header, body in found:
         table = Table(title=title)
         for i, column in enumerate(header):

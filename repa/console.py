@@ -19,6 +19,18 @@ PLAIN_EVERY = 30.0  # seconds between plain progress lines
 log = logging.getLogger("repa")
 
 
+UNWRAPPED = 1000  # columns of a console that is not a terminal: tables and lines at their full width
+
+
+def output_console(**options) -> Console:
+    """A console for tables and results: the terminal's width in a terminal (rich's detection, so COLUMNS
+    too); written to a pipe or a file, its full width (never wrapped mid-word)."""
+    console = Console(**options)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=UNWRAPPED, **options)
+    return console
+
+
 def interactive(enabled: bool = True) -> bool:
     return enabled and sys.stderr.isatty()
 

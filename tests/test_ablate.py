@@ -301,3 +301,17 @@ def test_a_stopped_ablation_keeps_the_runs_checkpoint_and_resumes_to_the_uninter
         assert result.returncode == 0, result.stderr[-2000:]
         tables[name] = (root / "table.md").read_text()
     assert tables["stopped"] == tables["straight"]
+
+
+def test_a_base_frequency_the_run_never_reaches_adds_no_checkpoints_and_the_plan_says_what_is_added(tmp_path):
+    path = write(tmp_path, GRID.replace("steps = [2]", "steps = [6]").replace('"train.max_steps=2"', '"train.max_steps=6"'))
+    (tmp_path / "base.toml").write_text((tmp_path / "base.toml").read_text().replace("checkpoint_every = 2",
+                                                                                   "checkpoint_every = 50000"))
+    runs, configs = expand(load_ablation(path), path)
+    assert {c.train.checkpoint_every for c in configs} == {6}  # not gcd(50000, 6) = 2: no steps 2 and 4
+    plan = run_cli("ablate", str(path), "--dry-run")
+    assert "each run also sets train.checkpoint_every=6 (a checkpoint at every report step 6)" in plan.stdout
+    (tmp_path / "base.toml").write_text((tmp_path / "base.toml").read_text().replace("checkpoint_every = 50000",
+                                                                                   "checkpoint_every = 4"))
+    plan = run_cli("ablate", str(path), "--dry-run")  # gcd(4, 6) = 2: checkpoints, so scores, at 2, 4 and 6
+    assert "train.checkpoint_every=2" in plan.stdout and "repa evaluate scores each checkpoint: steps 2, 4, 6" in plan.stdout

@@ -45,6 +45,21 @@ def test_plugins_fit_80_columns_and_lose_no_text(kind):
         assert all(all(fact in squeeze(b) for fact in ("weightshere:", "dim:", "tokensat256px:")) for b in blocks)
 
 
+def test_written_to_a_pipe_every_line_is_whole():
+    """No terminal and no COLUMNS: a description or a facts line is one line, never cut mid-word."""
+    from repa.cli_tables import describe_params
+    from repa.plugins import get_components
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    result = subprocess.run([sys.executable, "-m", "repa.cli", "plugins", "encoder"], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for entry in get_components()["encoder"]:
+        assert f"    parameters: {describe_params(entry)}" in lines, entry.name
+    assert any(line.startswith("    dim: ") and "weights here: " in line for line in lines)
+
+
 def test_training_under_a_terminal_shows_a_consistent_eta_and_every_grid_and_checkpoint(tiny_toml, tmp_path):
     args = ["run", str(tiny_toml()), "--set", "train.max_steps=60", "--set", "backbone.hidden_size=256",
             "--set", "train.global_batch_size=32", "--set", "train.checkpoint_every=30", "--set",

@@ -7,15 +7,14 @@ import logging
 import signal
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table as RichTable
 
 from repa.engine.study.ablation import (
-    AblationStopped, StopForwarder, commands, execute, expand, has_checkpoints, load_ablation, measured_flops_per_second, status_of, still_queued,
-    submit_slurm, training_flops,
+    AblationStopped, StopForwarder, commands, evaluated_steps, execute, expand, has_checkpoints, load_ablation,
+    measured_flops_per_second, status_of, still_queued, submit_slurm, training_flops,
 )
 from repa.engine.study.ablation_report import collect, write_reports
-from repa.console import progress_bar
+from repa.console import output_console, progress_bar
 from repa.storage import write_atomic, writing
 
 log = logging.getLogger("repa")
@@ -31,7 +30,7 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
     max_steps = {r.run_id: c.train.max_steps for r, c in zip(runs, configs)}
     evaluate = bool(ablation.steps) and bool(configs[0].eval.metrics)
     statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate) for r in runs}
-    console = Console()  # the terminal's width; columns fold, never cut
+    console = output_console()  # a terminal's width (columns fold, never cut); elsewhere the full width
     _print_plan(console, ablation, runs, configs, statuses)
     if dry_run:
         return 0
@@ -87,11 +86,26 @@ def _print_plan(console, ablation, runs, configs, statuses) -> None:
     for run, config in zip(runs, configs):
         table.add_row(run.run_id, *run.labels.values(), str(run.seed), str(config.train.max_steps), statuses[run.run_id])
     console.print(table)
+    _print_additions(console, ablation, configs)
     flops = sum(training_flops(c) for c, r in zip(configs, runs) if statuses[r.run_id] != "done")
     rate = measured_flops_per_second()
     console.print(f"cost estimate (runs left): {flops / 1e15:.3g} PFLOP of training (6 x params x tokens x samples); "
                   f"~{flops / (0.3 * rate) / 3600:.2g} h at 30% of this machine's measured {rate / 1e9:.0f} GFLOP/s, "
                   f"~{flops / (0.4 * 989e12) / 3600:.2g} GPU-h on H100s at 40% of bf16 peak (sampling not included)")
+
+
+def _print_additions(console, ablation, configs) -> None:
+    """What the ablation sets besides the file's own overrides: a checkpoint at every report step, and
+    the steps evaluated (every checkpoint) where they are more than the report steps."""
+    if not ablation.steps:
+        return
+    every = sorted({c.train.checkpoint_every for c in configs})
+    line = (f"each run also sets train.checkpoint_every={'/'.join(map(str, every))} (a checkpoint at every report "
+            f"step {', '.join(map(str, ablation.steps))}) and keeps every checkpoint")
+    scored = sorted({s for c in configs for s in evaluated_steps(c)})
+    if configs[0].eval.metrics and scored != sorted(ablation.steps):
+        line += f"; repa evaluate scores each checkpoint: steps {', '.join(map(str, scored))}"
+    console.print(line, markup=False, highlight=False)
 
 
 def _print_table(console, name, header, body) -> None:

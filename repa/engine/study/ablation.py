@@ -189,8 +189,16 @@ def _report_overrides(ablation: Ablation, config: ExperimentConfig) -> list[str]
     runs stay resumable), none pruned before it is evaluated."""
     if not ablation.steps:
         return []
-    every = math.gcd(config.train.checkpoint_every, *ablation.steps)
+    base = config.train.checkpoint_every
+    # A base frequency the run never reaches (50,000 in a 30-step run) would only add checkpoints.
+    every = math.gcd(base, *ablation.steps) if base < config.train.max_steps else math.gcd(*ablation.steps)
     return [f"train.checkpoint_every={every}", "train.keep_checkpoints=1000000000"]
+
+
+def evaluated_steps(config: ExperimentConfig) -> list[int]:
+    """The steps `repa evaluate` scores in a run of the ablation: every checkpoint it writes."""
+    every = config.train.checkpoint_every
+    return sorted(set(range(every, config.train.max_steps + 1, every)) | {config.train.max_steps})
 
 
 # What training logs (metrics.jsonl) besides the alignment losses align_loss_<k>.
