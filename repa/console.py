@@ -16,6 +16,7 @@ from rich.progress import (
 )
 
 PLAIN_EVERY = 30.0  # seconds between plain progress lines
+LIVE_READ_EVERY = 1.0  # seconds between reads of the latest losses for the live bar
 log = logging.getLogger("repa")
 
 
@@ -177,7 +178,7 @@ class StepClock:
 class TrainingProgress:
     def __init__(self, total: int, start: int, enabled: bool = True, visible: bool = True):
         self.total, self.visible, self.clock = total, visible, StepClock()
-        self.shown = {"loss": "-", "align": "-"}  # as of the last log line
+        self.shown = {"loss": "-", "align": "-"}  # as of the last read
         self.live = visible and interactive(enabled)
         self.console = Console(file=sys.stderr)
         self.progress = Progress(
@@ -188,7 +189,7 @@ class TrainingProgress:
         )
         self.task = self.progress.add_task("train", total=total, completed=start, loss="-", align="-", rate="-",
                                            eta="-")
-        self._last_line = time.perf_counter()
+        self._last_line = self._last_read = time.perf_counter()
         self._logging = console_logging(self.console) if self.live else contextlib.nullcontext()
 
     def __enter__(self):
@@ -201,23 +202,29 @@ class TrainingProgress:
         return self.progress.__exit__(*exc)
 
     def show(self, record: dict) -> None:
-        """The values of the last log line (read from the device once per log, not per step)."""
+        """Losses to show: a log record's, or the latest step's (read from the device when shown)."""
         aligns = [v for k, v in record.items() if k.startswith("align_loss_")]
         if "loss" in record:
             self.shown["loss"] = f"{record['loss']:.4f}"
         self.shown["align"] = f"{sum(aligns) / len(aligns):.4f}" if aligns else "-"
 
-    def update(self, step: int, step_seconds: float) -> None:
-        """After each step; `step_seconds`: the time of the step alone."""
+    def update(self, step: int, step_seconds: float, latest=None) -> None:
+        """After each step; `step_seconds`: the time of the step alone; `latest()`: that step's losses, called
+        only when a line is printed (a read from the device: at most once a second in a terminal)."""
         if not self.visible:
             return
         self.clock.add(step_seconds)
+        now = time.perf_counter()
+        printing = now - self._last_line >= PLAIN_EVERY or step == self.total
+        if latest is not None and (printing or (self.live and now - self._last_read >= LIVE_READ_EVERY)):
+            self._last_read = now
+            self.show(latest())
         rate, eta = self.clock.rate(), self.clock.eta(self.total - step)
         shown = {**self.shown, "rate": f"{rate:.2f}" if rate else "-", "eta": duration(eta) if eta is not None else "-"}
         if self.live:
             self.progress.update(self.task, completed=step, **shown)
-        elif time.perf_counter() - self._last_line >= PLAIN_EVERY or step == self.total:
-            self._last_line = time.perf_counter()
+        elif printing:
+            self._last_line = now
             print(f"step {step}/{self.total}: loss {shown['loss']}, align {shown['align']}, {shown['rate']} steps/s, "
                   f"eta {shown['eta']}", file=sys.stderr, flush=True)
 

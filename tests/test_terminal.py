@@ -105,6 +105,22 @@ def test_without_a_terminal_training_prints_plain_lines(tiny_toml):
     assert "━" not in result.stderr  # no bar characters in a log
 
 
+def test_progress_lines_show_the_latest_steps_losses_not_the_last_records(tiny_toml, tmp_path):
+    """A run shorter than log_every logs no record before its end: its lines still show losses, the last
+    step's own (the record at the end averages all 4 steps)."""
+    result = run_cli("run", str(tiny_toml()), "--no-progress", "--set", "train.log_every=100")
+    assert result.returncode == 0, result.stderr
+    shown = re.search(r"^step 4/4: loss (\d\.\d{4}), align", result.stderr, re.M)
+    assert shown, result.stderr[-2000:]
+    from repa.engine.record import read_records
+
+    (record,) = read_records(tmp_path / "exps" / "tiny")  # the window of steps 1-4
+    assert record["step"] == 4 and float(shown.group(1)) != round(record["loss"], 4)
+    run_cli("run", str(tiny_toml()), "--no-progress", "--set", "experiment.name=each")  # log_every = 1
+    step_4 = read_records(tmp_path / "exps" / "each")[-1]
+    assert step_4["step"] == 4 and float(shown.group(1)) == round(step_4["loss"], 4)
+
+
 def test_a_run_failing_before_step_1_leaves_nothing(tiny_toml, tmp_path):
     missing = tmp_path / "nowhere"
     result = run_cli("run", str(tiny_toml()), "--no-progress", "--set", f'data={{ kind = "folder", path = "{missing}", '

@@ -109,6 +109,11 @@ class Window:
         return dict(zip(keys, means.tolist()))
 
 
+def shown_losses(values: dict) -> dict[str, float]:
+    """A step's losses for the progress line (a read from the device)."""
+    return {k: float(v) for k, v in values.items() if k == "loss" or k.startswith("align_loss_")}
+
+
 def skips_on_device(optimizer) -> bool:
     """Whether the optimizer's step takes `found_inf` (fused Adam/AdamW/SGD): then a step can be
     skipped on the device. `optimizer` may be accelerate's wrapper."""
@@ -485,7 +490,7 @@ class Trainer:
                     micro = [next(batches) for _ in range(config.train.grad_accum_steps)]
                     values, code = self._guarded_step(micro, sampler, window)
                     window.add(values, code)
-                    progress.update(counters.step, time.perf_counter() - started)
+                    progress.update(counters.step, time.perf_counter() - started, latest=lambda: shown_losses(values))
                     if counters.step % config.train.log_every == 0 or counters.step == config.train.max_steps:
                         progress.show(self._log(window))
                         window = Window()
