@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -458,3 +459,11 @@ def test_sample_without_out_draws_beside_the_run_and_says_where(trained_run, tmp
     latest = sorted(p.name for p in (run / "checkpoints").iterdir())[-1]
     assert out.name.startswith(f"{latest}-euler-2-cfg") and (out / "samples.npz").is_file()
     assert f"into {out}" in result.stderr and list(tmp_path.iterdir()) == []  # nothing in the working folder
+
+
+def test_sampling_says_the_measured_rate_after_the_first_batch(trained_run, tmp_path):
+    experiment, _ = trained_run
+    result = run_cli("sample", str(experiment), "--num-samples", "8", "--batch-size", "4", "--out",
+                     str(tmp_path / "s"), "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"repa: measured [\d.]+ img/s on the first batch; 4 images left, about \dm\d\ds", result.stderr)

@@ -403,11 +403,15 @@ class SampleRun:
         with progress_bar("sample", enabled=self.progress) as bar:
             task = bar.add_task("sample", total=sum(len(b) for b in todo), rate="",
                                 visible=self.state.is_main_process)
-            for batch in todo:
+            for i, batch in enumerate(todo):
                 self._batch(batch)
                 done += len(batch)
                 rate = done * self.state.num_processes / (time.perf_counter() - started)
                 bar.update(task, advance=len(batch), rate=f"{rate:.1f} img/s")
+                if i == 0 and len(todo) > 1 and self.state.is_main_process:  # the estimate up front is a guess
+                    left = sum(len(b) for b in todo[1:]) * self.state.num_processes
+                    log.info("repa: measured %.1f img/s on the first batch; %d images left, about %s",
+                             rate, left, _duration(left / rate))
         self.state.wait_for_everyone()
         npz = self.out / "samples.npz"
         if self.state.is_main_process:
