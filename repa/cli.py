@@ -469,6 +469,12 @@ def _user_lines(exc: Exception) -> list[str]:
     return text.splitlines()
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     parser = build_parser()
@@ -477,11 +483,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        _configure_plugins(args)
         if args.command in COMPUTE_COMMANDS:
-            from repa.console import warn_if_shared_machine
+            from repa.threads import before_torch_loads
 
-            warn_if_shared_machine()
+            before_torch_loads()
+        _configure_plugins(args)
+        if args.command in COMPUTE_COMMANDS - {"run"}:  # `repa run`: its train.threads and device decide
+            from repa.threads import policy
+
+            policy().start(device="cuda" if _cuda_available() else "cpu")
         return args.func(args) or 0
     except RepaError as exc:
         if args.traceback or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0"):

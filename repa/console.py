@@ -227,30 +227,3 @@ class TrainingProgress:
             self._last_line = now
             print(f"step {step}/{self.total}: loss {shown['loss']}, align {shown['align']}, {shown['rate']} steps/s, "
                   f"eta {shown['eta']}", file=sys.stderr, flush=True)
-
-
-def shared_machine_warning() -> str | None:
-    """A line when PyTorch's threads will fight for the cores: more threads than the cores this
-    process may use, or other work already running (the 1-minute load average). Two PyTorch
-    processes on 2 cores slow each other 10-30x (their threads spin while waiting)."""
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = torch.get_num_threads()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if threads > cores:
-        why = f"torch uses {threads} threads but this process may use {cores} core(s)"
-    elif load >= max(1.0, 0.75 * cores) and threads + load > cores + 0.5:  # a lagging average: clear cases only
-        why = f"the machine is already busy (load average {load:.1f} on {cores} core(s)) and torch adds {threads} threads"
-    else:
-        return None
-    return (f"repa: {why}; expect times far above the README's idle-machine figures. Run one job at a time, or "
-            f"give each job its share: OMP_NUM_THREADS=<cores per job> (torch.set_num_threads in Python)")
-
-
-def warn_if_shared_machine() -> None:
-    if os.environ.get("RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
-        return  # said once per launch, by its first process
-    line = shared_machine_warning()
-    if line:
-        logging.getLogger("repa").warning(line)

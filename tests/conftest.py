@@ -44,6 +44,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REPA_CACHE", str(shared / "repa-cache"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # A fixed thread count: tests compare runs bit for bit, and the thread policy (repa.threads, tested on its
+    # own) would follow whatever else the machine is doing. The cores, as PyTorch's default.
+    if "OMP_NUM_THREADS" not in os.environ:
+        monkeypatch.setenv("REPA_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                               else os.cpu_count() or 1))
 
 
 def run_cli(*args, env=None, cwd=None, timeout=600):

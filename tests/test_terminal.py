@@ -151,23 +151,6 @@ def test_sample_grids_are_readable_and_labelled_by_class():
     assert image_grid(images[:4], min_cell=64).shape == (2 * 66 + 2, 2 * 66 + 2, 3)
 
 
-def test_a_shared_machine_is_said_once_with_what_to_do(monkeypatch):
-    import torch
-
-    from repa import console as progress
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
-    assert progress.shared_machine_warning() is None  # idle
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.9, 1.0, 1.0))
-    line = progress.shared_machine_warning()
-    assert "load average 1.9 on 2 core(s)" in line and "OMP_NUM_THREADS" in line
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
-    assert "torch uses 8 threads but this process may use 2 core(s)" in progress.shared_machine_warning()
-
-
 def test_eta_is_remaining_steps_over_the_shown_rate_and_moves_smoothly():
     from repa.console import StepClock
 

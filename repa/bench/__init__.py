@@ -9,6 +9,8 @@ printed and, with --out, written as JSON; targets are met here, never in timed u
               weights), online vs cached features; on a GPU also SiT-XL/2 batch 32 bf16, compiled or not
     sample    `repa sample` images/s for a tiny model (CPU) or SiT-XL/2 with the paper's sampler (GPU)
     digits    the offline encoder: training time and linear-probe accuracy on held-out digits
+    contention the quickstart's training rate idle and beside another PyTorch process, with repa's
+              thread policy and with the thread count fixed at the cores
 
 "Official layout": the dataset layout of the official REPA code (sihyun-yu/REPA @ 67f7145, dataset.py).
 """
@@ -24,6 +26,7 @@ BENCHMARKS = {
     "train": "repa.bench.train:bench_train",
     "sample": "repa.bench.models:bench_sample",
     "digits": "repa.bench.models:bench_digits",
+    "contention": "repa.bench.contention:bench_contention",
 }
 
 

@@ -21,6 +21,7 @@ UNHASHED = (
     ("tracker",),
     ("train", "log_every"),
     ("train", "num_workers"),
+    ("train", "threads"),  # (it can change float reductions' order: runs compared bitwise fix it)
     ("train", "keep_checkpoints"),
     ("train", "checkpoint_every"),  # resuming is exact: checkpoints do not change the weights
 )

@@ -67,7 +67,10 @@ class TrainSection(Section):
         False, description='torch.compile: true or "blocks" compiles each backbone block in place (regional: one '
         'compilation serves every block); "model" the whole network')
     max_nonfinite_steps: int = Field(5, ge=1, description="stop after this many non-finite losses in a row")
-    num_workers: int = Field(4, ge=0, description="data loader worker processes")
+    num_workers: int = Field(4, ge=0, description="data loader worker processes (on a CPU, at most the spare cores)")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description='CPU threads; "auto": the cores other processes leave free, looked at again during '
+        'the run (REPA_THREADS or OMP_NUM_THREADS also choose)')
     device: Literal["auto", "cpu", "cuda"] = "auto"
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description='"ddp": replicate the model; "fsdp": shard it per block (large backbones; no fp16)'

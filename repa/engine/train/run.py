@@ -14,6 +14,8 @@ from repa.engine.checkpoint import complete_checkpoints
 from repa.engine.record import run_dir_of
 from repa.engine.processes import main_decides
 from repa.engine.locks import RunLock
+from repa.precision import on_cpu
+from repa.threads import policy
 from repa.errors import RepaError
 from repa.storage import write_atomic, writing
 
@@ -79,6 +81,7 @@ def run_experiment(config: ExperimentConfig, experiment_file: str, resume=None, 
     check_output_location(config, experiment_file)
     lock = RunLock(run_dir)
     lock.check_free()  # a live run holds the folder: say so before building anything
+    policy().start(config.train.threads, "cpu" if on_cpu(config.train.device) else "cuda")
     if not resume:
         refuse_existing_checkpoints(run_dir)
     trainer = Trainer(config, run_dir, resume=resume, progress=progress)

@@ -34,6 +34,7 @@ from repa.engine.processes import STOP_SIGNALS
 from repa.engine.train.run_checkpoints import Counters, RunCheckpoints
 from repa.errors import DataError, RepaError
 from repa.precision import autocast_dtype, effective_precision, on_cpu
+from repa.threads import policy as thread_policy
 
 log = logging.getLogger("repa")
 record_log = logging.getLogger("repa.record")  # log.txt only (run.attach_log_file); the console has the bar
@@ -469,7 +470,7 @@ class Trainer:
         sampler = StepBatchSampler(len(self.dataset), config.train.global_batch_size, acc.process_index,
                                    acc.num_processes, config.train.grad_accum_steps, config.experiment.seed,
                                    counters.step, config.train.max_steps)
-        loader = make_loader(self.dataset, sampler, config.train.num_workers, self.device.type == "cuda")
+        loader = make_loader(self.dataset, sampler, self._data_workers(), self.device.type == "cuda")
         restore_signals = self._install_signal_handlers()
         progress = TrainingProgress(config.train.max_steps, counters.step, enabled=self.show_progress,
                                     visible=acc.is_main_process)
@@ -481,6 +482,17 @@ class Trainer:
                 tracker.finish()
         return counters.step
 
+    def _data_workers(self) -> int:
+        """train.num_workers; on a CPU at most the cores the compute threads leave (repa.threads)."""
+        configured = self.config.train.num_workers
+        if self.device.type != "cpu":
+            return configured
+        workers = thread_policy().data_workers(configured)
+        if workers < configured and self.acc.is_main_process:
+            log.info("repa: %d data loader worker(s) instead of train.num_workers = %d: the other cores compute",
+                     workers, configured)
+        return workers
+
     def _loop(self, window, batches, sampler, progress) -> None:
         config, counters, stopped, values = self.config, self.counters, False, {}
         try:
@@ -490,6 +502,8 @@ class Trainer:
                     micro = [next(batches) for _ in range(config.train.grad_accum_steps)]
                     values, code = self._guarded_step(micro, sampler, window)
                     window.add(values, code)
+                    if self.device.type == "cpu":
+                        thread_policy().revisit()  # other processes come and go during a long run
                     progress.update(counters.step, time.perf_counter() - started, latest=lambda: shown_losses(values))
                     if counters.step % config.train.log_every == 0 or counters.step == config.train.max_steps:
                         progress.show(self._log(window))
