@@ -152,12 +152,16 @@ def test_the_gpu_script_runs_dry_on_the_cpu(tmp_path):
     """benchmarks/gpu.sh --dry-run: every eager case at toy size, the table and the JSON, so the GPU
     script cannot rot between the sessions that have a GPU."""
     import json
+    import os
     import subprocess
+    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    # The script's `python` is this interpreter's, whether or not its environment is activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     result = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "PATH": path})
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "gpu-dry-run.json").read_text())
     rows = {row["case"]: row for row in figures["rows"]}
