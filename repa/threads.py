@@ -192,7 +192,7 @@ class ThreadPolicy:
             self._set(torch, self.fixed)
             self._warn_if_crowded()
             return
-        self._set(torch, min(free_threads(self.cores, self.others), self.cores // _launch_processes() or 1))
+        self._set(torch, self._free_share())
         if self.threads < self.cores and _first_process():
             log.info("repa: other processes use %.1f of this machine's %d cores; computing with %d thread(s) "
                      "(REPA_THREADS, train.threads or OMP_NUM_THREADS choose)", self.others, self.cores, self.threads)
@@ -224,12 +224,17 @@ class ThreadPolicy:
         if now is None:
             return
         self.others, self._last = used_by_others(self._last, now), now
-        threads = free_threads(self.cores, self.others)
+        threads = self._free_share()
         if threads != self.threads:
             self._set(torch, threads)
             if _first_process():
                 log.info("repa: other processes now use %.1f of %d cores; computing with %d thread(s)",
                          self.others, self.cores, threads)
+
+    def _free_share(self) -> int:
+        """The free cores' threads, at most this process's share of the cores where a launcher started
+        several on this machine (their own threads count as others' once they compute)."""
+        return min(free_threads(self.cores, self.others), max(1, self.cores // _launch_processes()))
 
     def data_workers(self, configured: int) -> int:
         """DataLoader workers on a CPU: those the cores left after the compute threads allow."""
