@@ -159,7 +159,7 @@ def before_torch_loads() -> None:
     if fixed is None:
         return
     current = policy()
-    current.others = current._measure()
+    current.others = current._measure()  # start() uses it: the command begins within a second
     if fixed > free_threads(current.cores, current.others):
         os.environ[WAIT_POLICY_ENV] = "PASSIVE"
         current.passive = True
@@ -187,7 +187,8 @@ class ThreadPolicy:
                 self._set(torch, self.fixed)
             self.fixed = torch.get_num_threads()
             return
-        self.others = self._measure()
+        if self._last is None or time.monotonic() - self._last.at > 1.0:  # not just measured before torch loaded
+            self.others = self._measure()
         if self.fixed is not None:
             self._set(torch, self.fixed)
             self._warn_if_crowded()
