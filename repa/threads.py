@@ -31,6 +31,7 @@ log = logging.getLogger("repa")
 THREADS_ENV = "REPA_THREADS"
 MEASURE_SECONDS = 0.2  # the window measured before a command computes
 REVISIT_SECONDS = 10.0  # between looks during a CPU run
+LOOKS_BEFORE_MORE = 3  # looks in a row that find more free cores before the count grows
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -174,6 +175,7 @@ class ThreadPolicy:
         self.threads = self.cores
         self.others = 0.0
         self.passive = False  # OMP_WAIT_POLICY=PASSIVE set by before_torch_loads
+        self._looks_wanting_more = 0
         self._last: CpuSample | None = None
 
     def start(self, requested: int | str | None = None, device: str = "cpu") -> None:
@@ -226,7 +228,12 @@ class ThreadPolicy:
             return
         self.others, self._last = used_by_others(self._last, now), now
         threads = self._free_share()
-        if threads != self.threads:
+        # Fewer threads at once (a thread on a taken core slows the run 10-30x); more only when the last
+        # LOOKS_BEFORE_MORE looks agree (too few for a while costs at most the idle core): no flapping
+        # around a half-used core.
+        self._looks_wanting_more = self._looks_wanting_more + 1 if threads > self.threads else 0
+        if threads < self.threads or self._looks_wanting_more >= LOOKS_BEFORE_MORE:
+            self._looks_wanting_more = 0
             self._set(torch, threads)
             if _first_process():
                 log.info("repa: other processes now use %.1f of %d cores; computing with %d thread(s)",

@@ -210,5 +210,22 @@ def test_each_process_of_a_launch_keeps_to_its_share_of_the_cores(auto, monkeypa
     policy.revisit()
     assert policy.threads == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    policy.revisit()
+    for _ in range(threads.LOOKS_BEFORE_MORE):
+        policy.revisit()
     assert policy.threads == 4  # alone, all four free cores
+
+
+def test_the_count_drops_at_once_and_grows_only_after_looks_that_agree(auto, monkeypatch):
+    """Around a half-used core the count does not flap: fewer threads on the first look that says so,
+    more after LOOKS_BEFORE_MORE looks in a row."""
+    seen = iter([0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # cores' worth others used, look by look
+    monkeypatch.setattr(threads, "used_by_others", lambda before, after: next(seen))
+    monkeypatch.setattr(threads, "REVISIT_SECONDS", 0.0)
+    policy = threads.ThreadPolicy()
+    policy.cores = 2
+    policy.start()
+    counts = []
+    for _ in range(7):
+        policy.revisit()
+        counts.append(policy.threads)
+    assert counts == [1, 1, 1, 1, 1, 1, 2] and torch.get_num_threads() == 2
