@@ -50,13 +50,13 @@ def cgroup_cpu_quota() -> float | None:
             if quota != "max":
                 return int(quota) / int(period)
         except (OSError, ValueError):
-            pass
+            pass  # no cgroup v2 limit here: try v1
         try:
             quota = int((folder / "cpu.cfs_quota_us").read_text())
             if quota > 0:
                 return quota / int((folder / "cpu.cfs_period_us").read_text())
         except (OSError, ValueError):
-            pass
+            pass  # nor v1: the next folder
     return None
 
 
@@ -69,7 +69,7 @@ def _cgroup_folders() -> list[Path]:
             if path:
                 folders = [root / path, root / "cpu" / path, root / "cpu,cpuacct" / path] + folders
     except OSError:
-        pass
+        pass  # no /proc (not Linux): the root folders only
     return folders
 
 
@@ -114,7 +114,7 @@ def _children_cpu() -> float:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 total += int(fields[11]) + int(fields[12])  # utime, stime
             except (OSError, IndexError, ValueError):
-                pass
+                pass  # the child ended between the two reads: os.times() counts it once waited for
     return total / CLOCK_TICKS
 
 
@@ -257,7 +257,7 @@ class ThreadPolicy:
         try:  # inter-op threads: settable once, before any inter-op work
             torch.set_num_interop_threads(threads)
         except RuntimeError:
-            pass
+            pass  # already fixed for this process: the intra-op count is what matters
 
 
 def _launch_processes() -> int:

@@ -2,6 +2,7 @@
 REPA alignment encoder, preprocessed with its own pretrained config (mean, std, input size).
 Light module: timm is imported only when the encoder's facts or weights are needed."""
 
+import abc
 from functools import lru_cache
 from typing import ClassVar, Literal
 
@@ -53,8 +54,9 @@ class TimmViTParams(EncoderParams):
         "DINOv2); native: feed the images at their own size; grid: patch x resolution/16 (16x16 tokens per 256 px)")
     weights: str | None = Field(None, description="weights file (default: timm's pretrained weights, HF cache)")
 
+    @abc.abstractmethod
     def model_name(self) -> str:
-        raise NotImplementedError
+        """The timm model this entry builds (`TimmEncoderParams.model`, or a named encoder's own)."""
 
     def input_size(self, resolution: int) -> int:
         facts = architecture(self.model_name())
