@@ -116,7 +116,7 @@ def cmd_preprocess(args) -> int:
         from repa.components.metric.adm import write_reference_batch
 
         count = write_reference_batch(Path(args.src), Path(args.out), args.resolution, args.keep, args.weights,
-                                      args.batch_size)
+                                      args.batch_size, dinov2_weights=args.dinov2_weights, fd_dinov2=args.fd_dinov2)
         print(f"{args.out}: statistics of {count} images, {min(count, args.keep)} of them kept as arr_0; "
               f"use it as eval.reference or --reference")
         return 0
@@ -160,7 +160,7 @@ def cmd_sample(args) -> int:
     config = _sampling_config(args.experiment, overrides, RELEASED_EXPERIMENT)
     own_run = args.experiment if not args.backbone else None  # --backbone: the released preset's weights
     checkpoint = Path(args.checkpoint) if args.checkpoint else experiment_checkpoint(config, own_run)
-    labels = args.labels or config.sample.label_sampling
+    labels = args.labels or config.sample.labels
     out = Path(args.out) if args.out else default_out(config, checkpoint, args.seed, labels)
     npz = SampleRun(config, checkpoint, out, args.num_samples, args.seed, args.batch_size or config.sample.batch_size,
                     labels, progress=not args.no_progress).run()
@@ -190,8 +190,10 @@ def cmd_evaluate(args) -> int:
     from repa.presets import METRICS_ONLY_EXPERIMENT
 
     target = Path(args.target)
+    if args.ema_std and not target.is_dir():
+        raise RepaError(f"{target}: --ema-std evaluates a run folder (its post-hoc EMA snapshots), not a samples file")
     if target.is_dir():
-        results = evaluate_run(target, args.overrides, progress=not args.no_progress)
+        results = evaluate_run(target, args.overrides, progress=not args.no_progress, ema_stds=args.ema_std or ())
         print_results(f"{target}: checkpoints evaluated now", results)
         print(f"results appended to {target / 'metrics.jsonl'}; next: compare runs with repa ablate ABLATION.toml "
               f"(see experiments/ablations/)")
@@ -204,6 +206,18 @@ def cmd_evaluate(args) -> int:
     images, labels = read_samples(target)
     scores = evaluate_images(config.eval.metrics, images, labels, args.reference or config.eval.reference)
     print_results(f"{target}: {len(images)} samples", [scores])
+    return 0
+
+
+def cmd_ema(args) -> int:
+    from pathlib import Path
+
+    from repa.engine.train.phema import write_reconstructions
+
+    for path in write_reconstructions(Path(args.run), args.std, args.step):
+        print(path)
+    print(f"next: repa sample {Path(args.run) / 'config.resolved.toml'} --checkpoint FILE, or repa evaluate "
+          f"{args.run} --ema-std {' '.join(map(str, args.std))}")
     return 0
 
 
@@ -252,6 +266,20 @@ def cmd_analyze(args) -> int:
     plots = f" and {len(written) - 2} plots in {out / 'plots'}" if len(written) > 2 else ""
     print(f"{out}: {', '.join(p.name for p in written[:2])}{plots}")
     return 0
+
+
+def _ema_width(text: str) -> float:
+    """A post-hoc EMA width: a float strictly between 0 and the plain running mean's 0.2887."""
+    from repa.config.schema import POWER_EMA_MAX_STD
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.05, got {text!r}") from None
+    if not 0 < value < POWER_EMA_MAX_STD:
+        raise argparse.ArgumentTypeError(f"a power-function EMA width is between 0 and {POWER_EMA_MAX_STD:.4f} "
+                                         f"(exclusive), got {value}")
+    return value
 
 
 def _at_least(low: int, high: int | None = None):
@@ -365,10 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_preprocess)
     p = steps.add_parser("reference", help="a folder of real images -> an ADM-format reference batch (.npz)")
     p.add_argument("src")
-    p.add_argument("out", help="the .npz to write (arr_0, mu, sigma, mu_s, sigma_s)")
+    p.add_argument("out", help="the .npz to write (arr_0, mu, sigma, mu_s, sigma_s; mu_dinov2, sigma_dinov2)")
     p.add_argument("--resolution", type=int, default=256, help="ADM center crop size (the samples' resolution)")
     p.add_argument("--keep", type=int, default=10_000, help="images stored as arr_0 for precision/recall (ADM: 10,000)")
     p.add_argument("--weights", help="FID Inception weights file (default: the usual places)")
+    p.add_argument("--fd-dinov2", action="store_true",
+                   help="also store FD-DINOv2's statistics (mu_dinov2, sigma_dinov2; DINOv2 ViT-L/14, as edm2)")
+    p.add_argument("--dinov2-weights", help="DINOv2 ViT-L/14 weights file (default: the usual places)")
     p.add_argument("--batch-size", type=int, default=100)
     p.set_defaults(func=cmd_preprocess)
     p = steps.add_parser("features", help="cache an alignment encoder's tokens for an experiment's dataset")
@@ -388,8 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (images/ + samples.npz)")
     p.add_argument("--seed", type=_at_least(0, SEED_MAX // 1_000_004), default=0,
                    help="sample i depends only on (seed, i)")
-    p.add_argument("--labels", choices=["uniform", "balanced"], help="class labels: uniform at random (official) "
-                                                                      "or the same count per class")
+    p.add_argument("--labels", choices=["random", "balanced"], help="class labels: uniform at random (official) "
+                                                                     "or the same count per class (default: sample.labels)")
     p.add_argument("--preset", choices=["paper"], help="paper: SDE Euler-Maruyama, 250 steps, cfg 1.8 on [0, 0.7], "
                                                        "sd-vae ft-ema")
     p.add_argument("--batch-size", type=_batch_size,
@@ -403,9 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="ADM reference batch .npz or an image folder")
     p.add_argument("--metrics", help="comma-separated metric names (default: the experiment's eval.metrics)")
     p.add_argument("--experiment", help="experiment TOML whose [eval] to use")
+    p.add_argument("--ema-std", nargs="+", type=_ema_width, metavar="STD",
+                   help="a run: evaluate the post-hoc EMA reconstructed at these widths (train.posthoc_ema) instead "
+                        "of the classic EMA, at the checkpoint steps")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ema", help="reconstruct the post-hoc EMA of a run at any width (Karras et al. 2024)")
+    p.add_argument("run", help="run folder trained with train.posthoc_ema (its phema/ snapshots)")
+    p.add_argument("--std", nargs="+", type=_ema_width, required=True, metavar="STD",
+                   help="relative widths, e.g. 0.05 0.10 (edm2's best ImageNet-512 XL: 0.045-0.085)")
+    p.add_argument("--step", type=_at_least(1), help="reconstruct at this snapshot step (default: the last)")
+    p.set_defaults(func=cmd_ema)
 
     p = sub.add_parser("analyze", help="CKNNA, linear probes and spatial scores of a run's hidden states or an encoder")
     p.add_argument("targets", nargs="*", metavar="RUN_DIR",

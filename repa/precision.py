@@ -30,3 +30,11 @@ def autocast_to(device_type: str, dtype: torch.dtype | None):
 def autocast(device_type: str, precision: str):
     """torch.autocast for a precision name."""
     return autocast_to(device_type, autocast_dtype(precision))
+
+
+def set_tf32(allow: bool, device_type: str) -> None:
+    """TF32 for float32 matmuls and convolutions on a GPU (train.allow_tf32, sample.allow_tf32; the
+    official train.py and generate.py turn it on). A CPU has no TF32: nothing to set."""
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.backends.cudnn.allow_tf32 = allow

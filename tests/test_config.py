@@ -83,10 +83,20 @@ def test_run_identity_ignores_defaults_written_out_and_checkpoint_frequency(tiny
     """A release that adds a key with a default (or a file that spells a default out) keeps run ids."""
     base = config_hash(load_experiment(tiny_toml()))
     for same in (["train.distributed=ddp"], ["path=linear"], ['weighting={ kind = "uniform" }'],
-                 ["train.checkpoint_every=3"], ["sample.guidance=cfg"]):
+                 ["train.checkpoint_every=3"], ["sample.guidance=cfg"], ["train.keep_every=2"],
+                 ['sample.labels="random"'], ["sample.allow_tf32=true"]):
         assert config_hash(load_experiment(tiny_toml(), same)) == base, same
     for different in (["path=cosine"], ["train.max_steps=5"], ["alignment.coeff=0.25"]):
         assert config_hash(load_experiment(tiny_toml(), different)) != base, different
+
+
+def test_the_label_key_of_earlier_releases_loads_with_the_same_run_id(tiny_toml):
+    """Run folders written before `sample.labels` say `label_sampling = "uniform" | "balanced"`."""
+    now = load_experiment(tiny_toml())
+    before = load_experiment(tiny_toml('label_sampling = "uniform"\n'))
+    assert before == now and before.sample.labels == "random" and config_hash(before) == config_hash(now)
+    balanced = load_experiment(tiny_toml('label_sampling = "balanced"\n'))
+    assert balanced == load_experiment(tiny_toml('labels = "balanced"\n')) and balanced.sample.labels == "balanced"
 
 
 def test_shorthand_and_table_forms_are_equal(tiny_toml):

@@ -265,6 +265,13 @@ def test_sample_writes_pngs_and_an_adm_npz(trained_run, tmp_path):
     assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 10
     info = json.loads((tmp_path / "s" / "sample_info.json").read_text())
     assert info["step"] == 2 and info["sample"]["sampler"]["kind"] == "euler"
+    settings = json.loads((tmp_path / "s" / "settings.json").read_text())
+    assert settings["labels"] == "balanced" and settings["sample"]["allow_tf32"] is True  # as generate.py's --tf32
+    _, file_labels = sample(experiment, tmp_path / "f", "--checkpoint", str(run), "--set", 'sample.labels="balanced"')
+    assert file_labels.tolist() == labels.tolist()
+    _, random_labels = sample(experiment, tmp_path / "r", "--checkpoint", str(run))
+    assert json.loads((tmp_path / "r" / "settings.json").read_text())["labels"] == "random"
+    assert random_labels.tolist() != labels.tolist()
 
 
 def test_sampling_an_experiment_draws_from_its_own_run(trained_run, tmp_path):

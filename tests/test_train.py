@@ -97,6 +97,13 @@ def test_corrupt_latest_checkpoints_fall_back_to_the_newest_usable_one(tiny_toml
     assert "Traceback" not in result.stderr
 
 
+def test_keep_every_keeps_a_curves_checkpoints_beside_the_last_ones(tiny_toml, tmp_path):
+    experiment = tiny_toml()
+    train(experiment, "train.max_steps=10", "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.keep_every=4")
+    kept = sorted(p.name for p in (tmp_path / "exps" / "tiny" / "checkpoints").iterdir())
+    assert kept == ["0000004", "0000008", "0000010"]  # 4 and 8 kept for the curve; 8 and 10 are the last two
+
+
 def test_existing_run_needs_resume(tiny_toml):
     experiment = tiny_toml()
     train(experiment, "train.max_steps=2")

@@ -23,6 +23,7 @@ UNHASHED = (
     ("train", "num_workers"),
     ("train", "threads"),  # (it can change float reductions' order: runs compared bitwise fix it)
     ("train", "keep_checkpoints"),
+    ("train", "keep_every"),
     ("train", "checkpoint_every"),  # resuming is exact: checkpoints do not change the weights
 )
 

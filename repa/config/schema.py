@@ -8,12 +8,17 @@ model before this static schema sees them.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from repa.components.term import AlignmentParams
 from repa.config.component import Component, Kind
+
+
+# The widest power-function EMA profile: exponent 0, a plain running mean (Karras et al. 2024, Eq. 123).
+POWER_EMA_MAX_STD = math.sqrt(1 / 12)
 
 
 class Section(BaseModel):
@@ -50,6 +55,12 @@ class TrainSection(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
     allow_tf32: bool = True
     ema_decay: float = Field(0.9999, ge=0, le=1)
+    posthoc_ema: list[float] = Field(
+        default_factory=list, description="post-hoc EMA (Karras et al. 2024): relative widths of the power-function "
+        "profiles tracked beside the classic EMA, e.g. [0.05, 0.10] (edm2's); `repa ema` reconstructs any width")
+    posthoc_ema_every: int | None = Field(
+        None, ge=1, description="steps between post-hoc EMA snapshots (RUN/phema/, never pruned); default: "
+        "checkpoint_every")
     label_dropout: float = Field(0.1, ge=0, lt=1, description="probability of the null label (CFG)")
     legacy_label_dropout: bool = Field(
         False, description="drop labels twice as the official train.py does (for reproducing old runs)"
@@ -59,6 +70,9 @@ class TrainSection(Section):
     )
     checkpoint_every: int = Field(50_000, ge=1)
     keep_checkpoints: int = Field(3, ge=1, description="keep the last K checkpoints")
+    keep_every: int | None = Field(
+        None, ge=1, description="checkpoints at multiples of this step are kept as well, whatever keep_checkpoints "
+        "says (the points of a paper's curve, e.g. every 50K)")
     sample_every: int = Field(10_000, ge=1)
     sample_images: int = Field(64, ge=1, description="images in each sample grid")
     log_every: int = Field(100, ge=1)
@@ -77,6 +91,25 @@ class TrainSection(Section):
     )
 
 
+    @field_validator("posthoc_ema")
+    @classmethod
+    def _power_function_widths(cls, stds):
+        bad = [s for s in stds if not 0 < s < POWER_EMA_MAX_STD]
+        if bad:
+            raise ValueError(f"every width must be between 0 and {POWER_EMA_MAX_STD:.4f} (exclusive; edm2 tracks 0.05 "
+                             "and 0.10)")
+        if len(set(stds)) != len(stds):
+            raise ValueError("lists a width twice")
+        return stds
+
+    @model_validator(mode="after")
+    def _posthoc_ema_replicated(self):
+        if self.posthoc_ema and self.distributed == "fsdp":
+            raise ValueError('posthoc_ema is tracked on replicated weights: use train.distributed = "ddp" (or '
+                             "drop train.posthoc_ema)")
+        return self
+
+
 class SampleSection(Section):
     sampler: Annotated[Component, Kind("sampler", default="euler-maruyama")]
     guidance: Annotated[Component, Kind("guidance", default="cfg")]
@@ -90,7 +123,22 @@ class SampleSection(Section):
         64, description='samples per process per forward; "auto": as many as 80% of the free GPU memory holds '
         '(measured on a probe batch; 64 on a CPU)')
     compile: bool = Field(False, description="torch.compile the backbone's blocks for sampling (regional)")
-    label_sampling: Literal["uniform", "balanced"] = "uniform"
+    labels: Literal["random", "balanced"] = Field(
+        "random", description='class labels of sample i: "random" (uniform at random per sample, as the official '
+        'generate.py), "balanced" (i mod classes: the same count per class, as RAE and others report)')
+    allow_tf32: bool = Field(True, description="TF32 matmuls and convolutions while sampling on a GPU (the official "
+                             "generate.py's --tf32, on by default)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_label_key(cls, data):
+        """`label_sampling` ("uniform" | "balanced") before `labels`: run folders written by earlier
+        releases still load, with the same run id."""
+        if isinstance(data, dict) and "label_sampling" in data and "labels" not in data:
+            data = dict(data)
+            old = data.pop("label_sampling")
+            data["labels"] = "random" if old == "uniform" else old
+        return data
 
     def guidance_settings(self) -> tuple[float, tuple[float, float]]:
         """(scale, interval) of the guidance: its own params' where it sets them, else cfg_scale and

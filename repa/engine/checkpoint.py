@@ -2,6 +2,7 @@
 
     checkpoints/0050000/  model.safetensors  ema.safetensors  optimizer.pt  rng-<rank>.pt
                           state.json (step, counters, config hash)  manifest.json (sizes, digests)
+                          phema.safetensors (post-hoc EMA profiles, where train.posthoc_ema tracks them)
 
 A checkpoint is complete when its folder has its final name: files are written into
 checkpoints/.tmp-<step>/ and the folder is renamed last.
@@ -24,6 +25,7 @@ from repa.storage import entry_problem
 from repa.weights import file_digest, load_file
 
 FILES = ("model.safetensors", "ema.safetensors", "optimizer.pt", "state.json")
+PHEMA_FILE = "phema.safetensors"  # the post-hoc EMA profiles, where the run tracks them
 # state.json "layout": 2 = the parameter order of repa.engine.network.AlignedNetwork (backbone,
 # then projectors), which the optimizer state follows; checkpoints without it predate it.
 LAYOUT = 2
@@ -93,7 +95,11 @@ def write_rank_state(tmp: Path, rank: int, model: torch.nn.Module, unlogged: lis
                tmp / f"rng-{rank}.pt")
 
 
-def write_main(tmp: Path, model_state: dict, ema_state: dict, optimizer_state: dict, state: dict) -> None:
+def write_main(tmp: Path, model_state: dict, ema_state: dict, optimizer_state: dict, state: dict,
+               phema_state: dict | None = None) -> None:
+    """The main process's files; `phema_state`: the post-hoc EMA profiles (train.posthoc_ema)."""
+    if phema_state is not None:
+        _save_tensors(phema_state, tmp / PHEMA_FILE)
     _save_tensors(model_state, tmp / "model.safetensors")
     _save_tensors(ema_state, tmp / "ema.safetensors")
     torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -112,12 +118,14 @@ def move_into_place(tmp: Path, final: Path) -> Path:
     return final
 
 
-def commit(tmp: Path, checkpoints: Path, step: int, keep: int) -> Path:
-    """Record digests, rename into place, prune to the last `keep`."""
+def commit(tmp: Path, checkpoints: Path, step: int, keep: int, keep_every: int | None = None) -> Path:
+    """Record digests, rename into place, prune to the last `keep`; checkpoints at multiples of
+    `keep_every` are never pruned (a paper's curve needs each of them)."""
     write_manifest(tmp)
     final = move_into_place(tmp, checkpoints / checkpoint_name(step))
     for old in complete_checkpoints(checkpoints)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if not (keep_every and int(old.name) % keep_every == 0):
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -4,6 +4,8 @@ classifier repa trains on the digits)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from repa.interfaces import MetricParams
@@ -28,6 +30,28 @@ class InceptionScoreParams(InceptionParams):
 class DigitsMetricParams(MetricParams):
     seed: int = Field(1, ge=0, description="seed of the scoring CNN (the aligned encoder uses 0)")
     epochs: int = Field(30, ge=1)
+
+
+class FDDINOv2Params(MetricParams):
+    size: Literal["s", "b", "l"] = Field("l", description="DINOv2 ViT size (edm2's FD-DINOv2: l, ViT-L/14)")
+    weights: str | None = Field(None, description="DINOv2 release file (torch.hub .pth or timm safetensors); "
+                                "default: the usual places")
+    batch_size: int = Field(64, ge=1)
+    reference_resolution: int = Field(256, ge=8, description="a folder reference is ADM-center-cropped to this")
+
+
+def _fd_dinov2(params):
+    from repa.components.metric.dinov2 import FDDINOv2
+
+    return FDDINOv2(params)
+
+
+def _dinov2_info(params):
+    from repa.components.encoder.specs import present_file
+    from repa.components.metric.dinov2 import spec_of
+
+    found = present_file(spec_of(params.size), params.weights)
+    return {"weights here": f"yes ({found})" if found else "no"}
 
 
 def _adm(name):
@@ -67,6 +91,8 @@ def repa_register_metrics(registry):
                  info=_inception_info)
     registry.add("recall", _adm("recall"), PrecisionRecallParams, "k-NN manifold recall (ADM)",
                  info=_inception_info)
+    registry.add("fd-dinov2", _fd_dinov2, FDDINOv2Params,
+                 "Frechet distance of DINOv2 ViT-L/14 class tokens (edm2's FD-DINOv2)", info=_dinov2_info)
     registry.add("digits-fd", _digits("digits-fd"), DigitsMetricParams,
                  "Frechet distance in a repa-trained digits CNN's features, vs the held-out digits")
     registry.add("digits-accuracy", _digits("digits-accuracy"), DigitsMetricParams,

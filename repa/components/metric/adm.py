@@ -84,10 +84,12 @@ def reference_features(source: str | Path, extract, resolution: int) -> dict:
 
 
 def write_reference_batch(source: Path, out: Path, resolution: int = 256, keep: int = 10_000,
-                          weights: str | None = None, batch_size: int = 100, seed: int = 0) -> int:
+                          weights: str | None = None, batch_size: int = 100, seed: int = 0,
+                          dinov2_weights: str | None = None, fd_dinov2: bool = False) -> int:
     """An ADM-format reference batch from a folder: statistics (mu, sigma, mu_s, sigma_s) over
     every image, and `arr_0` holding `keep` of them (a seeded random subset, as ADM's 10,000)
-    for precision and recall. Returns the number of images."""
+    for precision and recall; with `fd_dinov2`, also FD-DINOv2's (mu_dinov2, sigma_dinov2: DINOv2
+    ViT-L/14 over every image, as edm2's reference statistics). Returns the number of images."""
     import os
 
     from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files
@@ -95,22 +97,35 @@ def write_reference_batch(source: Path, out: Path, resolution: int = 256, keep: 
     total = len(list_files(Path(source), IMAGE_EXTENSIONS))
     chosen = set(np.random.default_rng(seed).choice(total, min(keep, total), replace=False).tolist()) if total else set()
     extract = _extractor(weights)
-    pool, spatial, kept, seen = [], [], [], 0
+    dinov2 = _dinov2_extractor(dinov2_weights) if fd_dinov2 else None
+    pool, spatial, dino, kept, seen = [], [], [], [], 0
     for images in folder_images(Path(source), resolution):
         feats = extract(images, batch_size)
         pool.append(feats["pool"])
         spatial.append(feats["spatial"])
+        if dinov2 is not None:
+            dino.append(dinov2(images, batch_size))
         kept.extend(images[i] for i in range(len(images)) if seen + i in chosen)
         seen += len(images)
-    mu, sigma = gaussian_stats(np.concatenate(pool))
-    mu_s, sigma_s = gaussian_stats(np.concatenate(spatial))
+    stats = dict(zip(("mu", "sigma"), gaussian_stats(np.concatenate(pool))))
+    stats.update(zip(("mu_s", "sigma_s"), gaussian_stats(np.concatenate(spatial))))
+    if dino:
+        from repa.components.metric.dinov2 import REFERENCE_KEYS
+
+        stats.update(zip(REFERENCE_KEYS, gaussian_stats(np.concatenate(dino))))
     from repa.storage import writing
 
     tmp = Path(out).with_name(f".{Path(out).stem}.tmp.npz")
     with writing(Path(out), temporary=[tmp]):
-        np.savez(tmp, arr_0=np.stack(kept), mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
+        np.savez(tmp, arr_0=np.stack(kept), **stats)
         os.replace(tmp, out)
     return seen
+
+
+def _dinov2_extractor(weights: str | None):
+    from repa.components.metric.dinov2 import _extractor as dinov2_extractor
+
+    return dinov2_extractor("l", weights)
 
 
 # ============================================================================

@@ -79,6 +79,11 @@ def metrics_key(config: ExperimentConfig) -> str:
     return _digest({"metrics": data["eval"]["metrics"], "reference": config.eval.reference})
 
 
+def posthoc_key(key: str, std: float) -> str:
+    """The settings key of samples drawn from the post-hoc EMA reconstructed at width `std`."""
+    return _digest({"settings": key, "ema_std": std})
+
+
 def evaluated_steps(run_dir: Path, key: str, scored_by: str) -> set[int]:
     from repa.engine.record import read_records
 
@@ -86,10 +91,11 @@ def evaluated_steps(run_dir: Path, key: str, scored_by: str) -> set[int]:
             if r.get("eval_settings") == key and r.get("eval_metrics") == scored_by}
 
 
-def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dict]:
+def evaluate_run(run_dir: Path, overrides=(), progress: bool = True, ema_stds=()) -> list[dict]:
     """Sample and score each checkpoint of a run that has no result for these settings and metrics
     yet (samples already drawn with these settings are reused). Sampling is shared by every
-    process; scoring and the record are the main process's."""
+    process; scoring and the record are the main process's. `ema_stds`: instead of the classic EMA,
+    the post-hoc EMA reconstructed at each of these widths, at each checkpoint step with a snapshot."""
     from accelerate import PartialState
 
     from repa.engine.processes import main_decides
@@ -109,35 +115,72 @@ def evaluate_run(run_dir: Path, overrides=(), progress: bool = True) -> list[dic
     lock = EvaluateLock(run_dir)
     main_decides(state, lock.acquire)  # refused: every process of the launch stops
     try:
-        return _evaluate_checkpoints(run_dir, config, key, scored_by, state, progress)
+        if not ema_stds:
+            steps = [(int(f.name), lambda f=f: f) for f in ckpt.complete_checkpoints(run_dir / "checkpoints")]
+            return _evaluate_checkpoints(run_dir, config, key, scored_by, state, progress, steps)
+        results = []
+        for std in ema_stds:
+            steps = [(step, lambda step=step, std=std: _posthoc_weights(run_dir, step, std, state))
+                     for step in _posthoc_steps(run_dir, config)]
+            results += _evaluate_checkpoints(run_dir, config, posthoc_key(key, std), scored_by, state, progress,
+                                             steps, {"ema_std": std})
+        return results
     finally:
         lock.release()
 
 
-def _evaluate_checkpoints(run_dir: Path, config, key: str, scored_by: str, state, progress: bool) -> list[dict]:
+def _posthoc_steps(run_dir: Path, config: ExperimentConfig) -> list[int]:
+    """The snapshot steps at the checkpoint cadence and the last one (pruned checkpoints included:
+    a reconstruction needs only the snapshots)."""
+    from repa.engine.train.phema import snapshots
+
+    taken = sorted(snapshots(run_dir))
+    return [step for step in taken if step % config.train.checkpoint_every == 0 or step == taken[-1]]
+
+
+def _posthoc_weights(run_dir: Path, step: int, std: float, state) -> Path:
+    """The post-hoc EMA at (step, std): written by the main process the first time it is needed."""
+    from repa.engine.processes import main_decides
+    from repa.engine.train.phema import reconstructed_file, write_reconstructions
+
+    path = reconstructed_file(run_dir, step, std)
+    if not path.is_file():
+        main_decides(state, lambda: write_reconstructions(run_dir, [std], step))
+    return path
+
+
+def _evaluate_checkpoints(run_dir: Path, config, key: str, scored_by: str, state, progress: bool, steps,
+                          extra: dict | None = None) -> list[dict]:
+    """`steps`: (step, a function giving the weights to sample: a checkpoint folder or a post-hoc EMA file)
+    pairs, each evaluated unless done; `extra`: recorded with each result."""
     from repa.engine.record import RunRecord
     from repa.engine.generate.sampling import SampleRun
 
     done = evaluated_steps(run_dir, key, scored_by)
     results = []
-    for folder in ckpt.complete_checkpoints(run_dir / "checkpoints"):
-        step = int(folder.name)
+    for step, weights in steps:
         if step in done:
             continue
-        out = run_dir / "eval" / f"{folder.name}-{key}"
-        npz = SampleRun(config, folder, out, config.eval.num_samples, config.experiment.seed,
-                        config.sample.batch_size, config.sample.label_sampling, progress).run()
+        out = run_dir / "eval" / f"{step:07d}-{key}"
+        npz = SampleRun(config, weights(), out, config.eval.num_samples, config.experiment.seed,
+                        config.sample.batch_size, config.sample.labels, progress).run()
         if state.is_main_process:
             images, labels = read_samples(npz)
             scores = evaluate_images(config.eval.metrics, images, labels, config.eval.reference)
-            record = {"eval": scores, "eval_settings": key, "eval_metrics": scored_by,
-                      "num_samples": config.eval.num_samples, "sampler": config.sample.sampler.kind,
-                      "steps": config.sample.steps, "cfg_scale": config.sample.guidance_settings()[0],
-                      "guidance_interval": list(config.sample.guidance_settings()[1])}
+            record = {"eval": scores, "eval_settings": key, "eval_metrics": scored_by, **(extra or {}),
+                      **sampling_record(config)}
             RunRecord(run_dir).log(step, record)
-            results.append({"step": step, **scores})
+            results.append({"step": step, **(extra or {}), **scores})
         state.wait_for_everyone()
     return results
+
+
+def sampling_record(config: ExperimentConfig) -> dict:
+    """How an evaluation's samples were drawn, as its record states it (beside the settings digest)."""
+    scale, interval = config.sample.guidance_settings()
+    return {"num_samples": config.eval.num_samples, "labels": config.sample.labels,
+            "sampler": config.sample.sampler.kind, "steps": config.sample.steps, "cfg_scale": scale,
+            "guidance_interval": list(interval), "allow_tf32": config.sample.allow_tf32}
 
 
 def _cuda() -> bool:

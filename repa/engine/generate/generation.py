@@ -12,8 +12,8 @@ import torch
 from repa.engine.generate.denoiser import Denoiser, PerSampleNoise, sample_generators
 
 
-def class_labels(seed: int, indices: Sequence[int], num_classes: int, mode: str = "uniform") -> torch.Tensor:
-    """uniform: each label drawn from its own (seed, i) generator (official: uniform at random);
+def class_labels(seed: int, indices: Sequence[int], num_classes: int, mode: str = "random") -> torch.Tensor:
+    """random: each label drawn uniformly from its own (seed, i) generator (official generate.py);
     balanced: i mod num_classes, the same count per class."""
     if mode == "balanced":
         return torch.tensor([int(i) % num_classes for i in indices], dtype=torch.long)

@@ -26,7 +26,7 @@ from repa.engine.build import build_network, build_objective_parts, build_sampli
 from repa.engine.generate.denoiser import Denoiser
 from repa.engine.generate.generation import class_labels, generate, to_uint8
 from repa.errors import CheckpointError, MissingWeightsError, RepaError
-from repa.precision import autocast_dtype, effective_precision
+from repa.precision import autocast_dtype, effective_precision, set_tf32
 from repa.storage import write_atomic, writing
 from repa.weights import (
     cache_dir, download, file_digest, hub_offline, load_file, load_state_strict, reachable, strip_prefix,
@@ -267,12 +267,13 @@ def auto_batch_size(model, shape: tuple[int, ...], device, guided: bool, dtype, 
 
 class SampleRun:
     def __init__(self, config: ExperimentConfig, checkpoint: Path | None, out: Path, num: int, seed: int,
-                 batch_size: int, labels: str = "uniform", progress: bool = True):
+                 batch_size: int, labels: str = "random", progress: bool = True):
         from accelerate import PartialState
 
         self.state = PartialState(cpu=not torch.cuda.is_available())  # CPU ranks need cpu=True
         self.config, self.out, self.num, self.seed = config, Path(out), num, seed
         self.batch_size, self.label_mode, self.progress = batch_size, labels, progress
+        set_tf32(config.sample.allow_tf32, self.state.device.type)
         with self.state.main_process_first():  # one download, then every rank reads the cached file
             weights, self.step, self.source = resolve_checkpoint(checkpoint)
         self.autoencoder = config.autoencoder.build().to(self.state.device)
@@ -298,7 +299,7 @@ class SampleRun:
         source = Path(self.source)
         weights = source / "ema.safetensors" if source.is_dir() else source  # our checkpoint folders: the EMA
         digest = file_digest(weights, quick=True) if weights.is_file() else None
-        sample = {k: v for k, v in data["sample"].items() if k not in ("batch_size", "label_sampling")}  # no effect
+        sample = {k: v for k, v in data["sample"].items() if k not in ("batch_size", "labels")}  # no effect / below
         return {"checkpoint": self.source, "checkpoint_digest": digest, "seed": self.seed, "labels": self.label_mode,
                 "backbone": data["backbone"], "sample": sample, "autoencoder": data["autoencoder"],
                 "resolution": self.config.data.params.resolution}

@@ -34,7 +34,7 @@ class RunCheckpoints:
     def __init__(self, config: ExperimentConfig, acc, parallel, folder: Path):
         self.config, self.acc, self.parallel, self.folder = config, acc, parallel, Path(folder)
 
-    def restore(self, resume: str | bool, model, ema, optimizer) -> Counters | None:
+    def restore(self, resume: str | bool, model, ema, optimizer, phema=None) -> Counters | None:
         """Load the checkpoint `resume` names (a folder, or True: the latest usable) into the run;
         None when `resume` is True and there is none (a run killed before its first checkpoint
         starts again from step 0)."""
@@ -59,6 +59,8 @@ class RunCheckpoints:
                 f"sample and evaluate (`repa sample --checkpoint {folder}`), but training cannot resume from it")
         saved.model, saved.ema = network_layout(saved.model, ema), network_layout(saved.ema, ema)
         self.parallel.load(model, ema, optimizer, saved, str(folder))
+        if phema is not None:
+            phema.load(self._phema_state(folder), str(folder / ckpt.PHEMA_FILE))
         if saved.optimizer.get("scaler") and acc.scaler is not None:
             acc.scaler.load_state_dict(saved.optimizer["scaler"])
         state = saved.state
@@ -74,7 +76,17 @@ class RunCheckpoints:
             log.info("repa: resumed from %s at step %d", folder, counters.step)
         return counters
 
-    def save(self, model, ema, optimizer, counters: Counters, diagnostic: bool = False) -> Path:
+    @staticmethod
+    def _phema_state(folder: Path) -> dict:
+        path = folder / ckpt.PHEMA_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: has no {ckpt.PHEMA_FILE} (written without train.posthoc_ema); resume "
+                                  "with the setting it was trained with, or start a new run to track post-hoc EMA")
+        from repa.weights import load_file
+
+        return load_file(path)
+
+    def save(self, model, ema, optimizer, counters: Counters, diagnostic: bool = False, phema=None) -> Path:
         """Every process writes its RNG state, the main one the rest; atomically (rename last)."""
         acc, step = self.acc, counters.step
         name = f"diagnostic-{step:07d}" if diagnostic else ckpt.checkpoint_name(step)
@@ -97,11 +109,12 @@ class RunCheckpoints:
                          "processes": acc.num_processes, "distributed": self.config.train.distributed,
                          "layout": ckpt.LAYOUT}
                 ckpt.write_main(tmp, checkpoint_layout(model_state), checkpoint_layout(ema_state), optimizer_state,
-                                state)
+                                state, phema.state() if phema is not None else None)
                 if diagnostic:  # a resumed run may diverge at the same step again: replace the old one
                     ckpt.write_manifest(tmp)
                     ckpt.move_into_place(tmp, final)
                 else:
-                    final = ckpt.commit(tmp, self.folder, step, self.config.train.keep_checkpoints)
+                    final = ckpt.commit(tmp, self.folder, step, self.config.train.keep_checkpoints,
+                                        self.config.train.keep_every)
         acc.wait_for_everyone()
         return final

@@ -23,6 +23,8 @@ from repa.engine.prep.features import FeatureCache, WithFeatures, describe, feat
 from repa.engine.train.context import StepInputs, TrainingContext
 from repa.engine.train.data import StepBatchSampler, make_loader
 from repa.engine.train.ema import make_ema, update_ema
+from repa.engine.train.phema import PowerEMA
+from repa.engine.network import checkpoint_layout
 from repa.engine.train.grids import SampleGrids
 from repa.engine.generate.sampling import load_network
 from repa.engine.train.objective import Objective
@@ -33,7 +35,7 @@ from repa.engine.record import RunRecord
 from repa.engine.processes import STOP_SIGNALS
 from repa.engine.train.run_checkpoints import Counters, RunCheckpoints
 from repa.errors import DataError, RepaError
-from repa.precision import autocast_dtype, effective_precision, on_cpu
+from repa.precision import autocast_dtype, effective_precision, on_cpu, set_tf32
 from repa.threads import policy as thread_policy
 
 log = logging.getLogger("repa")
@@ -185,9 +187,7 @@ def make_accelerator(config: ExperimentConfig):
     cpu = on_cpu(config.train.device)
     if precision != config.train.mixed_precision:
         log.warning("repa: fp16 autocast needs a GPU; using bf16 on this CPU (set train.mixed_precision to silence)")
-    if not cpu:
-        torch.backends.cuda.matmul.allow_tf32 = config.train.allow_tf32
-        torch.backends.cudnn.allow_tf32 = config.train.allow_tf32
+    set_tf32(config.train.allow_tf32, "cpu" if cpu else "cuda")
     return Accelerator(mixed_precision=precision, cpu=cpu)
 
 
@@ -231,6 +231,7 @@ class Trainer:
         sampler, guidance = build_sampling(config, lambda folder: load_network(config, folder, self.device))
         probe_generation(config, sampler, guidance, path)
         ema = make_ema(model)
+        self.phema = PowerEMA(model, config.train.posthoc_ema) if config.train.posthoc_ema else None
         self._probe_terms(model, ema)
         if config.train.compile:  # after the EMA's copy (which stays eager), before DDP/FSDP wrap the blocks
             compile_network(model, config.train.compile)
@@ -241,7 +242,8 @@ class Trainer:
         self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective,
                                  sampler, guidance)
         if self.resume:  # run_experiment refuses to start a fresh run over existing checkpoints
-            self.counters = self.checkpoints.restore(self.resume, self.model, self.ema, self.optimizer) or Counters()
+            self.counters = (self.checkpoints.restore(self.resume, self.model, self.ema, self.optimizer, self.phema)
+                             or Counters())
 
     def _open_encoders(self, slots) -> tuple[dict, dict]:
         """Every encoder the terms read, built once per choice (frozen: terms naming one share it), and
@@ -295,7 +297,7 @@ class Trainer:
 
     def save_checkpoint(self, window: Window, diagnostic: bool = False) -> Path:
         self.counters.unlogged = window.unlogged()
-        return self.checkpoints.save(self.model, self.ema, self.optimizer, self.counters, diagnostic)
+        return self.checkpoints.save(self.model, self.ema, self.optimizer, self.counters, diagnostic, self.phema)
 
     def _unwrapped(self):
         """The network without DDP or torch.compile wrappers: its names are the EMA's."""
@@ -378,6 +380,8 @@ class Trainer:
         device_side = self.acc.scaler is None and skips_on_device(self.optimizer)
         apply_step(self.optimizer, self.ema, self._unwrapped(), self.config.train.ema_decay, code == OK, device_side,
                    self.copied)
+        if self.phema is not None:
+            self.phema.update(self._unwrapped(), self.counters.step + 1, code == OK, self.copied)
         self.counters.step += 1
         return grad_norm.detach().float(), code
 
@@ -514,6 +518,7 @@ class Trainer:
                     if counters.step % config.train.checkpoint_every == 0:
                         self._settle(window)  # the checkpoint records the non-finite count
                         self._checkpoint(window)
+                    self._posthoc_ema_snapshot()
                     window.paused += time.perf_counter() - paused
                     if self._should_stop():
                         stopped = True
@@ -557,6 +562,15 @@ class Trainer:
         if self.acc.is_main_process:
             log.info("repa: samples at step %d: %s", self.counters.step,
                      self.run_dir / "samples" / f"{self.counters.step:07d}.png")
+
+    def _posthoc_ema_snapshot(self) -> None:
+        """RUN/phema/<step>.safetensors every posthoc_ema_every steps and at the last (not at a stop: the
+        snapshots of a stopped and resumed run are those of one never stopped)."""
+        train, step = self.config.train, self.counters.step
+        if self.phema is None or not self.acc.is_main_process:
+            return
+        if step % (train.posthoc_ema_every or train.checkpoint_every) == 0 or step == train.max_steps:
+            self.phema.snapshot(self.run_dir, step, checkpoint_layout)
 
     def _checkpoint(self, window: Window) -> None:
         folder = self.save_checkpoint(window)
