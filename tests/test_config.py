@@ -84,7 +84,7 @@ def test_run_identity_ignores_defaults_written_out_and_checkpoint_frequency(tiny
     base = config_hash(load_experiment(tiny_toml()))
     for same in (["train.distributed=ddp"], ["path=linear"], ['weighting={ kind = "uniform" }'],
                  ["train.checkpoint_every=3"], ["sample.guidance=cfg"], ["train.keep_every=2"],
-                 ['sample.labels="random"'], ["sample.allow_tf32=true"]):
+                 ['sample.labels="random"'], ["sample.allow_tf32=true"], ["eval.every_num_samples=10"]):
         assert config_hash(load_experiment(tiny_toml(), same)) == base, same
     for different in (["path=cosine"], ["train.max_steps=5"], ["alignment.coeff=0.25"]):
         assert config_hash(load_experiment(tiny_toml(), different)) != base, different

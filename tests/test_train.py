@@ -104,6 +104,32 @@ def test_keep_every_keeps_a_curves_checkpoints_beside_the_last_ones(tiny_toml, t
     assert kept == ["0000004", "0000008", "0000010"]  # 4 and 8 kept for the curve; 8 and 10 are the last two
 
 
+def test_evaluation_during_training_logs_each_step_of_the_curve_once_across_a_kill(tiny_toml, tmp_path):
+    experiment = tiny_toml('\n[eval]\nmetrics = ["digits-fd", "digits-accuracy"]\nevery = 2\nevery_num_samples = 20\n')
+    straight, split = tmp_path / "exps" / "straight", tmp_path / "exps" / "split"
+    result = train(experiment, "experiment.name=straight", "train.ema_decay=0.5")
+    assert "repa: evaluation at step 4: digits-fd " in result.stderr
+    train(experiment, "experiment.name=split", "train.max_steps=2", "train.ema_decay=0.5")
+    # killed during the evaluation of step 2, after its checkpoint: no record of it
+    lines = (split / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (split / "metrics.jsonl").write_text("".join(line for line in lines if '"during_training"' not in line))
+    train(experiment, "experiment.name=split", "--resume", "train.ema_decay=0.5")
+
+    def curve(run):
+        return [(r["step"], r["eval"]) for r in metrics(run) if r.get("during_training")]
+
+    assert [step for step, _ in curve(straight)] == [2, 4]
+    assert curve(split) == curve(straight)  # each step once, the same figures as the run never killed
+    assert curve(straight)[0][1] != curve(straight)[1][1]  # the EMA moved: two different points
+    record = next(r for r in metrics(straight) if r.get("during_training"))
+    assert record["num_samples"] == 20 and record["labels"] == "balanced" and record["eval_seconds"] > 0
+    training = [r for r in metrics(straight) if "steps_per_s" in r]
+    assert [r["step"] for r in training] == [1, 2, 3, 4]  # the evaluations are records of their own
+    no_metrics = run_cli("validate", str(tiny_toml()), "--set", "eval.every=2")
+    assert no_metrics.returncode == 2 and no_metrics.stderr.strip().splitlines()[-1].endswith(
+        'eval: every needs eval.metrics (e.g. metrics = ["fid"], or ["digits-fd"] on the digits)')
+
+
 def test_existing_run_needs_resume(tiny_toml):
     experiment = tiny_toml()
     train(experiment, "train.max_steps=2")

@@ -23,8 +23,15 @@ UNHASHED = (
     ("train", "num_workers"),
     ("train", "threads"),  # (it can change float reductions' order: runs compared bitwise fix it)
     ("train", "keep_checkpoints"),
-    ("train", "keep_every"),
     ("train", "checkpoint_every"),  # resuming is exact: checkpoints do not change the weights
+)
+# Keys added since, which do not change the weights either: hashed as if unset, so a run that sets one
+# keeps the id of the same run without it (removing them from the hashed data instead would leave an
+# empty section behind: another id).
+UNSET_FOR_HASH = (
+    ("train", "keep_every"),
+    ("eval", "every"),  # evaluating during training reads the EMA; the weights are those of a run without it
+    ("eval", "every_num_samples"),
 )
 
 
@@ -40,7 +47,7 @@ def config_hash(config: ExperimentConfig, length: int = 12) -> str:
     """The run's identity: the values that differ from the defaults (so a release that adds a
     key with a default keeps every earlier run id), minus UNHASHED. Changing a default is
     therefore a breaking change for run ids, made on purpose or not at all."""
-    data = _non_default(config)
+    data = _non_default(_as_if_unset(config, UNSET_FOR_HASH))
     for path in UNHASHED:
         node = data
         for key in path[:-1]:
@@ -48,6 +55,15 @@ def config_hash(config: ExperimentConfig, length: int = 12) -> str:
         node.pop(path[-1], None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _as_if_unset(config: ExperimentConfig, paths) -> ExperimentConfig:
+    """The config with these (section, key) values at their defaults."""
+    for section, key in paths:
+        part = getattr(config, section)
+        default = type(part).model_fields[key].get_default(call_default_factory=True)
+        config = config.model_copy(update={section: part.model_copy(update={key: default})})
+    return config
 
 
 def _non_default(model: BaseModel) -> dict[str, Any]:

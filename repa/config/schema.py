@@ -161,6 +161,16 @@ class EvalSection(Section):
     num_samples: int = Field(50_000, ge=1)
     reference: str | None = Field(None, description="reference batch .npz (ADM format) or image folder")
     metrics: list[Annotated[Component, Kind("metric")]] = Field(default_factory=list)
+    every: int | None = Field(None, ge=1, description="evaluate the EMA model every N training steps (a curve in "
+                              "metrics.jsonl and the tracker; class-balanced samples)")
+    every_num_samples: int | None = Field(None, ge=1, description="samples per evaluation during training; default: "
+                                          "num_samples")
+
+    @model_validator(mode="after")
+    def _metrics_to_evaluate_with(self):
+        if self.every is not None and not self.metrics:
+            raise ValueError('every needs eval.metrics (e.g. metrics = ["fid"], or ["digits-fd"] on the digits)')
+        return self
 
 
 class ExperimentConfig(Section):

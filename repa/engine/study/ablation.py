@@ -279,7 +279,7 @@ def status_of(run: Run, max_steps: int, steps: list[int], evaluate: bool) -> str
         return "failed"
     records = read_records(run_dir)
     trained = any(r.get("step") == max_steps and "loss" in r for r in records)
-    evaluated = {r["step"] for r in records if "eval" in r}
+    evaluated = {r["step"] for r in records if "eval" in r and not r.get("during_training") and "ema_std" not in r}
     if trained and (not evaluate or set(steps) <= evaluated):
         return "done"
     return "partial" if has_checkpoints(run) else "new"

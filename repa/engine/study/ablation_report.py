@@ -14,8 +14,10 @@ from repa.storage import save_figure, write_atomic, writing
 
 
 def value_at(records: list[dict], step: int, metric: str) -> float | None:
+    """The metric at `step`: the latest `repa evaluate` result (of the classic EMA; not a curve point drawn
+    during training, nor a post-hoc EMA width), else a training scalar."""
     for record in reversed(records):
-        if record.get("step") != step:
+        if record.get("step") != step or record.get("during_training") or "ema_std" in record:
             continue
         if metric in record.get("eval", {}):
             return float(record["eval"][metric])
@@ -122,6 +124,7 @@ def plot(ablation: Ablation, runs: list[Run], folder: Path) -> list[Path]:
         figure, axes = plt.subplots(figsize=(6, 4))
         for run in runs:
             points = sorted({r["step"]: v for r in read_records(Path(run.run_dir))
+                             if not r.get("during_training") and "ema_std" not in r
                              for v in [r.get("eval", {}).get(metric, r.get(metric))] if v is not None}.items())
             if points:
                 label = ", ".join(f"{k}={v}" for k, v in run.labels.items()) + f", seed {run.seed}"

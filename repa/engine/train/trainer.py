@@ -25,6 +25,7 @@ from repa.engine.train.data import StepBatchSampler, make_loader
 from repa.engine.train.ema import make_ema, update_ema
 from repa.engine.train.phema import PowerEMA
 from repa.engine.network import checkpoint_layout
+from repa.engine.train.evals import TrainingEvaluation
 from repa.engine.train.grids import SampleGrids
 from repa.engine.generate.sampling import load_network
 from repa.engine.train.objective import Objective
@@ -241,6 +242,7 @@ class Trainer:
             model, ema, lambda network: config.optim.build(parameters=self.groups.torch_groups(network)))
         self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective,
                                  sampler, guidance)
+        self.evals = TrainingEvaluation(config, acc, self.parallel, self.grids)
         if self.resume:  # run_experiment refuses to start a fresh run over existing checkpoints
             self.counters = (self.checkpoints.restore(self.resume, self.model, self.ema, self.optimizer, self.phema)
                              or Counters())
@@ -471,6 +473,8 @@ class Trainer:
         self.trackers = self._make_trackers()
         if counters.step == 0:
             self.grids.ground_truth(self.run_dir)
+        elif self.evals.due(counters.step) and not self.evals.recorded(self.run_dir, counters.step):
+            self._evaluate()  # the run stopped at an evaluation step before its evaluation was recorded
         sampler = StepBatchSampler(len(self.dataset), config.train.global_batch_size, acc.process_index,
                                    acc.num_processes, config.train.grad_accum_steps, config.experiment.seed,
                                    counters.step, config.train.max_steps)
@@ -519,6 +523,8 @@ class Trainer:
                         self._settle(window)  # the checkpoint records the non-finite count
                         self._checkpoint(window)
                     self._posthoc_ema_snapshot()
+                    if self.evals.due(counters.step):
+                        self._evaluate()
                     window.paused += time.perf_counter() - paused
                     if self._should_stop():
                         stopped = True
@@ -562,6 +568,14 @@ class Trainer:
         if self.acc.is_main_process:
             log.info("repa: samples at step %d: %s", self.counters.step,
                      self.run_dir / "samples" / f"{self.counters.step:07d}.png")
+
+    def _evaluate(self) -> None:
+        """[eval] every: score the EMA at this step (after its checkpoint: a kill during it loses no
+        training); a stop asked for meanwhile abandons it, and the resumed run evaluates this step first."""
+        interrupt = None if self.parallel.collective_sampling else (lambda: self.stop_requested)
+        if not self.evals.run(self.ema, self.counters.step, self.trackers, interrupt):
+            log.warning("repa: the evaluation of step %d was abandoned for the stop; resuming evaluates it",
+                        self.counters.step)
 
     def _posthoc_ema_snapshot(self) -> None:
         """RUN/phema/<step>.safetensors every posthoc_ema_every steps and at the last (not at a stop: the
