@@ -315,3 +315,47 @@ def test_a_base_frequency_the_run_never_reaches_adds_no_checkpoints_and_the_plan
                                                                                    "checkpoint_every = 4"))
     plan = run_cli("ablate", str(path), "--dry-run")  # gcd(4, 6) = 2: checkpoints, so scores, at 2, 4 and 6
     assert "train.checkpoint_every=2" in plan.stdout and "repa evaluate scores each checkpoint: steps 2, 4, 6" in plan.stdout
+
+
+POSTHOC = """
+[ablation]
+name = "posthoc"
+base = "base.toml"
+output_dir = "{out}"
+seeds = [0]
+steps = [4]
+set = ["train.max_steps=4", "train.posthoc_ema=[0.05, 0.10]"]
+ema_stds = [0.07]
+
+[[ablation.axes]]
+key = "alignment.coeff"
+values = [0.5]
+
+[ablation.table]
+rows = ["ema"]
+columns = ["step"]
+metrics = ["digits-fd"]
+"""
+
+
+def test_post_hoc_ema_widths_are_rows_of_the_table(tmp_path):
+    path = write(tmp_path, POSTHOC)
+    result = run_cli("ablate", str(path))
+    assert result.returncode == 0, result.stderr
+    root = tmp_path / "runs" / "posthoc"
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in (root / "table.md").read_text().splitlines()[2:]}
+    (run,) = json.loads((root / "runs.json").read_text())
+    records = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    scored = {r.get("ema_std"): r["eval"]["digits-fd"] for r in records if "eval" in r and r["step"] == 4}
+    assert set(scored) == {None, 0.07} and scored[None] != scored[0.07]
+    assert rows == {"classic": f"{scored[None]:.4g}", "0.07": f"{scored[0.07]:.4g}"}
+    again = run_cli("ablate", str(path), "--dry-run")
+    assert "done" in again.stdout  # both EMAs scored: nothing left to run
+
+    unlaid = write(tmp_path, POSTHOC.replace('rows = ["ema"]', 'rows = ["alignment.coeff"]')
+                   .replace(', "train.posthoc_ema=[0.05, 0.10]"', ""))
+    lines = run_cli("ablate", str(unlaid), "--dry-run").stderr.strip().splitlines()
+    assert lines == [
+        f'{unlaid}: ablation.table: with ablation.ema_stds, name "ema" in rows or columns (each width is its own figure)',
+        f'{unlaid}: ablation.ema_stds: every run must track post-hoc EMA; add "train.posthoc_ema=[0.05, 0.10]" to '
+        "ablation.set"]

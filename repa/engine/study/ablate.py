@@ -29,7 +29,7 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
     root = Path(ablation.output_dir) / ablation.name
     max_steps = {r.run_id: c.train.max_steps for r, c in zip(runs, configs)}
     evaluate = bool(ablation.steps) and bool(configs[0].eval.metrics)
-    statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate) for r in runs}
+    statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate, ablation.ema_stds) for r in runs}
     console = output_console()  # a terminal's width (columns fold, never cut); elsewhere the full width
     _print_plan(console, ablation, runs, configs, statuses)
     if dry_run:
@@ -38,7 +38,7 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
         root.mkdir(parents=True, exist_ok=True)
     write_atomic(root / "runs.json", json.dumps([r.model_dump() for r in runs], indent=1))
     todo = [r for r in runs if statuses[r.run_id] != "done"]
-    jobs = [(r, commands(r, base, ablation.launcher, has_checkpoints(r), evaluate)) for r in todo]
+    jobs = [(r, commands(r, base, ablation.launcher, has_checkpoints(r), evaluate, ablation.ema_stds)) for r in todo]
     if ablation.launcher.kind == "slurm":
         folder = root / ablation.launcher.folder
         queued = [r for r, _ in jobs if still_queued(r, folder)]
@@ -53,7 +53,7 @@ def run_ablation(path: Path, dry_run: bool = False, launcher: str | None = None,
                 job.result()
     else:
         _run_locally(console, jobs, path)
-    statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate) for r in runs}
+    statuses = {r.run_id: status_of(r, max_steps[r.run_id], ablation.steps, evaluate, ablation.ema_stds) for r in runs}
     rows = collect(ablation, runs, statuses, max_steps)
     header, body, plots = write_reports(ablation, runs, rows, root)
     _print_table(console, ablation.name, header, body)

@@ -104,6 +104,13 @@ class Ablation(_Model):
     axes: list[Axis] = Field(min_length=1)
     table: Table = Table()
     launcher: Launcher = Launcher()
+    ema_stds: list[float] = Field(
+        default_factory=list, description="post-hoc EMA widths scored beside the classic EMA (the runs track "
+        "train.posthoc_ema); the table's \"ema\" dimension: \"classic\" and each width")
+
+    def ema_choices(self) -> list[float | None]:
+        """None: the classic EMA; then each post-hoc width."""
+        return [None, *self.ema_stds]
 
 
 def _toml(value) -> str:
@@ -210,11 +217,18 @@ def check_layout(ablation: Ablation, configs: list[ExperimentConfig]) -> list[st
     """The table must name axes, report steps must be reached, metrics must be produced: found
     by --dry-run, not after every run has finished."""
     problems = []
-    dims = [a.label for a in ablation.axes] + ["step", "seed"]
+    dims = [a.label for a in ablation.axes] + ["step", "seed"] + (["ema"] if ablation.ema_stds else [])
     for where in ("rows", "columns"):
         for name in getattr(ablation.table, where):
             if name not in dims:
                 problems.append(f"ablation.table.{where}: {name!r} is not an axis; choose from {dims}")
+    if ablation.ema_stds:
+        if "ema" not in ablation.table.rows + ablation.table.columns:
+            problems.append('ablation.table: with ablation.ema_stds, name "ema" in rows or columns (each width is '
+                            "its own figure)")
+        if any(not c.train.posthoc_ema for c in configs):
+            problems.append('ablation.ema_stds: every run must track post-hoc EMA; add "train.posthoc_ema=[0.05, '
+                            '0.10]" to ablation.set')
     shortest = min(c.train.max_steps for c in configs)
     late = [s for s in ablation.steps if s > shortest]
     if late:
@@ -272,15 +286,18 @@ def measured_flops_per_second() -> float:
 # ============================================================================
 
 
-def status_of(run: Run, max_steps: int, steps: list[int], evaluate: bool) -> str:
+def status_of(run: Run, max_steps: int, steps: list[int], evaluate: bool, ema_stds=()) -> str:
     """done | partial (resumable) | new | failed (the last attempt failed; it is retried)."""
     run_dir = Path(run.run_dir)
     if (run_dir / "ablation_failure.txt").is_file():
         return "failed"
     records = read_records(run_dir)
     trained = any(r.get("step") == max_steps and "loss" in r for r in records)
-    evaluated = {r["step"] for r in records if "eval" in r and not r.get("during_training") and "ema_std" not in r}
-    if trained and (not evaluate or set(steps) <= evaluated):
+
+    def evaluated(std):
+        return {r["step"] for r in records if "eval" in r and not r.get("during_training") and r.get("ema_std") == std}
+
+    if trained and (not evaluate or all(set(steps) <= evaluated(std) for std in [None, *ema_stds])):
         return "done"
     return "partial" if has_checkpoints(run) else "new"
 
@@ -291,8 +308,10 @@ def has_checkpoints(run: Run) -> bool:
     return bool(complete_checkpoints(Path(run.run_dir) / "checkpoints"))
 
 
-def commands(run: Run, base: Path, launcher: Launcher, resume: bool, evaluate: bool) -> list[list[str]]:
-    """Train (resuming when a checkpoint exists), then evaluate every checkpoint."""
+def commands(run: Run, base: Path, launcher: Launcher, resume: bool, evaluate: bool,
+             ema_stds=()) -> list[list[str]]:
+    """Train (resuming when a checkpoint exists), then evaluate every checkpoint (and the post-hoc EMA
+    at each of `ema_stds`)."""
     sets = [a for o in run.overrides for a in ("--set", o)]
     prefix = [sys.executable, "-m", "repa.cli"]
     if launcher.kind == "accelerate" or launcher.num_processes > 1:
@@ -305,6 +324,8 @@ def commands(run: Run, base: Path, launcher: Launcher, resume: bool, evaluate: b
     steps = []
     if evaluate:  # sampling is shared by the same processes; scoring happens on the main one
         steps.append(prefix + ["evaluate", run.run_dir, "--no-progress"])
+        if ema_stds:
+            steps.append(prefix + ["evaluate", run.run_dir, "--no-progress", "--ema-std", *map(str, ema_stds)])
     return [train] + steps
 
 

@@ -13,17 +13,23 @@ from repa.engine.record import read_records
 from repa.storage import save_figure, write_atomic, writing
 
 
-def value_at(records: list[dict], step: int, metric: str) -> float | None:
-    """The metric at `step`: the latest `repa evaluate` result (of the classic EMA; not a curve point drawn
-    during training, nor a post-hoc EMA width), else a training scalar."""
+def value_at(records: list[dict], step: int, metric: str, ema_std: float | None = None) -> float | None:
+    """The metric at `step`: the latest `repa evaluate` result of that EMA (None: the classic one; a curve
+    point drawn during training does not count), else a training scalar."""
     for record in reversed(records):
-        if record.get("step") != step or record.get("during_training") or "ema_std" in record:
+        if record.get("step") != step:
             continue
-        if metric in record.get("eval", {}):
-            return float(record["eval"][metric])
+        if "eval" in record:
+            if not record.get("during_training") and record.get("ema_std") == ema_std and metric in record["eval"]:
+                return float(record["eval"][metric])
+            continue
         if metric in record:
             return float(record[metric])
     return None
+
+
+def ema_label(std: float | None) -> str:
+    return "classic" if std is None else f"{std:g}"
 
 
 def collect(ablation: Ablation, runs: list[Run], statuses: dict[str, str], max_steps: dict[str, int]) -> list[dict]:
@@ -33,11 +39,14 @@ def collect(ablation: Ablation, runs: list[Run], statuses: dict[str, str], max_s
         records = read_records(Path(run.run_dir))
         failure = Path(run.run_dir) / "ablation_failure.txt"
         for step in ablation.steps or [max_steps[run.run_id]]:
-            row = {**run.labels, "seed": str(run.seed), "step": str(step), "run": run.run_id,
-                   "status": statuses[run.run_id], "reason": failure.read_text() if failure.is_file() else ""}
-            for metric in ablation.table.metrics:
-                row[metric] = value_at(records, step, metric)
-            rows.append(row)
+            for std in ablation.ema_choices():
+                row = {**run.labels, "seed": str(run.seed), "step": str(step), "run": run.run_id,
+                       "status": statuses[run.run_id], "reason": failure.read_text() if failure.is_file() else ""}
+                if ablation.ema_stds:
+                    row["ema"] = ema_label(std)
+                for metric in ablation.table.metrics:
+                    row[metric] = value_at(records, step, metric, std)
+                rows.append(row)
     return rows
 
 
@@ -123,7 +132,7 @@ def plot(ablation: Ablation, runs: list[Run], folder: Path) -> list[Path]:
     for metric in ablation.table.metrics:
         figure, axes = plt.subplots(figsize=(6, 4))
         for run in runs:
-            points = sorted({r["step"]: v for r in read_records(Path(run.run_dir))
+            points = sorted({r["step"]: v for r in read_records(Path(run.run_dir))  # the classic EMA's
                              if not r.get("during_training") and "ema_std" not in r
                              for v in [r.get("eval", {}).get(metric, r.get(metric))] if v is not None}.items())
             if points:
