@@ -214,7 +214,7 @@ def cmd_ema(args) -> int:
 
     from repa.engine.train.phema import write_reconstructions
 
-    for path in write_reconstructions(Path(args.run), args.std, args.step):
+    for path in write_reconstructions(Path(args.run), args.std, args.step, args.inputs):
         print(path)
     print(f"next: repa sample {Path(args.run) / 'config.resolved.toml'} --checkpoint FILE, or repa evaluate "
           f"{args.run} --ema-std {' '.join(map(str, args.std))}")
@@ -446,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--std", nargs="+", type=_ema_width, required=True, metavar="STD",
                    help="relative widths, e.g. 0.05 0.10 (edm2's best ImageNet-512 XL: 0.045-0.085)")
     p.add_argument("--step", type=_at_least(1), help="reconstruct at this snapshot step (default: the last)")
+    p.add_argument("--inputs", nargs="+", type=_ema_width, metavar="STD",
+                   help="reconstruct from the snapshots of these tracked widths only (default: every tracked width)")
     p.set_defaults(func=cmd_ema)
 
     p = sub.add_parser("analyze", help="CKNNA, linear probes and spatial scores of a run's hidden states or an encoder")

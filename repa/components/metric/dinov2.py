@@ -100,12 +100,16 @@ class DINOv2Features:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        """uint8 [N,H,W,3] -> float64 [N, width]: the normalised class token."""
+        """uint8 [N,H,W,3] -> float64 [N, width]: the normalised class token, in float32 (no TF32, whatever
+        sampling in the same process allowed)."""
+        from repa.components.metric.inception import full_float32
+
         out = []
-        for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
-            tokens = self.network.forward_features(preprocess(chunk.to(self.device)))
-            out.append(tokens[:, 0].double().cpu().numpy())
+        with full_float32():
+            for start in range(0, len(images), batch_size):
+                chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
+                tokens = self.network.forward_features(preprocess(chunk.to(self.device)))
+                out.append(tokens[:, 0].double().cpu().numpy())
         return np.concatenate(out)
 
 

@@ -24,6 +24,9 @@ on Slurm through submitit), then tabulate and plot their metrics.
 
     [ablation.launcher]
     kind = "local"                      # "local" | "accelerate" | "slurm"
+
+`ema_stds = [0.05, 0.08]` in [ablation] also scores the post-hoc EMA at these widths (runs with
+train.posthoc_ema); the table's "ema" dimension is then "classic" and each width.
 """
 
 from __future__ import annotations

@@ -138,10 +138,11 @@ def _read_snapshot(path: Path) -> tuple[list[float], dict[str, dict]]:
     return stds, profiles
 
 
-def reconstruct(run_dir: Path, stds: list[float], step: int | None = None) -> tuple[int, dict[float, dict]]:
+def reconstruct(run_dir: Path, stds: list[float], step: int | None = None,
+                inputs: list[float] | None = None) -> tuple[int, dict[float, dict]]:
     """(step, {std: state dict in the checkpoint layout}) at `step` (default: the last snapshot) from the
-    snapshots up to it. Floating tensors are combined in float64; others (and buffers' integer
-    counters) come from the last snapshot."""
+    snapshots up to it (of the tracked widths `inputs`; default: all). Floating tensors are combined in
+    float64; others (and buffers' integer counters) come from the last snapshot."""
     found = snapshots(run_dir)
     step = max(found) if step is None else step
     if step not in found:
@@ -149,16 +150,18 @@ def reconstruct(run_dir: Path, stds: list[float], step: int | None = None) -> tu
     for std in stds:
         if not 0 < std < MAX_STD:
             raise DataError(f"--std {std}: a power-function EMA width is between 0 and {MAX_STD:.4f} (exclusive)")
-    inputs = [(t, std, profile) for t, path in found.items() if t <= step
-              for std, profile in zip(*_stds_and_profiles(path))]
-    weights = coefficients([t for t, _, _ in inputs], [s for _, s, _ in inputs], step, stds)
-    last = inputs[-1][2]
+    snaps = [(t, std, profile) for t, path in found.items() if t <= step
+             for std, profile in zip(*_stds_and_profiles(path)) if inputs is None or _listed(std, inputs)]
+    if not snaps:
+        raise DataError(f"{run_dir}: no snapshot of the widths {inputs} up to step {step}")
+    weights = coefficients([t for t, _, _ in snaps], [s for _, s, _ in snaps], step, stds)
+    last = snaps[-1][2]
     out = {}
     for j, std in enumerate(stds):
         combined = {}
         for key, value in last.items():
             if value.is_floating_point():
-                total = sum(float(weights[i, j]) * inp[2][key].double() for i, inp in enumerate(inputs))
+                total = sum(float(weights[i, j]) * snap[2][key].double() for i, snap in enumerate(snaps))
                 combined[key] = total.to(value.dtype)
             else:
                 combined[key] = value.clone()
@@ -166,23 +169,29 @@ def reconstruct(run_dir: Path, stds: list[float], step: int | None = None) -> tu
     return step, out
 
 
+def _listed(std: float, widths: list[float]) -> bool:
+    return any(std_name(std) == std_name(w) for w in widths)
+
+
 def _stds_and_profiles(path: Path) -> tuple[list[float], list[dict]]:
     stds, profiles = _read_snapshot(path)
     return stds, [profiles[std_name(s)] for s in stds]
 
 
-def reconstructed_file(run_dir: Path, step: int, std: float) -> Path:
-    return Path(run_dir) / SNAPSHOTS / "reconstructed" / f"{step:07d}-std{std_name(std)}.safetensors"
+def reconstructed_file(run_dir: Path, step: int, std: float, inputs: list[float] | None = None) -> Path:
+    made_from = "-from" + "-".join(std_name(w) for w in sorted(inputs)) if inputs else ""
+    return Path(run_dir) / SNAPSHOTS / "reconstructed" / f"{step:07d}-std{std_name(std)}{made_from}.safetensors"
 
 
-def write_reconstructions(run_dir: Path, stds: list[float], step: int | None = None) -> list[Path]:
+def write_reconstructions(run_dir: Path, stds: list[float], step: int | None = None,
+                          inputs: list[float] | None = None) -> list[Path]:
     """`repa ema`: one EMA weights file per width, loadable by `repa sample --checkpoint` (official layout)."""
     from safetensors.torch import save_file
 
-    step, states = reconstruct(run_dir, stds, step)
+    step, states = reconstruct(run_dir, stds, step, inputs)
     written = []
     for std, state in states.items():
-        path = reconstructed_file(run_dir, step, std)
+        path = reconstructed_file(run_dir, step, std, inputs)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
