@@ -141,6 +141,13 @@ def test_snapshots_resume_exactly_and_reconstruct_the_tracked_widths(tiny_toml, 
     # a width between the two tracked ones lies between them (the profiles are nested averages)
     assert ((mid - low).abs() <= (high - low).abs() + 1e-6).float().mean() > 0.99
 
+    # from the 0.10 snapshots alone, 0.05 is an estimate: not the tracked profile, but nearer it than 0.10 is
+    alone = run_cli("ema", str(straight), "--std", "0.05", "--inputs", "0.1")
+    assert alone.returncode == 0, alone.stderr
+    estimate = load_file(straight / "phema" / "reconstructed" / "0000004-std0.050-from0.100.safetensors")[key]
+    assert not torch.equal(estimate, low)
+    assert (estimate - low).norm() < (high - low).norm()
+
     at_two = run_cli("ema", str(straight), "--std", "0.05", "--step", "2")
     assert at_two.returncode == 0, at_two.stderr
     two = load_file(straight / "phema" / "reconstructed" / "0000002-std0.050.safetensors")
