@@ -38,6 +38,13 @@ def test_paper_recipe_is_the_seed_command():
     assert load_experiment(ROOT / "experiments" / "sit_xl_baseline.toml").alignment == []
 
 
+@pytest.mark.parametrize("name", ["sit_xl_repa.toml", "sit_b_repa.toml", "sit_l_repa.toml", "sit_xl_baseline.toml"])
+def test_imagenet_recipes_keep_every_checkpoint_a_paper_curve_needs(name):
+    c = load_experiment(ROOT / "experiments" / name)
+    assert (c.train.checkpoint_every, c.train.keep_every) == (50_000, 50_000)
+    assert (c.sample.labels, c.sample.allow_tf32) == ("random", True)  # as the official generate.py
+
+
 def test_comma_separated_encoders_become_entries(tiny_toml):
     path = tiny_toml()
     config = load_experiment(path, ["alignment.encoder=digits-convnet,digits-convnet", "alignment.depth=2"])

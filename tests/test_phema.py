@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from repa.engine.train import phema
 from tests.conftest import run_cli
+from tests.test_train import train
 
 
 # --- edm2's functions, transcribed (NVlabs/edm2 @ 4bf8162, training/phema.py); time in images ---------
@@ -100,23 +101,14 @@ def test_tracked_profiles_follow_edm2s_update():
 
 # --- during training ---------------------------------------------------------------------------
 
-def _train(experiment, *sets, expect=0):
-    args = ["run", str(experiment), "--no-progress"]
-    for s in sets:
-        args += [s] if s.startswith("--") else ["--set", s]
-    result = run_cli(*args)
-    assert result.returncode == expect, result.stderr
-    return result
-
-
 POSTHOC = ["train.posthoc_ema=[0.05, 0.10]", "train.posthoc_ema_every=1"]
 
 
 def test_snapshots_resume_exactly_and_reconstruct_the_tracked_widths(tiny_toml, tmp_path):
     experiment = tiny_toml('\n[eval]\nnum_samples = 8\nmetrics = ["digits-fd"]\n')
-    _train(experiment, "experiment.name=straight", *POSTHOC)
-    _train(experiment, "experiment.name=split", "train.max_steps=2", *POSTHOC)
-    assert "resumed from" in _train(experiment, "experiment.name=split", "--resume", *POSTHOC).stderr
+    train(experiment, "experiment.name=straight", *POSTHOC)
+    train(experiment, "experiment.name=split", "train.max_steps=2", *POSTHOC)
+    assert "resumed from" in train(experiment, "experiment.name=split", "--resume", *POSTHOC).stderr
     straight, split = tmp_path / "exps" / "straight", tmp_path / "exps" / "split"
     assert sorted(p.name for p in (straight / "phema").glob("*.safetensors")) == [
         f"{s:07d}.safetensors" for s in (1, 2, 3, 4)]
@@ -157,7 +149,7 @@ def test_snapshots_resume_exactly_and_reconstruct_the_tracked_widths(tiny_toml, 
 
 def test_evaluate_scores_a_posthoc_width_apart_from_the_classic_ema(tiny_toml, tmp_path):
     experiment = tiny_toml('\n[eval]\nnum_samples = 8\nmetrics = ["digits-fd"]\n')
-    _train(experiment, *POSTHOC)
+    train(experiment, *POSTHOC)
     run = tmp_path / "exps" / "tiny"
     assert run_cli("evaluate", str(run), "--no-progress").returncode == 0
     result = run_cli("evaluate", str(run), "--ema-std", "0.07", "--no-progress")
@@ -176,7 +168,7 @@ def test_evaluate_scores_a_posthoc_width_apart_from_the_classic_ema(tiny_toml, t
 
 def test_posthoc_ema_input_errors_are_one_line(tiny_toml, tmp_path):
     experiment = tiny_toml()
-    _train(experiment)
+    train(experiment)
     run = tmp_path / "exps" / "tiny"
     result = run_cli("ema", str(run), "--std", "0.05")
     assert result.returncode == 1 and "Traceback" not in result.stderr
