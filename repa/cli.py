@@ -160,7 +160,7 @@ def cmd_sample(args) -> int:
     config = _sampling_config(args.experiment, overrides, RELEASED_EXPERIMENT)
     own_run = args.experiment if not args.backbone else None  # --backbone: the released preset's weights
     checkpoint = Path(args.checkpoint) if args.checkpoint else experiment_checkpoint(config, own_run)
-    labels = args.labels or config.sample.labels
+    labels = {"uniform": "random"}.get(args.labels, args.labels) or config.sample.labels
     out = Path(args.out) if args.out else default_out(config, checkpoint, args.seed, labels)
     npz = SampleRun(config, checkpoint, out, args.num_samples, args.seed, args.batch_size or config.sample.batch_size,
                     labels, progress=not args.no_progress).run()
@@ -419,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (images/ + samples.npz)")
     p.add_argument("--seed", type=_at_least(0, SEED_MAX // 1_000_004), default=0,
                    help="sample i depends only on (seed, i)")
-    p.add_argument("--labels", choices=["random", "balanced"], help="class labels: uniform at random (official) "
-                                                                     "or the same count per class (default: sample.labels)")
+    p.add_argument("--labels", choices=["random", "balanced", "uniform"],
+                   help="class labels: uniform at random (official; \"uniform\" is its earlier name) or the same "
+                        "count per class (default: sample.labels)")
     p.add_argument("--preset", choices=["paper"], help="paper: SDE Euler-Maruyama, 250 steps, cfg 1.8 on [0, 0.7], "
                                                        "sd-vae ft-ema")
     p.add_argument("--batch-size", type=_batch_size,

@@ -104,6 +104,13 @@ def test_the_label_key_of_earlier_releases_loads_with_the_same_run_id(tiny_toml)
     assert before == now and before.sample.labels == "random" and config_hash(before) == config_hash(now)
     balanced = load_experiment(tiny_toml('label_sampling = "balanced"\n'))
     assert balanced == load_experiment(tiny_toml('labels = "balanced"\n')) and balanced.sample.labels == "balanced"
+    assert config_hash(balanced) == config_hash(load_experiment(tiny_toml('labels = "balanced"\n')))
+    assert config_hash(balanced) != config_hash(now)
+    # an old run folder's file overridden with the new key: the new key wins
+    both = load_experiment(tiny_toml('label_sampling = "uniform"\n'), ['sample.labels="balanced"'])
+    assert both.sample.labels == "balanced"
+    rae = load_experiment(ROOT / "experiments" / "ditdh_xl_rae.toml")
+    assert rae.sample.labels == "balanced" and config_hash(rae) == "4e7258c861ea"  # its id before the rename
 
 
 def test_shorthand_and_table_forms_are_equal(tiny_toml):

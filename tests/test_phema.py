@@ -121,14 +121,14 @@ def test_snapshots_resume_exactly_and_reconstruct_the_tracked_widths(tiny_toml, 
     result = run_cli("ema", str(straight), "--std", "0.05", "0.1", "0.07")
     assert result.returncode == 0, result.stderr
     last = load_file(straight / "phema" / "0000004.safetensors")
-    for std in ("0.050", "0.100"):
+    for std in ("0.05", "0.1"):
         rebuilt = load_file(straight / "phema" / "reconstructed" / f"0000004-std{std}.safetensors")
         assert rebuilt.keys() == {k.split("/", 1)[1] for k in last if k.startswith(std)}
         for key, value in rebuilt.items():
             torch.testing.assert_close(value, last[f"{std}/{key}"], rtol=0, atol=1e-6)
-    between = load_file(straight / "phema" / "reconstructed" / "0000004-std0.070.safetensors")
+    between = load_file(straight / "phema" / "reconstructed" / "0000004-std0.07.safetensors")
     key = "final_layer.linear.weight"
-    low, high, mid = last[f"0.050/{key}"], last[f"0.100/{key}"], between[key]
+    low, high, mid = last[f"0.05/{key}"], last[f"0.1/{key}"], between[key]
     assert not torch.equal(mid, low) and not torch.equal(mid, high)
     # a width between the two tracked ones lies between them (the profiles are nested averages)
     assert ((mid - low).abs() <= (high - low).abs() + 1e-6).float().mean() > 0.99
@@ -136,14 +136,14 @@ def test_snapshots_resume_exactly_and_reconstruct_the_tracked_widths(tiny_toml, 
     # from the 0.10 snapshots alone, 0.05 is an estimate: not the tracked profile, but nearer it than 0.10 is
     alone = run_cli("ema", str(straight), "--std", "0.05", "--inputs", "0.1")
     assert alone.returncode == 0, alone.stderr
-    estimate = load_file(straight / "phema" / "reconstructed" / "0000004-std0.050-from0.100.safetensors")[key]
+    estimate = load_file(straight / "phema" / "reconstructed" / "0000004-std0.05-from0.1.safetensors")[key]
     assert not torch.equal(estimate, low)
     assert (estimate - low).norm() < (high - low).norm()
 
     at_two = run_cli("ema", str(straight), "--std", "0.05", "--step", "2")
     assert at_two.returncode == 0, at_two.stderr
-    two = load_file(straight / "phema" / "reconstructed" / "0000002-std0.050.safetensors")
-    torch.testing.assert_close(two[key], load_file(straight / "phema" / "0000002.safetensors")[f"0.050/{key}"],
+    two = load_file(straight / "phema" / "reconstructed" / "0000002-std0.05.safetensors")
+    torch.testing.assert_close(two[key], load_file(straight / "phema" / "0000002.safetensors")[f"0.05/{key}"],
                                rtol=0, atol=1e-6)
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,8 +162,18 @@ def test_gradient_accumulation_equals_the_full_batch(tiny_toml, tmp_path):
     assert_same_weights(weights(tmp_path / "exps" / "full", 2), weights(tmp_path / "exps" / "accum", 2), atol=2e-6)
 
 
+def test_evaluation_samples_are_shared_out_and_put_back_in_order():
+    from repa.engine.train.evals import reassemble, shares
+
+    for n, processes in ((7, 2), (10, 3), (4, 4), (5, 1)):
+        per, indices = shares(n, processes)
+        assert all(len(mine) == per for mine in indices) and sorted(set(sum(indices, []))) == list(range(n))
+        gathered = np.array([i for mine in indices for i in mine])  # each "sample" is its own index
+        assert reassemble(gathered, indices, n).tolist() == list(range(n))
+
+
 def test_two_processes_equal_one(tiny_toml, tmp_path):
-    experiment = tiny_toml()
+    experiment = tiny_toml('\n[eval]\nmetrics = ["digits-fd"]\nevery = 3\nevery_num_samples = 7\n')
     train(experiment, "experiment.name=one", "train.max_steps=3", "train.checkpoint_every=3")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "repa.cli", "run", str(experiment), "--no-progress", "--set", "experiment.name=two",
@@ -176,6 +187,10 @@ def test_two_processes_equal_one(tiny_toml, tmp_path):
     ranks = [load_file(run / "checkpoints" / "0000003" / f"rng-{r}.pt")["parameters"] for r in (0, 1)]
     assert ranks[0] == ranks[1]  # both processes hold identical weights
     assert_same_weights(weights(tmp_path / "exps" / "one", 3), weights(run, 3), atol=1e-5)
+    # the evaluation at step 3: 7 samples drawn 4 + 3 by the two processes, scored once, as one process scores them
+    (one,), (two,) = ([r for r in metrics(tmp_path / "exps" / name) if r.get("during_training")] for name in ("one", "two"))
+    assert two["step"] == 3 and two["num_samples"] == 7
+    assert two["eval"]["digits-fd"] == pytest.approx(one["eval"]["digits-fd"], rel=1e-3)
 
 
 def torchrun(experiment, *sets):

@@ -48,6 +48,8 @@ def config_hash(config: ExperimentConfig, length: int = 12) -> str:
     key with a default keeps every earlier run id), minus UNHASHED. Changing a default is
     therefore a breaking change for run ids, made on purpose or not at all."""
     data = _non_default(_as_if_unset(config, UNSET_FOR_HASH))
+    if "labels" in data.get("sample", {}):  # hashed under its earlier name: run ids stay as they were
+        data["sample"]["label_sampling"] = data["sample"].pop("labels")
     for path in UNHASHED:
         node = data
         for key in path[:-1]:

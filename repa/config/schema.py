@@ -98,8 +98,8 @@ class TrainSection(Section):
         if bad:
             raise ValueError(f"every width must be between 0 and {POWER_EMA_MAX_STD:.4f} (exclusive; edm2 tracks 0.05 "
                              "and 0.10)")
-        if len(set(stds)) != len(stds):
-            raise ValueError("lists a width twice")
+        if len({f"{s:.6g}" for s in stds}) != len(stds):
+            raise ValueError("lists a width twice (to 6 significant digits, which name its snapshots)")
         return stds
 
     @model_validator(mode="after")
@@ -107,6 +107,10 @@ class TrainSection(Section):
         if self.posthoc_ema and self.distributed == "fsdp":
             raise ValueError('posthoc_ema is tracked on replicated weights: use train.distributed = "ddp" (or '
                              "drop train.posthoc_ema)")
+        every = self.posthoc_ema_every
+        if self.posthoc_ema and every and self.checkpoint_every % every:
+            raise ValueError(f"posthoc_ema_every = {every} must divide checkpoint_every = {self.checkpoint_every} "
+                             "(each checkpoint step then has a snapshot to evaluate)")
         return self
 
 
@@ -134,10 +138,10 @@ class SampleSection(Section):
     def _renamed_label_key(cls, data):
         """`label_sampling` ("uniform" | "balanced") before `labels`: run folders written by earlier
         releases still load, with the same run id."""
-        if isinstance(data, dict) and "label_sampling" in data and "labels" not in data:
+        if isinstance(data, dict) and "label_sampling" in data:
             data = dict(data)
             old = data.pop("label_sampling")
-            data["labels"] = "random" if old == "uniform" else old
+            data.setdefault("labels", "random" if old == "uniform" else old)  # a `labels` given as well wins
         return data
 
     def guidance_settings(self) -> tuple[float, tuple[float, float]]:

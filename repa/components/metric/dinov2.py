@@ -153,6 +153,13 @@ def _reference(source: str, size: str, weights: str | None, batch_size: int, res
                     raise DataError(f"{source}: mu_dinov2 / sigma_dinov2 are not finite float arrays; rebuild the "
                                     "reference batch (repa preprocess reference --fd-dinov2)")
                 return {"mu": mu, "sigma": sigma}
+    if source.endswith(".npz"):
+        import logging
+
+        logging.getLogger("repa").warning(
+            "repa: %s holds no FD-DINOv2 statistics (mu_dinov2, sigma_dinov2); computing them from its arr_0 "
+            "images (an ADM batch keeps 10,000: edm2's reference statistics cover the whole dataset; write them with "
+            "repa preprocess reference FOLDER OUT.npz --fd-dinov2)", source)
     extract = _extractor(size, weights)
     feats = reference_features(source, lambda images: {"dinov2": extract(images, batch_size)}, resolution)
     mu, sigma = gaussian_stats(feats["dinov2"])

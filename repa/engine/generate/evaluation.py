@@ -144,8 +144,7 @@ def _posthoc_weights(run_dir: Path, step: int, std: float, state) -> Path:
     from repa.engine.train.phema import reconstructed_file, write_reconstructions
 
     path = reconstructed_file(run_dir, step, std)
-    if not path.is_file():
-        main_decides(state, lambda: write_reconstructions(run_dir, [std], step))
+    main_decides(state, lambda: path.is_file() or write_reconstructions(run_dir, [std], step))  # every process calls
     return path
 
 

@@ -111,6 +111,14 @@ class Ablation(_Model):
         default_factory=list, description="post-hoc EMA widths scored beside the classic EMA (the runs track "
         "train.posthoc_ema); the table's \"ema\" dimension: \"classic\" and each width")
 
+    @model_validator(mode="after")
+    def _power_function_widths(self):
+        from repa.config.schema import POWER_EMA_MAX_STD
+
+        if any(not 0 < s < POWER_EMA_MAX_STD for s in self.ema_stds):
+            raise ValueError(f"ema_stds: every width must be between 0 and {POWER_EMA_MAX_STD:.4f} (exclusive)")
+        return self
+
     def ema_choices(self) -> list[float | None]:
         """None: the classic EMA; then each post-hoc width."""
         return [None, *self.ema_stds]

@@ -61,7 +61,9 @@ def coefficients(in_t, in_std, out_t, out_std) -> np.ndarray:
 
 
 def std_name(std: float) -> str:
-    return f"{std:.3f}"
+    """A width as it names snapshot keys and files: 6 significant digits (the config refuses two widths
+    that share a name)."""
+    return f"{std:.6g}"
 
 
 class PowerEMA:
@@ -92,20 +94,27 @@ class PowerEMA:
 
     def snapshot(self, run_dir: Path, step: int, layout) -> Path:
         """RUN/phema/<step>.safetensors: every profile in the checkpoint layout, with its step and widths."""
-        from safetensors.torch import save_file
-
-        from repa.storage import write_atomic
-
-        folder = Path(run_dir) / SNAPSHOTS
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"{std_name(std)}/{k}": v.detach().contiguous().cpu()
                    for std, p in zip(self.stds, self.profiles) for k, v in layout(p.state_dict()).items()}
-        path = folder / f"{step:07d}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"step": str(step), "stds": json.dumps(self.stds)})
-        tmp.replace(path)
-        write_atomic(folder / "index.json", json.dumps({"stds": self.stds}, indent=1))
+        path = Path(run_dir) / SNAPSHOTS / f"{step:07d}.safetensors"
+        save_tensors(tensors, path, {"step": str(step), "stds": json.dumps(self.stds)})
         return path
+
+
+def save_tensors(tensors: dict, path: Path, metadata: dict) -> None:
+    """A safetensors file written whole or not at all; a full disk is one line, no temporary left."""
+    from safetensors.torch import save_file
+
+    from repa.engine.checkpoint import state_bytes
+    from repa.storage import require_space, writing
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    needed = state_bytes(tensors)
+    with writing(path, needed, temporary=[tmp]):
+        require_space(path.parent, needed)
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------- reconstruction
@@ -121,28 +130,37 @@ def snapshots(run_dir: Path) -> dict[int, Path]:
     return {step: path for step, path in sorted(found.items()) if step > 0}
 
 
-def _read_snapshot(path: Path) -> tuple[list[float], dict[str, dict]]:
+def _widths(path: Path) -> list[float]:
+    """The widths a snapshot holds, from its header alone."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
-            stds = json.loads((f.metadata() or {})["stds"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            return [float(s) for s in json.loads((f.metadata() or {})["stds"])]
     except Exception as exc:  # a truncated or foreign file: one line naming it
         raise DataError(f"{path}: not a readable post-hoc EMA snapshot ({type(exc).__name__}: {str(exc)[:100]}); "
                         "delete it (the others still reconstruct)") from None
-    profiles = {std_name(s): {} for s in stds}
-    for key, value in tensors.items():
-        name, _, param = key.partition("/")
-        profiles[name][param] = value
-    return stds, profiles
+
+
+def _profile(path: Path, std: float) -> dict[str, torch.Tensor]:
+    """One width's state dict from a snapshot."""
+    from safetensors import safe_open
+
+    prefix = std_name(std) + "/"
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable post-hoc EMA snapshot ({type(exc).__name__}: {str(exc)[:100]}); "
+                        "delete it (the others still reconstruct)") from None
 
 
 def reconstruct(run_dir: Path, stds: list[float], step: int | None = None,
                 inputs: list[float] | None = None) -> tuple[int, dict[float, dict]]:
     """(step, {std: state dict in the checkpoint layout}) at `step` (default: the last snapshot) from the
-    snapshots up to it (of the tracked widths `inputs`; default: all). Floating tensors are combined in
-    float64; others (and buffers' integer counters) come from the last snapshot."""
+    snapshots up to it (of the tracked widths `inputs`; default: all). The coefficients come from the
+    files' headers; the snapshots are then read one profile at a time into float64 sums. Tensors that are
+    not floating point come from the last snapshot."""
     found = snapshots(run_dir)
     step = max(found) if step is None else step
     if step not in found:
@@ -150,32 +168,24 @@ def reconstruct(run_dir: Path, stds: list[float], step: int | None = None,
     for std in stds:
         if not 0 < std < MAX_STD:
             raise DataError(f"--std {std}: a power-function EMA width is between 0 and {MAX_STD:.4f} (exclusive)")
-    snaps = [(t, std, profile) for t, path in found.items() if t <= step
-             for std, profile in zip(*_stds_and_profiles(path)) if inputs is None or _listed(std, inputs)]
+    wanted = None if inputs is None else {std_name(w) for w in inputs}
+    snaps = [(t, width, path) for t, path in found.items() if t <= step
+             for width in _widths(path) if wanted is None or std_name(width) in wanted]
     if not snaps:
         raise DataError(f"{run_dir}: no snapshot of the widths {inputs} up to step {step}")
-    weights = coefficients([t for t, _, _ in snaps], [s for _, s, _ in snaps], step, stds)
-    last = snaps[-1][2]
+    weights = coefficients([t for t, _, _ in snaps], [w for _, w, _ in snaps], step, stds)
+    sums, last = [{} for _ in stds], None
+    for i, (_, width, path) in enumerate(snaps):
+        last = _profile(path, width)
+        for j, total in enumerate(sums):
+            for key, value in last.items():
+                if value.is_floating_point():
+                    term = float(weights[i, j]) * value.double()
+                    total[key] = total[key] + term if key in total else term
     out = {}
-    for j, std in enumerate(stds):
-        combined = {}
-        for key, value in last.items():
-            if value.is_floating_point():
-                total = sum(float(weights[i, j]) * snap[2][key].double() for i, snap in enumerate(snaps))
-                combined[key] = total.to(value.dtype)
-            else:
-                combined[key] = value.clone()
-        out[std] = combined
+    for std, total in zip(stds, sums):
+        out[std] = {key: total[key].to(value.dtype) if key in total else value.clone() for key, value in last.items()}
     return step, out
-
-
-def _listed(std: float, widths: list[float]) -> bool:
-    return any(std_name(std) == std_name(w) for w in widths)
-
-
-def _stds_and_profiles(path: Path) -> tuple[list[float], list[dict]]:
-    stds, profiles = _read_snapshot(path)
-    return stds, [profiles[std_name(s)] for s in stds]
 
 
 def reconstructed_file(run_dir: Path, step: int, std: float, inputs: list[float] | None = None) -> Path:
@@ -186,16 +196,10 @@ def reconstructed_file(run_dir: Path, step: int, std: float, inputs: list[float]
 def write_reconstructions(run_dir: Path, stds: list[float], step: int | None = None,
                           inputs: list[float] | None = None) -> list[Path]:
     """`repa ema`: one EMA weights file per width, loadable by `repa sample --checkpoint` (official layout)."""
-    from safetensors.torch import save_file
-
     step, states = reconstruct(run_dir, stds, step, inputs)
     written = []
     for std, state in states.items():
         path = reconstructed_file(run_dir, step, std, inputs)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
-                  metadata={"step": str(step), "std": str(std)})
-        tmp.replace(path)
+        save_tensors({k: v.contiguous() for k, v in state.items()}, path, {"step": str(step), "std": str(std)})
         written.append(path)
     return written

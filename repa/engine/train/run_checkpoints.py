@@ -92,7 +92,8 @@ class RunCheckpoints:
         name = f"diagnostic-{step:07d}" if diagnostic else ckpt.checkpoint_name(step)
         tmp = self.folder / f".tmp-{name}"
         model_state, ema_state, optimizer_state = self.parallel.states(model, ema, optimizer)
-        needed = ckpt.state_bytes((model_state, ema_state, optimizer_state))
+        phema_state = phema.state() if phema is not None else None
+        needed = ckpt.state_bytes((model_state, ema_state, optimizer_state, phema_state or {}))
         main_decides(acc, lambda: require_space(self.folder, needed))  # every process stops, not only main
         # a full disk: one line, no .tmp-* left (main removes it: the folder is shared), older ones kept
         with writing(tmp, needed, temporary=[tmp] if acc.is_main_process else []):
@@ -109,7 +110,7 @@ class RunCheckpoints:
                          "processes": acc.num_processes, "distributed": self.config.train.distributed,
                          "layout": ckpt.LAYOUT}
                 ckpt.write_main(tmp, checkpoint_layout(model_state), checkpoint_layout(ema_state), optimizer_state,
-                                state, phema.state() if phema is not None else None)
+                                state, phema_state)
                 if diagnostic:  # a resumed run may diverge at the same step again: replace the old one
                     ckpt.write_manifest(tmp)
                     ckpt.move_into_place(tmp, final)

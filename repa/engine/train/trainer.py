@@ -243,6 +243,7 @@ class Trainer:
         self.grids = SampleGrids(config, acc, self.parallel, self.dataset, self.autoencoder, self.objective,
                                  sampler, guidance)
         self.evals = TrainingEvaluation(config, acc, self.parallel, self.grids)
+        self.evals.probe()
         if self.resume:  # run_experiment refuses to start a fresh run over existing checkpoints
             self.counters = (self.checkpoints.restore(self.resume, self.model, self.ema, self.optimizer, self.phema)
                              or Counters())
@@ -519,10 +520,10 @@ class Trainer:
                     paused = time.perf_counter()
                     if counters.step == 1 or counters.step % config.train.sample_every == 0:
                         self._sample_grid()
+                    self._posthoc_ema_snapshot()  # before the checkpoint: a resume from it never lacks it
                     if counters.step % config.train.checkpoint_every == 0:
                         self._settle(window)  # the checkpoint records the non-finite count
                         self._checkpoint(window)
-                    self._posthoc_ema_snapshot()
                     if self.evals.due(counters.step):
                         self._evaluate()
                     window.paused += time.perf_counter() - paused
@@ -571,9 +572,10 @@ class Trainer:
 
     def _evaluate(self) -> None:
         """[eval] every: score the EMA at this step (after its checkpoint: a kill during it loses no
-        training); a stop asked for meanwhile abandons it, and the resumed run evaluates this step first."""
+        training); a stop asked for meanwhile abandons it (one process), and the resumed run evaluates
+        this step first."""
         interrupt = None if self.parallel.collective_sampling else (lambda: self.stop_requested)
-        if not self.evals.run(self.ema, self.counters.step, self.trackers, interrupt):
+        if not self.evals.run(self.ema, self.counters.step, self.trackers, interrupt) and self.stop_requested:
             log.warning("repa: the evaluation of step %d was abandoned for the stop; resuming evaluates it",
                         self.counters.step)
 
