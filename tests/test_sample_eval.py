@@ -474,3 +474,20 @@ def test_sampling_says_the_measured_rate_after_the_first_batch(trained_run, tmp_
                      str(tmp_path / "s"), "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"repa: measured [\d.]+ img/s on the first batch; 4 images left, about \dm\d\ds", result.stderr)
+
+
+def test_digits_spread_says_how_much_samples_vary_against_real_digits():
+    from repa.components.digits_models import digits_split
+    from repa.config import validate_component
+    from repa.engine.generate.evaluation import evaluate_images
+
+    real = digits_split("heldout").images.permute(0, 2, 3, 1).numpy()
+    spread = [validate_component("metric", "digits-spread", {}, "eval.metrics")]
+    assert evaluate_images(spread, real, None, None)["digits-spread"] == pytest.approx(1.0, rel=1e-9)
+    # one real digit per class, repeated: good digits without variety within a class
+    labels = digits_split("heldout").labels.numpy()
+    one_each = np.stack([real[np.flatnonzero(labels == k)[0]] for k in range(10)])
+    repeated = np.repeat(one_each, 20, axis=0)
+    narrow = evaluate_images(spread, repeated, None, None)["digits-spread"]
+    assert 0.2 < narrow < 1.0  # the spread between classes remains, the one within each is gone
+    assert evaluate_images(spread, np.repeat(real[:1], 50, axis=0), None, None)["digits-spread"] == pytest.approx(0, abs=1e-9)

@@ -97,3 +97,5 @@ def repa_register_metrics(registry):
                  "Frechet distance in a repa-trained digits CNN's features, vs the held-out digits")
     registry.add("digits-accuracy", _digits("digits-accuracy"), DigitsMetricParams,
                  "accuracy of that CNN on class-conditional samples (does the sample show its class?)")
+    registry.add("digits-spread", _digits("digits-spread"), DigitsMetricParams,
+                 "tr(cov) of the samples' CNN features over the held-out digits' (below 1: less diverse)")

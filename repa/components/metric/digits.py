@@ -70,4 +70,14 @@ class DigitsAccuracy(DigitsMetric):
         return {"digits-accuracy": float((feats["logits"].argmax(1) == labels).mean())}
 
 
-METRICS = {"digits-fd": DigitsFD, "digits-accuracy": DigitsAccuracy}
+class DigitsSpread(DigitsMetric):
+    """How much the samples vary, against the held-out digits: tr(cov(samples)) / tr(cov(real)) in the CNN's
+    features. Below 1, the samples are less diverse than real digits (a Frechet distance counts that as
+    distance even when every sample is a good digit); above 1, more scattered."""
+
+    def score(self, feats, ref, labels=None):
+        return {"digits-spread": float(np.trace(gaussian_stats(feats["features"])[1])
+                                       / np.trace(gaussian_stats(ref["features"])[1]))}
+
+
+METRICS = {"digits-fd": DigitsFD, "digits-accuracy": DigitsAccuracy, "digits-spread": DigitsSpread}
