@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+import numpy as np
 import torch
 
 from repa.errors import ContractError
@@ -158,6 +159,14 @@ def test_every_builtin_keeps_its_contract(kind, name, tmp_path, monkeypatch):
         params, context = {"epochs": 2}, {"resolution": 32}
     elif name.startswith("digits-"):
         params = {"epochs": 2}  # the scoring CNN, trained briefly
+    elif (kind, name) == ("metric", "fd-dinov2"):  # random weights in the hub release format (ViT-S: fast)
+        from tests.test_fd_dinov2 import release_state
+
+        torch.save(release_state(), tmp_path / "dinov2_vits14_pretrain.pth")
+        params = {"size": "s", "weights": str(tmp_path / "dinov2_vits14_pretrain.pth")}
+        reference = torch.randint(0, 256, (16, 32, 32, 3), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+        np.savez(tmp_path / "reference.npz", arr_0=reference.numpy())
+        context = {"reference": str(tmp_path / "reference.npz")}
     elif kind == "term":  # the built-in terms name their encoder (and loss, quantity) like experiment entries do
         digits = {"kind": "digits-convnet", "epochs": 2}
         params = {"alignment": {"encoder": digits}, "joint": {"quantity": "reg", "encoder": digits},
