@@ -1,9 +1,13 @@
 """Migration layer for users of the official REPA scripts (sihyun-yu/REPA @ 67f7145: models/sit.py,
-samplers.py, utils.py): same call signatures, our code.
+models/mmdit.py, samplers.py, samplers_t2i.py, utils.py): same call signatures, our code.
 
     from repa.compat import official_sit, euler_sampler
     model = official_sit(input_size=32, hidden_size=1152, depth=28, num_heads=16, z_dims=[768], ...)
     x0 = euler_sampler(model, latents, y, num_steps=50, cfg_scale=1.8, guidance_high=0.7)
+
+    from repa.compat import official_mmdit, euler_sampler_t2i
+    model = official_mmdit(input_size=32, z_dims=[768], encoder_depth=8)   # train_t2i.py's model
+    x0 = euler_sampler_t2i(model, latents, contexts, empty_contexts, num_steps=50, cfg_scale=4.0)
 
 Thin adapters: everything delegates to `repa.components` and `repa.engine`.
 """
@@ -16,7 +20,8 @@ from repa.components.backbone.sit import legacy_to_blocks
 from repa.engine.network import Placement, TrainedNetwork, checkpoint_layout, network_layout
 from repa.interfaces import TrainedModule
 
-__all__ = ["OfficialLayoutNetwork", "euler_maruyama_sampler", "euler_sampler", "legacy_to_blocks", "official_sit"]
+__all__ = ["OfficialLayoutNetwork", "OfficialMMDiTNetwork", "euler_maruyama_sampler", "euler_maruyama_sampler_t2i",
+           "euler_sampler", "euler_sampler_t2i", "legacy_to_blocks", "official_mmdit", "official_sit"]
 
 
 def official_sit(
@@ -83,7 +88,65 @@ class OfficialLayoutNetwork(TrainedNetwork):
         return super().load_state_dict(network_layout(state_dict, self), strict=strict, assign=assign)
 
 
-def _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type):
+# The official MMDiT's constructor arguments that the official T2I code leaves at these values; others
+# select variants it never trains (and we do not build).
+_MMDIT_FIXED = {"learn_sigma": False, "adm_in_channels": None, "register_length": 0, "rmsnorm": False,
+                "scale_mod_only": False, "swiglu": False, "out_channels": None, "qk_norm": None, "qkv_bias": True,
+                "pos_embed_scaling_factor": None, "pos_embed_offset": None}
+# Accepted and without effect, as in the official code (it overrides or ignores them).
+_MMDIT_IGNORED = ("context_embedder_config", "attn_mode", "pos_embed_max_size", "num_patches", "dtype", "device")
+
+
+def official_mmdit(
+    input_size: int = 32,
+    patch_size: int = 2,
+    in_channels: int = 4,
+    depth: int = 24,
+    mlp_ratio: float = 4.0,
+    encoder_depth: int = 8,
+    z_dims: Sequence[int] = (768,),
+    projector_dim: int = 2048,
+    **official,
+):
+    """Our MMDiT and MLP projectors from the official `MMDiT(...)` keyword arguments (models/mmdit.py):
+    forward(x, t, context=...) -> (out, zs), state dicts in the official layout. As official: width 32 x
+    depth, depth heads, 768-wide contexts of any length (77 from CLIP), a 16x16 position table, no
+    label dropout inside the model (the official dataset swaps in the empty context)."""
+    from repa.components.backbone.mmdit import MMDiT
+    from repa.components.projector.mlp import MLPProjector
+
+    for key, value in official.items():
+        if key in _MMDIT_FIXED and value != _MMDIT_FIXED[key]:
+            raise ValueError(f"{key}={value!r}: the official T2I code never sets it; only {_MMDIT_FIXED[key]!r} is built")
+        if key not in _MMDIT_FIXED and key not in _MMDIT_IGNORED:
+            raise TypeError(f"official_mmdit() got an unexpected keyword argument {key!r}")
+    backbone = MMDiT(input_size=input_size, patch_size=patch_size, in_channels=in_channels, depth=depth,
+                     mlp_ratio=mlp_ratio, context_tokens=77, context_dim=768, label_dropout=0.0)
+    projectors = [MLPProjector(backbone.hidden_size, projector_dim, z) for z in z_dims]
+    return OfficialMMDiTNetwork(backbone, projectors, encoder_depth)
+
+
+class OfficialMMDiTNetwork(OfficialLayoutNetwork):
+    """The official MMDiT's call: forward(x, t, y=None, context=...) -> (out, zs); contexts of any length."""
+
+    def forward(self, x, t, y=None, context=None, detach=False):
+        if context is None:
+            raise ValueError("the MMDiT is conditioned on contexts: call model(x, t, context=contexts [B,L,768])")
+        self.backbone.context_shape = tuple(context.shape[1:])  # the official model takes any length
+        output = self.backbone(x, t, context, hidden_depths=[self.encoder_depth])
+        hidden = output.hidden[self.encoder_depth]
+        hidden = hidden.detach() if detach else hidden
+        return output.out, [projector(hidden) for projector in self.projectors.values()]
+
+    def check_inputs(self, x, t, y):
+        self.backbone.context_shape = tuple(y.shape[1:])
+        self.backbone.check_inputs(x, t, y)
+
+    def _denoise(self, x, t, y, extras):
+        return [self(x, t, context=y)[0]]
+
+
+def _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type, null=None):
     from repa.components.guidance.cfg import ClassifierFreeGuidance
     from repa.components.path.interpolants import CosinePath, LinearPath
     from repa.components.prediction.targets import VelocityPrediction
@@ -94,7 +157,7 @@ def _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type):
         raise ValueError(f"path_type must be 'linear' or 'cosine', got {path_type!r}")
     # Official semantics: guidance only when cfg_scale > 1.
     guidance = ClassifierFreeGuidance(cfg_scale, guidance_low, guidance_high) if cfg_scale > 1.0 else None
-    return Denoiser(model, VelocityPrediction(), paths[path_type](), guidance)
+    return Denoiser(model, VelocityPrediction(), paths[path_type](), guidance, null=null)
 
 
 def euler_sampler(
@@ -116,4 +179,27 @@ def euler_maruyama_sampler(
     from repa.components.sampler.integrators import EulerMaruyamaSampler
 
     denoiser = _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type)
+    return denoiser.sample(EulerMaruyamaSampler(num_steps), latents, y)
+
+
+def euler_sampler_t2i(
+    model, latents, y, y_null, num_steps=20, heun=False, cfg_scale=1.0, guidance_low=0.0, guidance_high=1.0,
+    path_type="linear",
+):
+    """samplers_t2i.py's ODE sampler: y contexts [B,L,D], y_null the empty contexts [B,L,D] that
+    guidance's unconditional rows see; x0 in float64 as official."""
+    from repa.components.sampler.integrators import EulerSampler
+
+    denoiser = _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type, null=y_null)
+    return denoiser.sample(EulerSampler(num_steps, heun=heun), latents, y)
+
+
+def euler_maruyama_sampler_t2i(
+    model, latents, y, y_null, num_steps=20, heun=False, cfg_scale=1.0, guidance_low=0.0, guidance_high=1.0,
+    path_type="linear",
+):
+    """samplers_t2i.py's SDE sampler (noise from torch's global RNG, as official)."""
+    from repa.components.sampler.integrators import EulerMaruyamaSampler
+
+    denoiser = _denoiser(model, cfg_scale, guidance_low, guidance_high, path_type, null=y_null)
     return denoiser.sample(EulerMaruyamaSampler(num_steps), latents, y)

@@ -71,6 +71,11 @@ class BackboneParams(Params):
         """Whether `Backbone.forward` returns attention logits for `attention_blocks` (HASTE's alignment)."""
         return False
 
+    def takes_context(self) -> bool:
+        """Whether the backbone is conditioned on contexts [B,L,D] (text tokens, `text` conditioning)
+        instead of class labels [B]."""
+        return False
+
     def token_grid(self, input_size: int) -> tuple[int, int]:
         """(rows, columns) of the token grid; projectors that use the grid (iREPA's conv) get it."""
         side = int(round(self.num_tokens(input_size) ** 0.5))
@@ -130,6 +135,23 @@ class DatasetParams(Params):
     def location(self) -> str | None:
         """Where the data lives, for messages (e.g. its folder); None: nowhere on disk."""
         return None
+
+
+class ConditioningParams(Params):
+    """Base of a conditioning's params ([conditioning] in the experiment file)."""
+
+    def context_shape(self) -> tuple[int, int] | None:
+        """(tokens L, width D) of one context when the network is conditioned on contexts (text); None:
+        on class labels. Validation checks it against the backbone (`BackboneParams.takes_context`)."""
+        return None
+
+
+class TextEncoderParams(Params):
+    """Static facts about a frozen text encoder."""
+
+    @abc.abstractmethod
+    def context_shape(self) -> tuple[int, int]:
+        """(tokens L, width D) of the context it returns for one caption."""
 
 
 class OptimizerParams(Params):
@@ -540,6 +562,17 @@ class Backbone(abc.ABC):
         """Whether the label embedding has the null row (needed for guidance)."""
         return True
 
+    # (L, D) when the backbone is conditioned on contexts (y [B,L,D] float: text tokens); None: class labels.
+    context_shape: tuple | None = None
+
+    def null_condition(self, y: torch.Tensor) -> torch.Tensor:
+        """The unconditional rows for conditions y: what a dropped label becomes and what guidance's
+        unconditional pass sees. Default: the null label `num_classes`; a backbone conditioned on
+        contexts returns its null context (the empty caption's) per row."""
+        import torch
+
+        return torch.full_like(y, self.num_classes)
+
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
         """Raise ValueError with a readable reason for inputs this backbone cannot take (called
         once per sampling run, before the first step). Default: accept everything."""
@@ -628,6 +661,64 @@ class Autoencoder(abc.ABC):
         weights of the checkpoint. Then `encode` and `sample` must be differentiable (the latents keep
         their graph when a term needs it). Default: none, a frozen autoencoder."""
         return {}
+
+
+# ============================================================================
+# Conditioning: class labels or text
+# ============================================================================
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What samples are drawn for: y (labels [N] int64, or contexts [N,L,D] float32), the class each
+    asks for when known (labels [N] int64, or None: scores that need classes are skipped) and one
+    caption per sample for grids ("class 3", or the prompt)."""
+
+    y: torch.Tensor
+    labels: torch.Tensor | None
+    captions: tuple
+
+
+class TextEncoder(abc.ABC):
+    """A frozen text encoder: captions -> contexts [B,L,D] float32, every token's last hidden state
+    (the official T2I data: CLIP ViT-L/14's text tower, [77, 768] per caption). Built once per run by
+    the text conditioning; `encode` runs on every caption not read from a cache."""
+
+    tokens: int
+    width: int
+
+    @abc.abstractmethod
+    def encode(self, captions: Sequence[str]) -> torch.Tensor:
+        """N captions -> [N, tokens, width] float32 on the encoder's device, without gradients."""
+
+
+class Conditioning(abc.ABC):
+    """What the network is conditioned on ([conditioning] kind): class labels (the default, "class") or
+    contexts ("text"). Built once per run by factory(params, *, num_classes, dataset), `dataset(split)`
+    building the experiment's dataset on demand (prompts for evaluation come from its "val" split).
+
+    Datasets give each item's `y`: an int label, a caption (str), or a cached context [L,D]; `collate`
+    turns one batch's values into the network's y (every training step)."""
+
+    context_shape: tuple | None = None  # (L, D) of a context; None: class labels
+
+    @abc.abstractmethod
+    def collate(self, values: Any) -> torch.Tensor:
+        """A batch's `y` values (a tensor, or a list of captions / contexts) -> y [B] int64 or [B,L,D] float32."""
+
+    @abc.abstractmethod
+    def conditions(self, seed: int, indices: Sequence[int], mode: str) -> Conditions:
+        """What sample number i of `indices` is drawn for (evaluation, grids), a function of (seed, i) only;
+        mode is [sample] labels: "random" or "balanced" (over classes, where classes exist)."""
+
+    def null_context(self) -> torch.Tensor | None:
+        """[L,D] float32: the unconditional context (the empty caption's), for label dropout and guidance;
+        None for class labels (the backbone's null label)."""
+        return None
+
+    def prompts(self, prompts: Sequence[str]) -> Conditions:
+        """Conditions for these prompts (`repa sample --prompt`); class labels take the class number."""
+        raise ValueError(f"{type(self).__name__} cannot condition on prompts")
 
 
 # ============================================================================
@@ -729,7 +820,8 @@ class Sampler(abc.ABC):
 
 class Dataset(abc.ABC):
     """Map-style dataset, built once per run. Item i -> dict with:
-    `image` uint8 [3,R,R] (R = params.resolution), `y` int (0..num_classes-1), and optionally
+    `image` uint8 [3,R,R] (R = params.resolution), `y` int (0..num_classes-1; under text conditioning a
+    caption str or a cached context [L,D], `repa.interfaces.Conditioning`), and optionally
     `moments` [2C,h,w] (the autoencoder's posterior, when stored with the data: then the trainer
     does not encode the image)."""
 
@@ -740,6 +832,12 @@ class Dataset(abc.ABC):
 
     @abc.abstractmethod
     def __getitem__(self, i: int) -> dict[str, Any]: ...
+
+    def prompts(self, seed: int, indices: Sequence[int], mode: str) -> list[tuple[Any, int | None, str]]:
+        """Captioned data (text conditioning): what evaluation sample i is drawn for, a function of (seed,
+        i): (its y as items give it: a caption or a cached context [L,D], the class it asks for or None,
+        the caption shown on grids). Called on the "val" split. Default: the data has no captions."""
+        raise NotImplementedError(f"{type(self).__name__} has no captions to draw samples for")
 
     def foreground(self, image: torch.Tensor) -> torch.Tensor | None:
         """bool [R,R]: the pixels of the object in `image` (uint8 [3,R,R]), for spatial analyses that

@@ -16,6 +16,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from repa.errors import RepaError
 from repa.interfaces import BackboneOutput, TrainedModule
 
 BACKBONE = "backbone."
@@ -48,6 +49,17 @@ class TrainedNetwork(nn.Module):
     @property
     def has_null_label(self) -> bool:
         return self.backbone.has_null_label
+
+    @property
+    def context_shape(self) -> tuple | None:
+        return getattr(self.backbone, "context_shape", None)
+
+    def null_condition(self, y: torch.Tensor) -> torch.Tensor:
+        """The unconditional rows for conditions y (`repa.interfaces.Backbone.null_condition`)."""
+        if self.context_shape is None and not self.has_null_label:
+            raise RepaError("guidance needs the null label, but this model was built without one (label_dropout = 0); "
+                            "sample with cfg_scale = 1")
+        return self.backbone.null_condition(y)
 
     def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> None:
         self.backbone.check_inputs(x, t, y)

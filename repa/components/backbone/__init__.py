@@ -86,9 +86,62 @@ def build_sit(params: SiTParams, *, input_size, in_channels, num_classes, label_
     )
 
 
+class MMDiTParams(BackboneParams):
+    """The official text-to-image MMDiT (models/mmdit.py): width 32 x depth and depth heads unless set."""
+
+    depth: int = Field(24, ge=1, description="number of joint blocks")
+    hidden_size: int | None = Field(None, ge=1, description="default: 32 x depth (official)")
+    num_heads: int | None = Field(None, ge=1, description="default: depth (official; head width 32)")
+    patch_size: int = Field(2, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0)
+    pos_embed_max_size: int | None = Field(
+        16, ge=1, description="side of the sin-cos position table, cropped at the centre to the token grid "
+        "(official: 16); none = the grid's side")
+    in_channels: int | None = Field(None, ge=1, description="default: the autoencoder's latent channels")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        width, heads = self.hidden_size or 32 * self.depth, self.num_heads or self.depth
+        if width % heads:
+            raise ValueError(f"hidden_size {width} is not divisible by num_heads {heads}")
+        return self
+
+    def num_blocks(self) -> int:
+        return self.depth
+
+    def num_tokens(self, input_size: int) -> int:
+        return (input_size // self.patch_size) ** 2
+
+    def input_multiple(self) -> int:
+        return self.patch_size
+
+    def takes_context(self) -> bool:
+        return True
+
+
+def build_mmdit(params: MMDiTParams, *, input_size, in_channels, num_classes, label_dropout=0.1, null_label=True,
+                grad_checkpointing=False, conditioning=None):
+    from repa.components.backbone.mmdit import MMDiT
+    from repa.errors import ConfigError
+
+    if conditioning is None or conditioning.context_shape is None:
+        raise ConfigError(['backbone.kind: "mmdit" is conditioned on text; set [conditioning] kind = "text"'])
+    if params.in_channels is not None and params.in_channels != in_channels:
+        raise ConfigError([f"backbone.in_channels: {params.in_channels} does not match the autoencoder's {in_channels}"])
+    tokens, width = conditioning.context_shape
+    return MMDiT(
+        input_size=input_size, patch_size=params.patch_size, in_channels=in_channels, depth=params.depth,
+        hidden_size=params.hidden_size, num_heads=params.num_heads, mlp_ratio=params.mlp_ratio,
+        context_tokens=tokens, context_dim=width, pos_embed_max_size=params.pos_embed_max_size,
+        label_dropout=label_dropout, null_context=conditioning.null_context(), grad_checkpointing=grad_checkpointing,
+    )
+
+
 @hookimpl
 def repa_register_backbones(registry):
     registry.add("sit", build_sit, SiTParams, "SiT with custom depth/width/heads/patch")
+    registry.add("mmdit", build_mmdit, MMDiTParams,
+                 "MMDiT (SD3 joint attention over text and image tokens), as official REPA text-to-image")
     for size, (depth, width, heads) in SIZES.items():
         for patch in PATCHES:
             registry.add(

@@ -8,7 +8,6 @@ from typing import Sequence
 
 import torch
 
-from repa.errors import RepaError
 from repa.interfaces import Guidance, Path, Prediction
 from repa.precision import autocast_to
 
@@ -52,21 +51,18 @@ class Denoiser:
     them (`PackedState`), so that every sampler integrates them all unchanged."""
 
     def __init__(self, model, prediction: Prediction, path: Path, guidance: Guidance | None = None,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, null: torch.Tensor | None = None):
+        """null: the unconditional rows guidance uses (default: the network's null condition for y)."""
         self.model, self.prediction, self.path, self.guidance = model, prediction, path, guidance
+        self.null = null
         self.model_dtype = next(model.parameters()).dtype
         self.autocast_dtype = autocast_dtype
         self.state = PackedState(None, [])  # set per sample()
         self.last_joint: list[torch.Tensor] = []  # each quantity's end state [B,K,D] after sample()
         self.interrupt = None  # () -> bool, asked at every evaluation: True abandons the sampling (Interrupted)
 
-    def _null_labels(self, y):
-        if not self.model.has_null_label:
-            raise RepaError(
-                "guidance needs the null label, but this model was built without one (label_dropout = 0); "
-                "sample with cfg_scale = 1"
-            )
-        return torch.full_like(y, self.model.num_classes)
+    def _null_conditions(self, y):
+        return self.model.null_condition(y) if self.null is None else self.null
 
     def network_fn(self, model=None) -> "BoundNetwork":
         """network(x, t, y) -> [the image's output, each quantity's] for packed states x, in x's dtype: what
@@ -85,7 +81,7 @@ class Denoiser:
             if self.guidance is None:
                 outs = network(x, t, y)
             else:
-                null = self._null_labels(y) if self.guidance.active(step_t) else None
+                null = self._null_conditions(y) if self.guidance.active(step_t) else None
                 outs = self.guidance.guide(network, x, t, y, null, step_t)
             parts = self.state.unpack(x)
             return self.state.pack(*(self.prediction.to_velocity(out, part, t, self.path)

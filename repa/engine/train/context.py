@@ -149,7 +149,8 @@ class TrainingContext:
         x_t = alpha * x0 + sigma * self.noise
         labels = self.y
         if need.dropped_labels:
-            labels = torch.where(self.drop, torch.full_like(self.y, self._network.num_classes), self.y)
+            null = self._network.backbone.null_condition(self.y)
+            labels = torch.where(self.drop.reshape(-1, *[1] * (self.y.ndim - 1)), null, self.y)
         if need.model == "ema":
             with torch.no_grad():
                 return self.ema(lambda net: net.backbone(x_t, t, labels, hidden_depths=list(need.hidden)))
