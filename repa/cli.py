@@ -148,6 +148,26 @@ def _autoencoder(args):
                               "--autoencoder").build()
 
 
+PROMPT_SAMPLES = 8  # samples per prompt when --num-samples is not given
+
+
+def _prompts(args) -> list[str]:
+    """--prompt (repeatable) and --prompts FILE (one per line, blank lines skipped), in that order."""
+    from pathlib import Path
+
+    from repa.errors import RepaError
+
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise RepaError(f"--prompts {args.prompts}: no such file; give a text file with one prompt per line")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise RepaError(f"--prompts {args.prompts}: holds no prompt; write one per line")
+    return prompts
+
+
 def cmd_sample(args) -> int:
     from pathlib import Path
 
@@ -161,10 +181,15 @@ def cmd_sample(args) -> int:
     own_run = args.experiment if not args.backbone else None  # --backbone: the released preset's weights
     checkpoint = Path(args.checkpoint) if args.checkpoint else experiment_checkpoint(config, own_run)
     labels = {"uniform": "random"}.get(args.labels, args.labels) or config.sample.labels
-    out = Path(args.out) if args.out else default_out(config, checkpoint, args.seed, labels)
-    npz = SampleRun(config, checkpoint, out, args.num_samples, args.seed, args.batch_size or config.sample.batch_size,
-                    labels, progress=not args.no_progress).run()
-    print(f"{npz}: {args.num_samples} samples (PNGs in {out / 'images'})")
+    prompts = _prompts(args)
+    num = args.num_samples or (PROMPT_SAMPLES * len(prompts) if prompts else 50_000)
+    out = Path(args.out) if args.out else default_out(config, checkpoint, args.seed,
+                                                      labels if not prompts else "prompts:" + "\n".join(prompts))
+    npz = SampleRun(config, checkpoint, out, num, args.seed, args.batch_size or config.sample.batch_size,
+                    labels, progress=not args.no_progress, prompts=prompts).run()
+    if prompts:
+        print(f"{out / 'grid.png'}: the prompts' samples, one row per prompt")
+    print(f"{npz}: {num} samples (PNGs in {out / 'images'})")
     if args.experiment and config.eval.metrics:  # its [eval] metrics and reference
         print(f"next: repa evaluate {npz} --experiment {args.experiment}")
     else:
@@ -415,7 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: the latest checkpoint of the experiment's run; without an "
                                         "experiment, or with --backbone, the released SiT-XL/2 REPA checkpoint)")
     p.add_argument("--backbone", help="backbone preset, e.g. SiT-XL/2 (default: the experiment's)")
-    p.add_argument("--num-samples", type=_at_least(1), default=50_000)
+    p.add_argument("--num-samples", type=_at_least(1),
+                   help=f"default: 50,000, or {PROMPT_SAMPLES} per prompt with --prompt / --prompts")
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="draw for this text (text-conditioned experiments; repeatable): sample i gets prompt i mod "
+                        "their number, and grid.png shows them")
+    p.add_argument("--prompts", metavar="FILE", help="a text file of prompts, one per line")
     p.add_argument("--out", help="output folder (images/ + samples.npz)")
     p.add_argument("--seed", type=_at_least(0, SEED_MAX // 1_000_004), default=0,
                    help="sample i depends only on (seed, i)")

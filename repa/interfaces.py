@@ -702,6 +702,9 @@ class Conditioning(abc.ABC):
 
     context_shape: tuple | None = None  # (L, D) of a context; None: class labels
 
+    def __deepcopy__(self, memo):
+        return self  # a service, shared by the network's copies (the EMA)
+
     @abc.abstractmethod
     def collate(self, values: Any) -> torch.Tensor:
         """A batch's `y` values (a tensor, or a list of captions / contexts) -> y [B] int64 or [B,L,D] float32."""
@@ -838,6 +841,12 @@ class Dataset(abc.ABC):
         i): (its y as items give it: a caption or a cached context [L,D], the class it asks for or None,
         the caption shown on grids). Called on the "val" split. Default: the data has no captions."""
         raise NotImplementedError(f"{type(self).__name__} has no captions to draw samples for")
+
+    def empty_context(self) -> torch.Tensor | None:
+        """Captioned data with cached contexts: the empty caption's context [L,D] stored with them (the
+        official COCO layout's empty_context.npy), the null context of guidance and label dropout; None:
+        the text encoder encodes "" instead."""
+        return None
 
     def foreground(self, image: torch.Tensor) -> torch.Tensor | None:
         """bool [R,R]: the pixels of the object in `image` (uint8 [3,R,R]), for spatial analyses that

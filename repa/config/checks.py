@@ -8,7 +8,20 @@ from repa.config.source import Issue
 
 def cross_checks(config: ExperimentConfig, processes: int = 1) -> list[Issue]:
     return (_batch_checks(config, processes) + _guidance_checks(config) + _shape_checks(config)
-            + _joint_checks(config) + _attention_checks(config))
+            + _joint_checks(config) + _attention_checks(config) + _conditioning_checks(config))
+
+
+def _conditioning_checks(config: ExperimentConfig) -> list[Issue]:
+    """Text contexts need a backbone that takes them, and such a backbone needs them."""
+    takes = getattr(config.backbone.params, "takes_context", lambda: False)()
+    shape = getattr(config.conditioning.params, "context_shape", lambda: None)()
+    if takes and shape is None:
+        return [Issue(("conditioning", "kind"), f"backbone {config.backbone.kind!r} is conditioned on text contexts; "
+                      "set [conditioning] kind = \"text\" with a text_encoder")]
+    if shape is not None and not takes:
+        return [Issue(("conditioning", "kind"), f"{config.conditioning.kind!r} gives contexts, but backbone "
+                      f"{config.backbone.kind!r} takes class labels; use a backbone that takes contexts (\"mmdit\")")]
+    return []
 
 
 def _attention_checks(config: ExperimentConfig) -> list[Issue]:

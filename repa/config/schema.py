@@ -182,6 +182,7 @@ class ExperimentConfig(Section):
     data: Annotated[Component, Kind("dataset")]
     autoencoder: Annotated[Component, Kind("autoencoder", default="sd-vae")]
     backbone: Annotated[Component, Kind("backbone")]
+    conditioning: Annotated[Component, Kind("conditioning", default="class")]
     path: Annotated[Component, Kind("path", default="linear")]
     prediction: Annotated[Component, Kind("prediction", default="v")]
     weighting: Annotated[Component, Kind("weighting", default="uniform")]

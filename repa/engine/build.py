@@ -25,33 +25,51 @@ def input_geometry(config: ExperimentConfig) -> tuple[int, int]:
     return config.data.params.resolution // ae.downsample_factor(), ae.latent_channels()
 
 
-def build_backbone(config: ExperimentConfig, num_classes: int, null_label: bool | None = None):
+def build_conditioning(config: ExperimentConfig, num_classes: int):
+    """The experiment's conditioning ([conditioning]; class labels by default). Its datasets are built on
+    first need, once per split (text: evaluation prompts, the stored empty context)."""
+    built: dict = {}
+
+    def dataset(split: str):
+        if split not in built:
+            built[split] = config.data.build(split=split)
+        return built[split]
+
+    return config.conditioning.build(num_classes=num_classes, dataset=dataset)
+
+
+def build_backbone(config: ExperimentConfig, num_classes: int, null_label: bool | None = None, conditioning=None):
     """null_label: whether the label table has the null row (default: when the experiment drops labels);
-    a loaded checkpoint decides it."""
+    a loaded checkpoint decides it. conditioning: the built [conditioning] (default: built here)."""
     side, channels = input_geometry(config)
     dropout = config.train.label_dropout
+    conditioning = build_conditioning(config, num_classes) if conditioning is None else conditioning
     return config.backbone.build(
         input_size=side, in_channels=channels, num_classes=num_classes, label_dropout=dropout,
         null_label=dropout > 0 if null_label is None else null_label,
-        grad_checkpointing=config.train.grad_checkpointing,
+        grad_checkpointing=config.train.grad_checkpointing, conditioning=conditioning,
     )
 
 
 def build_training(config: ExperimentConfig, num_classes: int, null_label: bool | None = None,
-                   autoencoder=None) -> tuple[TrainedNetwork, list[TermSlot]]:
-    """The trained network (backbone, the terms' modules, a trainable autoencoder's) and the terms' slots."""
-    backbone = build_backbone(config, num_classes, null_label)
+                   autoencoder=None, conditioning=None) -> tuple[TrainedNetwork, list[TermSlot]]:
+    """The trained network (backbone, the terms' modules, a trainable autoencoder's) and the terms' slots;
+    the network carries its conditioning (`network.conditioning`)."""
+    conditioning = build_conditioning(config, num_classes) if conditioning is None else conditioning
+    backbone = build_backbone(config, num_classes, null_label, conditioning)
     slots = build_terms(config, term_facts(config, backbone, num_classes, autoencoder))
     placements = [placement for slot in slots for placement in _placements(slot)]
     if autoencoder is not None:
         placements += [Placement(f"autoencoder.{name}", _trained(module, f"autoencoder {config.autoencoder.kind!r}"))
                        for name, module in autoencoder.trained_modules().items()]
-    return TrainedNetwork(backbone, placements, [slot.joint for slot in slots if slot.joint is not None]), slots
+    network = TrainedNetwork(backbone, placements, [slot.joint for slot in slots if slot.joint is not None])
+    network.conditioning = conditioning
+    return network, slots
 
 
 def build_network(config: ExperimentConfig, num_classes: int, null_label: bool | None = None,
-                  autoencoder=None) -> TrainedNetwork:
-    return build_training(config, num_classes, null_label, autoencoder)[0]
+                  autoencoder=None, conditioning=None) -> TrainedNetwork:
+    return build_training(config, num_classes, null_label, autoencoder, conditioning)[0]
 
 
 def term_facts(config: ExperimentConfig, backbone, num_classes: int, autoencoder=None) -> TermFacts:
@@ -248,7 +266,7 @@ def probe_attention(config: ExperimentConfig, network: TrainedNetwork, encoders:
     side, channels = input_geometry(config)
     resolution = config.data.params.resolution
     x = torch.zeros(1, channels, side, side, device=device)
-    t, y = torch.full((1,), 0.5, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    t, y = torch.full((1,), 0.5, device=device), contract.example_conditions(network, 1, device)
     backbone, training = network.backbone, network.backbone.training
     backbone.eval()  # no label dropout: the probe draws nothing from the global RNG
     for i, term in enumerate(config.attention):

@@ -278,6 +278,16 @@ def probe_target_transform(where: str, transform: Any, tokens: int, dim: int, de
                     "share its tokens)")
 
 
+def example_conditions(backbone: Any, n: int, device=None):
+    """n conditions the backbone takes: label 0, or zero contexts [n,L,D] (`Backbone.context_shape`)."""
+    import torch
+
+    shape = getattr(backbone, "context_shape", None)
+    if shape is not None:
+        return torch.zeros(n, *shape, device=device)
+    return torch.zeros(n, dtype=torch.long, device=device)
+
+
 def probe_backbone(where: str, backbone: Any, side: int, channels: int, depths: list[int], tokens: int,
                    device=None) -> None:
     """One sample in eval mode: a BackboneOutput with out [1,C,H,W] and one hidden state
@@ -286,7 +296,7 @@ def probe_backbone(where: str, backbone: Any, side: int, channels: int, depths: 
 
     x = torch.zeros(1, channels, side, side, device=device)
     t = torch.full((1,), 0.5, device=device)
-    y = torch.zeros(1, dtype=torch.long, device=device)
+    y = example_conditions(backbone, 1, device)
     was_training = backbone.training
     backbone.eval()
     try:
@@ -323,7 +333,8 @@ def probe_autoencoder(where: str, autoencoder: Any, resolution: int, channels: i
 
 
 def probe_dataset(where: str, dataset: Any, resolution: int) -> None:
-    """Item 0 holds image uint8 [3,R,R] and an int label y in 0..num_classes-1 (moments optional)."""
+    """Item 0 holds image uint8 [3,R,R] and y: an int label in 0..num_classes-1, or (captioned data) a
+    caption or a context [L,D] (moments optional)."""
     import torch
 
     if len(dataset) < 1:
@@ -337,7 +348,10 @@ def probe_dataset(where: str, dataset: Any, resolution: int) -> None:
                     floating=False)
     if image.dtype != torch.uint8:
         raise _fail(where, f"dataset[0]['image'] is {image.dtype}, expected uint8")
-    if not 0 <= int(item["y"]) < dataset.num_classes:
+    y = item["y"]
+    if isinstance(y, str) or (hasattr(y, "ndim") and y.ndim == 2):
+        return  # a caption or a cached context: the conditioning checks it when it collates
+    if not 0 <= int(y) < dataset.num_classes:
         raise _fail(where, f"dataset[0]['y'] = {item['y']} is outside 0..{dataset.num_classes - 1}")
 
 

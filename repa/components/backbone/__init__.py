@@ -133,7 +133,7 @@ def build_mmdit(params: MMDiTParams, *, input_size, in_channels, num_classes, la
         input_size=input_size, patch_size=params.patch_size, in_channels=in_channels, depth=params.depth,
         hidden_size=params.hidden_size, num_heads=params.num_heads, mlp_ratio=params.mlp_ratio,
         context_tokens=tokens, context_dim=width, pos_embed_max_size=params.pos_embed_max_size,
-        label_dropout=label_dropout, null_context=conditioning.null_context(), grad_checkpointing=grad_checkpointing,
+        label_dropout=label_dropout, null_context=conditioning.null_context, grad_checkpointing=grad_checkpointing,
     )
 
 

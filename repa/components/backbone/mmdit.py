@@ -18,6 +18,8 @@ the null context (the empty caption's) inside forward, as the official dataset d
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -118,11 +120,12 @@ class MMDiT(nn.Module, Backbone):
         context_dim: int = 768,
         pos_embed_max_size: int | None = 16,
         label_dropout: float = 0.1,
-        null_context: torch.Tensor | None = None,
+        null_context: torch.Tensor | Callable[[], torch.Tensor] | None = None,
         grad_checkpointing: bool = False,
     ):
         """hidden_size / num_heads default to the official 32 x depth / depth; null_context [L,D]: the
-        unconditional context (default zeros; the engine sets the empty caption's)."""
+        unconditional context, or a function giving it on first need (the engine's gives the empty
+        caption's: reading it may encode "" or read the data); default zeros."""
         super().__init__()
         hidden_size = 32 * depth if hidden_size is None else hidden_size
         num_heads = depth if num_heads is None else num_heads
@@ -148,13 +151,16 @@ class MMDiT(nn.Module, Backbone):
         self.joint_blocks = nn.ModuleList(
             JointBlock(hidden_size, num_heads, mlp_ratio, last=i == depth - 1) for i in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
-        null = torch.zeros(context_tokens, context_dim) if null_context is None else null_context.float()
-        if tuple(null.shape) != self.context_shape:
-            raise ValueError(f"null context {list(null.shape)} does not match contexts {list(self.context_shape)}")
-        self.register_buffer("null_context", null.clone(), persistent=False)  # not in official checkpoints
+        self._null_source = torch.zeros(context_tokens, context_dim) if null_context is None else null_context
+        self._null = None  # not in the state dict: official checkpoints have no such key
 
     def null_condition(self, y):
-        return self.null_context.to(y.dtype).expand(y.shape[0], *self.context_shape)
+        if self._null is None:
+            null = self._null_source() if callable(self._null_source) else self._null_source
+            if tuple(null.shape) != self.context_shape:
+                raise ValueError(f"null context {list(null.shape)} does not match contexts {list(self.context_shape)}")
+            self._null = null.float()
+        return self._null.to(y.device, y.dtype).expand(y.shape[0], *self.context_shape)
 
     def shard_units(self) -> list:
         return list(self.joint_blocks)

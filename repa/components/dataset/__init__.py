@@ -62,6 +62,17 @@ class DigitsParams(DatasetParams):
         return self.num_classes
 
 
+class CocoParams(DatasetParams):
+    path: str = Field(description="written by `repa preprocess coco`: train/ and val/ folders + empty_context.npy")
+    resolution: int = Field(256, description="of the stored images (the latents are resolution / 8)")
+
+    def known_classes(self) -> int:
+        return 0  # captions, no classes
+
+    def location(self) -> str:
+        return self.path
+
+
 def _build(module: str, cls: str):
     def factory(params, *, split: str = "train"):
         import importlib
@@ -79,5 +90,9 @@ def repa_register_datasets(registry):
                  "repa's packed format: memory-mapped shards + manifest (fast at ImageNet scale)")
     registry.add("images", _build("images", "ImageFolderDataset"), ImagesParams,
                  "raw class-folder images, center-cropped on the fly (small experiments)")
+    registry.add("digits-captions", _build("captions", "DigitCaptionsDataset"), DigitsParams,
+                 "the digits with eight captions each, measured on the image (\"a thick slanted seven\"); no download")
+    registry.add("coco", _build("coco", "CocoDataset"), CocoParams,
+                 "MS-COCO in the official T2I layout (U-ViT): <i>.png, <i>.npy moments, <i>_<k>.npy CLIP contexts")
     registry.add("digits", _build("digits", "DigitsDataset"), DigitsParams,
                  "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes); no download")

@@ -42,7 +42,7 @@ class DigitsDataset(torch.utils.data.Dataset, Dataset):
 
             raise DataError(f"digits: no split {split!r}; the splits are {', '.join(splits)}")
         keep = splits[split]
-        self.images, self.labels = images[keep], labels[keep]
+        self.keep, self.images, self.labels = keep, images[keep], labels[keep]
         self.resolution = params.resolution
 
     def __len__(self) -> int:

@@ -40,7 +40,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def image_grid(images: np.ndarray, pad: int = 2, columns: int | None = None,
-               column_labels: Sequence[str] | None = None, min_cell: int = 64) -> np.ndarray:
+               column_labels: Sequence[str] | None = None, min_cell: int = 64,
+               row_labels: Sequence[str] | None = None) -> np.ndarray:
     """uint8 [N,H,W,3] -> one uint8 image: `columns` columns (default round(sqrt(N))), each cell
     upscaled by an integer factor (nearest neighbour: pixels stay sharp) to at least `min_cell`
     px, and a label above each column when given (e.g. its class)."""
@@ -59,7 +60,33 @@ def image_grid(images: np.ndarray, pad: int = 2, columns: int | None = None,
         grid[top : top + h, left : left + w] = image
     if column_labels:
         grid = _label_columns(grid, column_labels[:cols], w, pad)
+    if row_labels:
+        grid = _label_rows(grid, row_labels[:rows], h, pad, header)
     return grid
+
+
+def _label_rows(grid: np.ndarray, labels: Sequence[str], cell: int, pad: int, top: int) -> np.ndarray:
+    """A white band left of the grid with each row's label (e.g. its prompt), centred on the row."""
+    from PIL import Image, ImageDraw
+
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    band = int(max(probe.textlength(str(label)) for label in labels)) + 2 * pad + 4
+    image = Image.new("RGB", (grid.shape[1] + band, grid.shape[0]), (255, 255, 255))
+    image.paste(Image.fromarray(grid), (band, 0))
+    draw = ImageDraw.Draw(image)
+    for r, label in enumerate(labels):
+        draw.text((pad + 2, top + pad + r * (cell + pad) + cell / 2 - 6), str(label), fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+def prompt_rows(conditioning, seed: int, n: int, mode: str = "balanced"):
+    """A grid of prompted samples: round(sqrt(n)) prompts (sample conditions 0, 1, ...), one per row, each
+    drawn once per column with its own noise -> (y for samples 0..n-1, the grid's layout keywords)."""
+    columns = max(1, round(math.sqrt(n)))
+    rows = math.ceil(n / columns)
+    found = conditioning.conditions(seed, range(rows), mode)
+    y = found.y.repeat_interleave(columns, dim=0)[:n]
+    return y, {"columns": columns, "row_labels": list(found.captions)}
 
 
 LABEL_BAND = 14  # px above the cells for the column labels (PIL's default font is 11 px high)

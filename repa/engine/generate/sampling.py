@@ -24,7 +24,8 @@ from repa.engine import checkpoint as ckpt
 from repa.engine.network import network_layout
 from repa.engine.build import build_network, build_objective_parts, build_sampling, compile_network, input_geometry
 from repa.engine.generate.denoiser import Denoiser
-from repa.engine.generate.generation import class_labels, generate, to_uint8
+from repa.engine.generate.generation import generate, image_grid, to_uint8
+from repa.plugins.contract import example_conditions
 from repa.errors import CheckpointError, MissingWeightsError, RepaError
 from repa.precision import autocast_dtype, effective_precision, set_tf32
 from repa.storage import write_atomic, writing
@@ -254,7 +255,8 @@ def auto_batch_size(model, shape: tuple[int, ...], device, guided: bool, dtype, 
         return CPU_AUTO_BATCH
     rows = probe * (2 if guided else 1)
     x = torch.randn(rows, *shape, device=device)
-    t, y = torch.full((rows,), 0.5, device=device), torch.zeros(rows, dtype=torch.long, device=device)
+    t = torch.full((rows,), 0.5, device=device)
+    y = example_conditions(model, rows, device)
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -267,12 +269,15 @@ def auto_batch_size(model, shape: tuple[int, ...], device, guided: bool, dtype, 
 
 class SampleRun:
     def __init__(self, config: ExperimentConfig, checkpoint: Path | None, out: Path, num: int, seed: int,
-                 batch_size: int, labels: str = "random", progress: bool = True):
+                 batch_size: int, labels: str = "random", progress: bool = True, prompts: list[str] | None = None):
+        """prompts: sample i is drawn for prompts[i mod len(prompts)] (`--prompt`); else for the
+        conditioning's sample conditions (class labels by `labels`, or the data's captions)."""
         from accelerate import PartialState
 
         self.state = PartialState(cpu=not torch.cuda.is_available())  # CPU ranks need cpu=True
         self.config, self.out, self.num, self.seed = config, Path(out), num, seed
         self.batch_size, self.label_mode, self.progress = batch_size, labels, progress
+        self.prompts = list(prompts or [])
         set_tf32(config.sample.allow_tf32, self.state.device.type)
         with self.state.main_process_first():  # one download, then every rank reads the cached file
             weights, self.step, self.source = resolve_checkpoint(checkpoint)
@@ -300,9 +305,21 @@ class SampleRun:
         weights = source / "ema.safetensors" if source.is_dir() else source  # our checkpoint folders: the EMA
         digest = file_digest(weights, quick=True) if weights.is_file() else None
         sample = {k: v for k, v in data["sample"].items() if k not in ("batch_size", "labels")}  # no effect / below
-        return {"checkpoint": self.source, "checkpoint_digest": digest, "seed": self.seed, "labels": self.label_mode,
-                "backbone": data["backbone"], "sample": sample, "autoencoder": data["autoencoder"],
-                "resolution": self.config.data.params.resolution}
+        settings = {"checkpoint": self.source, "checkpoint_digest": digest, "seed": self.seed, "labels": self.label_mode,
+                    "backbone": data["backbone"], "sample": sample, "autoencoder": data["autoencoder"],
+                    "resolution": self.config.data.params.resolution}
+        if self.prompts:
+            settings["prompts"] = self.prompts
+        if data.get("conditioning", {}).get("kind", "class") != "class":  # class folders keep their settings
+            settings["conditioning"] = data["conditioning"]
+        return settings
+
+    def conditions(self, indices):
+        """What samples `indices` are drawn for (`repa.interfaces.Conditions`)."""
+        conditioning = self.model.conditioning
+        if self.prompts:
+            return conditioning.prompts([self.prompts[int(i) % len(self.prompts)] for i in indices])
+        return conditioning.conditions(self.seed, list(indices), self.label_mode)
 
     def check_folder(self) -> None:
         """Refuse a folder holding samples drawn with other settings (every process checks)."""
@@ -337,8 +354,8 @@ class SampleRun:
     def _batch(self, indices: list[int]) -> None:
         from PIL import Image
 
-        labels = class_labels(self.seed, indices, self.model.num_classes, self.label_mode)
-        x0 = generate(self.denoiser, self.sampler, indices, labels, self.seed, self.shape, self.state.device,
+        x0 = generate(self.denoiser, self.sampler, indices, self.conditions(indices).y, self.seed, self.shape,
+                      self.state.device,
                       self.config.sample.state_dtype)
         images = to_uint8(decode_in_chunks(self.autoencoder, x0.float()))
         for i, image in zip(indices, images):
@@ -350,7 +367,7 @@ class SampleRun:
     def estimate(self) -> float:
         """Seconds for all samples on all processes, from one timed forward pass (printed up front)."""
         x = torch.randn(min(self.batch_size, self.num), *self.shape, device=self.state.device)
-        y = torch.zeros(len(x), dtype=torch.long, device=self.state.device)
+        y = self.conditions(range(len(x))).y.to(self.state.device)
         t = torch.full((len(x),), 0.5, device=self.state.device)
         with torch.no_grad():
             self.model.denoise(x, t, y)  # as the Denoiser calls it
@@ -424,15 +441,33 @@ class SampleRun:
         from PIL import Image
 
         images = np.stack([np.asarray(Image.open(self.png(i))) for i in range(self.num)])
-        labels = class_labels(self.seed, range(self.num), self.model.num_classes, self.label_mode).numpy()
+        conditions = self.conditions(range(self.num))
+        arrays = {"arr_0": images} if conditions.labels is None else {"arr_0": images, "labels": conditions.labels.numpy()}
         tmp = npz.with_name(f".samples.{os.getpid()}.tmp.npz")
-        with writing(npz, images.nbytes + labels.nbytes, temporary=[tmp]):
-            np.savez(tmp, arr_0=images, labels=labels)
+        with writing(npz, sum(a.nbytes for a in arrays.values()), temporary=[tmp]):
+            np.savez(tmp, **arrays)
             os.replace(tmp, npz)
         info = {"checkpoint": self.source, "step": self.step, "num_samples": self.num, "seed": self.seed,
                 "labels": self.label_mode, "sample": to_dict(self.config)["sample"],
                 "autoencoder": to_dict(self.config)["autoencoder"]}
+        if self.prompts:
+            info["prompts"] = self.prompts
+            self._write_prompt_grid(images)
         write_atomic(self.out / "sample_info.json", json.dumps(info, indent=1))
+
+
+    def _write_prompt_grid(self, images: np.ndarray) -> None:
+        """grid.png: one row per prompt (samples i = row mod prompts), at most 8 samples each."""
+        from PIL import Image
+
+        count = len(self.prompts)
+        rows = [[i for i in range(r, self.num, count)][:8] for r in range(min(count, self.num))]
+        columns = max(len(r) for r in rows)
+        cells = np.full((len(rows) * columns, *images.shape[1:]), 255, dtype=np.uint8)
+        for r, members in enumerate(rows):
+            cells[r * columns : r * columns + len(members)] = images[members]
+        grid = image_grid(cells, columns=columns, row_labels=self.prompts[: len(rows)])
+        Image.fromarray(grid).save(self.out / "grid.png")
 
 
 def _synchronize(device) -> None:

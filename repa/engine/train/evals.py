@@ -20,7 +20,7 @@ from repa.config import ExperimentConfig, to_dict
 from repa.engine.build import input_geometry
 from repa.engine.generate.denoiser import Denoiser, Interrupted
 from repa.engine.generate.evaluation import _digest, evaluate_images, metrics_key
-from repa.engine.generate.generation import class_labels, generate, to_uint8
+from repa.engine.generate.generation import generate, to_uint8
 from repa.engine.generate.sampling import sampling_autocast
 from repa.engine.record import RunRecord, read_records
 from repa.errors import RepaError
@@ -110,7 +110,7 @@ class TrainingEvaluation:
         """All processes' samples, uint8 [N,H,W,3] with their labels, on the main process (None
         elsewhere); (None, None) if a stop interrupted."""
         config, acc = self.config, self.acc
-        n, classes = num_samples(config), self.grids.dataset.num_classes
+        n = num_samples(config)
         per, indices = shares(n, acc.num_processes)
         mine = indices[acc.process_index]
         batch = config.sample.batch_size if isinstance(config.sample.batch_size, int) else CPU_BATCH
@@ -119,12 +119,13 @@ class TrainingEvaluation:
                             sampling_autocast(config, acc.device))
         denoiser.interrupt = interrupt
         side, channels = input_geometry(config)
-        labels = class_labels(config.experiment.seed, range(n), classes, "balanced")
+        conditions = ema.conditioning.conditions(config.experiment.seed, range(n), "balanced")
+        y, labels = conditions.y, conditions.labels
         drawn = []
         try:
             for start in range(0, per, batch):
                 chunk = mine[start:start + batch]
-                x0 = generate(denoiser, self.grids.sampler, chunk, labels[chunk], config.experiment.seed,
+                x0 = generate(denoiser, self.grids.sampler, chunk, y[chunk], config.experiment.seed,
                               (channels, side, side), acc.device, config.sample.state_dtype)
                 drawn.append(torch.from_numpy(to_uint8(self.grids.autoencoder.decode(x0.float()))).to(acc.device))
         except Interrupted:
@@ -134,7 +135,7 @@ class TrainingEvaluation:
         gathered = acc.gather(torch.cat(drawn)) if acc.num_processes > 1 else torch.cat(drawn)
         if not acc.is_main_process:
             return np.zeros(0), None
-        return reassemble(gathered.cpu().numpy(), indices, n), labels.numpy()
+        return reassemble(gathered.cpu().numpy(), indices, n), None if labels is None else labels.numpy()
 
     def _log(self, step: int, scores: dict, seconds: float, trackers) -> None:
         record = {"eval": scores, "eval_settings": self.key, "eval_metrics": self.scored_by, "during_training": True,

@@ -10,7 +10,7 @@ import torch
 from repa.config import ExperimentConfig
 from repa.engine.build import input_geometry
 from repa.engine.generate.denoiser import Denoiser, Interrupted
-from repa.engine.generate.generation import class_labels, generate, image_grid, to_uint8
+from repa.engine.generate.generation import class_labels, generate, image_grid, prompt_rows, to_uint8
 
 
 class SampleGrids:
@@ -30,7 +30,7 @@ class SampleGrids:
         n = config.train.sample_images
         denoiser = Denoiser(ema, self.objective.prediction, self.objective.path, self.guidance)
         denoiser.interrupt = interrupt
-        labels = class_labels(config.experiment.seed, range(n), self.dataset.num_classes, "balanced")
+        labels, layout = self.conditions(ema, n)
         side, channels = input_geometry(config)
         try:
             with acc.autocast():
@@ -43,11 +43,20 @@ class SampleGrids:
             self.parallel.after_inference(ema)
         if main:
             images = to_uint8(self.autoencoder.decode(x0.float()))
-            grid = image_grid(images, **class_columns(n, self.dataset.num_classes))
+            grid = image_grid(images, **layout)
             for tracker in trackers:
                 tracker.log_images(step, {"samples": grid})
         acc.wait_for_everyone()
         return True
+
+    def conditions(self, ema, n: int):
+        """(what the n grid samples are drawn for, the grid's layout): class labels balanced, one column per
+        class; prompts one per row (text)."""
+        conditioning = ema.conditioning
+        if conditioning.context_shape is not None:
+            return prompt_rows(conditioning, self.config.experiment.seed, n)
+        labels = class_labels(self.config.experiment.seed, range(n), self.dataset.num_classes, "balanced")
+        return labels, class_columns(n, self.dataset.num_classes)
 
     def ground_truth(self, run_dir: Path) -> None:
         """samples/ground_truth.png: the first train.sample_images real images."""

@@ -16,7 +16,7 @@ import torch
 from repa.config import ExperimentConfig, to_dict
 from repa.engine import checkpoint as ckpt
 from repa.engine.build import (
-    build_objective_parts, build_sampling, build_training, check_term_needs, compile_network, input_geometry,
+    build_conditioning, build_objective_parts, build_sampling, build_training, check_term_needs, compile_network, input_geometry,
     probe_alignment, probe_attention, probe_data, probe_generation, probe_network,
 )
 from repa.engine.prep.features import FeatureCache, WithFeatures, describe, feature_key
@@ -215,7 +215,9 @@ class Trainer:
         probe_data(config, self.dataset, self.autoencoder, self.device)
         check_stored_moments(config, self.dataset)
         torch.manual_seed(config.experiment.seed)
-        model, slots = build_training(config, self.dataset.num_classes, autoencoder=self.autoencoder)
+        self.conditioning = build_conditioning(config, self.dataset.num_classes)
+        model, slots = build_training(config, self.dataset.num_classes, autoencoder=self.autoencoder,
+                                      conditioning=self.conditioning)
         model = model.to(self.device)
         check_term_needs(config, slots, self.autoencoder)
         with acc.main_process_first():
@@ -278,7 +280,9 @@ class Trainer:
         anything is written; the network's buffers are put back as they were (a BatchNorm's statistics)."""
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         probe = [self.dataset[i] for i in range(min(2, len(self.dataset)))]
-        batch = {key: torch.stack([torch.as_tensor(item[key]) for item in probe]) for key in probe[0]}
+        batch = {key: [item[key] for item in probe] if key == "y" else torch.stack([torch.as_tensor(item[key])
+                                                                                   for item in probe])
+                 for key in probe[0]}
         step = self.counters.step
         draws = self._draws(step, len(probe))
         ctx = self._context(batch, draws, (0, len(probe)), len(probe), ema, step)
@@ -346,9 +350,10 @@ class Trainer:
         """The step context of one micro-batch: its images, labels, its rows of the draws, cached features."""
         device = self.device
         images = batch["image"].to(device, non_blocking=True)
-        y = batch["y"].to(device, non_blocking=True)
+        y = self.conditioning.collate(batch["y"]).to(device, non_blocking=True)
         if self.config.train.legacy_label_dropout:
-            y = torch.where(rows.legacy_drop, torch.full_like(y, self.dataset.num_classes), y)
+            legacy = rows.legacy_drop.reshape(-1, *[1] * (y.ndim - 1))
+            y = torch.where(legacy, self._unwrapped().null_condition(y), y)
         moments = batch["moments"].to(device, non_blocking=True) if "moments" in batch else None
         cached = {key.removeprefix("features:"): value.to(device, non_blocking=True)
                   for key, value in batch.items() if key.startswith("features:")}
