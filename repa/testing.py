@@ -236,20 +236,23 @@ def check_backbone(backbone: Any, input_size: int, in_channels: int, num_classes
     contract.probe_backbone(where, backbone, input_size, in_channels, depths, tokens)
     g = _generator(1)
     x = torch.randn(2, in_channels, input_size, input_size, generator=g)
-    t, y = torch.rand(2, generator=g), torch.randint(0, num_classes, (2,), generator=g)
+    t = torch.rand(2, generator=g)
+    shape = getattr(backbone, "context_shape", None)
+    y = torch.randn(2, *shape, generator=g) if shape is not None else torch.randint(0, num_classes, (2,), generator=g)
     backbone.train()
     output = backbone(x, t, y, drop_ids=torch.tensor([True, False]), hidden_depths=depths)
     _check_trainable(where, backbone, output.out.square().mean() + sum(h.square().mean() for h in output.hidden.values()))
-    if backbone.has_null_label:  # drop_ids[i] replaces label i by the null label, and only it
+    if shape is not None or backbone.has_null_label:  # drop_ids[i] replaces condition i by the null one, and only it
         with torch.no_grad():
             dropped = backbone(x, t, y, drop_ids=torch.tensor([True, False])).out
-            null = torch.tensor([num_classes, int(y[1])])
+            null = torch.cat([backbone.null_condition(y[:1]), y[1:]])
             if not torch.allclose(dropped, backbone(x, t, null, drop_ids=torch.tensor([False, False])).out):
-                raise _fail(where, "drop_ids is not honoured: a dropped label must act as the null label num_classes")
+                raise _fail(where, "drop_ids is not honoured: a dropped condition must act as null_condition(y) (the "
+                                   "null label num_classes, or the null context)")
     backbone.eval()
     with torch.no_grad():
         _equal(where, "the eval-mode output", backbone(x, t, y).out, backbone(x, t, y).out)
-        if backbone.has_null_label:  # the null label must be accepted when the model says it has one
+        if shape is None and backbone.has_null_label:  # the null label must be accepted when the model says it has one
             backbone(x, t, torch.full_like(y, backbone.num_classes))
         with _bf16():
             _tensor(where, "the output under bf16 autocast", backbone(x, t, y).out.float(), tuple(x.shape))
@@ -412,10 +415,21 @@ def check_optimizer(optimizer: Any, parameter: torch.nn.Parameter, where: str = 
 # One kit per kind (`KindSpec.kit` names it): the factory's tiny keywords and the check of the built object.
 
 
+class TinyTextConditioning:
+    """What a backbone conditioned on contexts is built with in the kit: contexts [3, 8], a fixed null one."""
+
+    context_shape = (3, 8)
+
+    def null_context(self):
+        return torch.linspace(-1, 1, 24).reshape(3, 8)
+
+
 def kit_backbone(entry, params, kwargs):
     side = params.input_multiple() * 2
     context = {"input_size": side, "in_channels": 4, "num_classes": 10, "label_dropout": 0.1, "null_label": True,
                "grad_checkpointing": False, **kwargs}
+    if getattr(params, "takes_context", lambda: False)():
+        context.setdefault("conditioning", TinyTextConditioning())
     depths = sorted({1, params.num_blocks()})
     tokens = params.num_tokens(context["input_size"])
     return context, lambda obj: check_backbone(obj, context["input_size"], context["in_channels"],
@@ -486,6 +500,56 @@ def kit_term(entry, params, kwargs):
     facts = kwargs.pop("facts", None) or TermFacts(hidden_size=16, num_blocks=2, tokens=4, grid=(2, 2),
                                                    input_shape=(4, 4, 4), resolution=32, num_classes=10)
     return {"facts": facts, **kwargs}, lambda obj: check_term(obj, facts, entry.label)
+
+
+class _TinyCaptions:
+    """The val split of a captioned dataset in the conditioning kit: prompts, classes, no stored empty context."""
+
+    def prompts(self, seed, indices, mode):
+        return [("a seven" if int(i) % 2 else "a thin two", 7 if int(i) % 2 else 2, f"prompt {i}") for i in indices]
+
+    def empty_context(self):
+        return None
+
+
+def kit_conditioning(entry, params, kwargs):
+    context = {"num_classes": 10, "dataset": lambda split: _TinyCaptions(), **kwargs}
+    return context, lambda obj: check_conditioning(obj, getattr(params, "context_shape", lambda: None)(), entry.label)
+
+
+def kit_text_encoder(entry, params, kwargs):
+    return kwargs, lambda obj: check_text_encoder(obj, params.context_shape(), entry.label)
+
+
+def check_conditioning(conditioning: Any, shape, where: str = ANY) -> None:
+    """Sample conditions are a function of (seed, i): the same rows for the same indices, whatever the batch;
+    y shaped [N] int64 (labels) or [N, L, D] float (contexts, `shape`); collate of the values items give
+    returns the same; the null context has the contexts' shape."""
+    from repa.interfaces import Conditions
+
+    found = conditioning.conditions(0, [0, 1, 2], "balanced")
+    if not isinstance(found, Conditions) or len(found.captions) != 3:
+        raise _fail(where, "conditions(seed, indices, mode) must return Conditions with one caption per index")
+    expected = (3,) if shape is None else (3, *shape)
+    if tuple(found.y.shape) != expected:
+        raise _fail(where, f"conditions(...).y is {list(found.y.shape)}, expected {list(expected)}")
+    _equal(where, "conditions of index 2 alone and in a batch", conditioning.conditions(0, [2], "balanced").y[0],
+           found.y[2])
+    if shape is not None:
+        null = conditioning.null_context()
+        if tuple(null.shape) != tuple(shape):
+            raise _fail(where, f"null_context() is {list(null.shape)}, expected {list(shape)}")
+        _equal(where, "collate of cached contexts", conditioning.collate(found.y), found.y.float())
+
+
+def check_text_encoder(encoder: Any, shape, where: str = ANY) -> None:
+    """encode: [N, L, D] float32, deterministic, different for different captions."""
+    first = encoder.encode(["a seven", "a thin two"])
+    if first.dtype != torch.float32 or tuple(first.shape) != (2, *shape):
+        raise _fail(where, f"encode returned {first.dtype} {list(first.shape)}, expected float32 [2, {shape[0]}, {shape[1]}]")
+    _equal(where, "encode of the same captions", encoder.encode(["a seven", "a thin two"]), first)
+    if torch.equal(first[0], first[1]):
+        raise _fail(where, "encode gave the same context for two different captions")
 
 
 def _simple(check):

@@ -132,9 +132,10 @@ def test_a_module_kind_must_be_a_module():
 # ============================================================================
 
 TINY_SIT = {"depth": 2, "hidden_size": 32, "num_heads": 2, "patch_size": 2}
+TINY_MMDIT = {"depth": 2, "patch_size": 2}
 NO_WEIGHTS_HERE = {("autoencoder", "sd-vae"), ("metric", "fid"), ("metric", "sfid"), ("metric", "is"),
-                   ("metric", "precision"), ("metric", "recall")}
-NEEDS_DATA = {("dataset", "folder"), ("dataset", "images"), ("dataset", "packed")}
+                   ("metric", "precision"), ("metric", "recall"), ("text_encoder", "clip-vit-l14")}
+NEEDS_DATA = {("dataset", "folder"), ("dataset", "images"), ("dataset", "packed"), ("dataset", "coco")}
 
 
 def builtin_cases():
@@ -143,7 +144,7 @@ def builtin_cases():
         for entry in components[kind]:
             if kind == "encoder" and entry.name != "digits-convnet":
                 continue  # pretrained: tests/test_encoders.py checks each with random weights in its release format
-            if kind == "backbone" and entry.name != "sit":
+            if kind == "backbone" and entry.name not in ("sit", "mmdit"):
                 continue  # the presets are `sit` with other sizes (tests/test_sit.py counts them)
             yield kind, entry.name
 
@@ -154,10 +155,12 @@ def test_every_builtin_keeps_its_contract(kind, name, tmp_path, monkeypatch):
         monkeypatch.setenv(variable, str(tmp_path / variable.lower()))
     params, context = None, {}
     if kind == "backbone":
-        params = TINY_SIT
+        params = TINY_MMDIT if name == "mmdit" else TINY_SIT
+    elif (kind, name) == ("conditioning", "text"):
+        params = {"text_encoder": "digits-words"}
     elif kind == "encoder":
         params, context = {"epochs": 2}, {"resolution": 32}
-    elif name.startswith("digits-"):
+    elif kind == "metric" and name.startswith("digits-"):
         params = {"epochs": 2}  # the scoring CNN, trained briefly
     elif (kind, name) == ("metric", "fd-dinov2"):  # random weights in the hub release format (ViT-S: fast)
         from tests.test_fd_dinov2 import release_state
@@ -229,14 +232,14 @@ EXAMPLES = [("encoder", "patch-pixels", {"resolution": 32}), ("alignment_loss", 
             ("projector", "example-conv", {}), ("target_transform", "example-spatial-norm", {}), ("backbone", "patch-mlp", {}),
             ("sampler", "midpoint", {}), ("metric", "pixel-diversity", {}), ("analysis", "spread", {}),
             ("joint", "mean-token", {}), ("term", "self-alignment", {}), ("autoencoder", "tiny-ae", {}),
-            ("term", "reconstruction", {})]
+            ("term", "reconstruction", {}), ("text_encoder", "char-codes", {})]
 
 
 def test_contributing_has_an_example_per_kind_and_each_keeps_the_contract(examples):
     _, modules, components = examples
     assert sorted(modules) == sorted(f"repa_example.{m}" for m in
                                      ("encoder", "loss", "projector", "transform", "backbone", "sampler", "metric",
-                                      "analysis", "joint", "self_alignment", "joint_autoencoder"))
+                                      "analysis", "joint", "self_alignment", "joint_autoencoder", "text_encoder"))
     assert components.failed == []
     for kind, name, context in EXAMPLES:
         check_component(kind, name, **context)

@@ -66,7 +66,12 @@ class TextConditioning(Conditioning):
         return self._encoder
 
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
-        contexts = self.encoder.encode(list(captions)).float().cpu()
+        from repa.errors import RepaError
+
+        try:
+            contexts = self.encoder.encode(list(captions)).float().cpu()
+        except ValueError as exc:  # a caption the encoder refuses (digits-words: an unknown word)
+            raise RepaError(f"conditioning.text_encoder ({self.params.text_encoder.kind}): {exc}") from None
         return self._checked(contexts, "the text encoder")
 
     def _checked(self, contexts: torch.Tensor, source: str) -> torch.Tensor:

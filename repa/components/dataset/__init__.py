@@ -63,7 +63,7 @@ class DigitsParams(DatasetParams):
 
 
 class CocoParams(DatasetParams):
-    path: str = Field(description="written by `repa preprocess coco`: train/ and val/ folders + empty_context.npy")
+    path: str = Field(description="the official T2I layout (U-ViT's COCO preprocessing): train/ and val/ folders + empty_context.npy")
     resolution: int = Field(256, description="of the stored images (the latents are resolution / 8)")
 
     def known_classes(self) -> int:

@@ -1,5 +1,5 @@
 """MS-COCO in the official text-to-image layout (sihyun-yu/REPA @ 67f7145, dataset.py
-`MSCOCO256Features`, after U-ViT's preprocessing), as `repa preprocess coco` writes it:
+`MSCOCO256Features`, after U-ViT's preprocessing: github.com/baofff/U-ViT, scripts/):
 
     PATH/empty_context.npy          the empty caption's context [77, 768] (CLIP ViT-L/14)
     PATH/train/<i>.png              image i, RxR
@@ -28,22 +28,27 @@ from repa.errors import DataError
 from repa.interfaces import Dataset
 
 CAPTION_FILE = re.compile(r"^(\d+)_(\d+)\.npy$")
-FIX = "write it with `repa preprocess coco COCO_ROOT {path}`"
+FIX = ("write {path} with U-ViT's COCO scripts (extract_mscoco_feature.py, extract_empty_feature.py) plus the "
+       "images as <i>.png (docs/text-to-image.md)")
 
 
 def caption_counts(folder: Path) -> list[int]:
     """Captions of each image 0..N-1, from the file names (official `get_feature_dir_info`)."""
     counts: dict[int, int] = {}
+    last: dict[int, int] = {}
     images = 0
     for name in os.listdir(folder):
         found = CAPTION_FILE.match(name)
         if found:
-            counts[int(found[1])] = counts.get(int(found[1]), 0) + 1
+            i = int(found[1])
+            counts[i], last[i] = counts.get(i, 0) + 1, max(last.get(i, 0), int(found[2]))
         elif name.endswith(".npy"):
             images += 1
-    missing = [i for i in range(images) if counts.get(i, 0) == 0]
+    missing = [i for i in range(images) if counts.get(i, 0) == 0 or last[i] + 1 != counts[i]]
     if missing:
-        raise DataError(f"{folder}: image {missing[0]} has no caption file {missing[0]}_0.npy; {FIX.format(path=folder.parent)}")
+        i = missing[0]
+        gap = next((k for k in range(last.get(i, 0) + 1) if not (folder / f"{i}_{k}.npy").is_file()), 0)
+        raise DataError(f"{folder}: image {i} has no caption file {i}_{gap}.npy; {FIX.format(path=folder.parent)}")
     return [counts[i] for i in range(images)]
 
 
