@@ -264,6 +264,14 @@ def test_text_to_image_trains_samples_prompts_and_evaluates(tmp_path, capsys):
     assert json.loads((folder / "settings.json").read_text())["prompts"] == ["a thick seven", "a two"]
     assert (folder / "grid.png").is_file() and len(list((folder / "images").glob("*.png"))) == 4
     assert "labels" not in np.load(folder / "samples.npz")
+    from repa.weights import load_file  # the EMA as train_t2i.py saves it: {"model": official layout}
+
+    torch.save({"model": load_file(run / "checkpoints" / "0000006" / "ema.safetensors")}, tmp_path / "0000006.pt")
+    assert main(["sample", "experiments/quickstart_t2i.toml", "--prompt", "a thick seven", "--prompt", "a two",
+                 "--num-samples", "4", "--checkpoint", str(tmp_path / "0000006.pt"), "--out", str(tmp_path / "official"),
+                 "--no-progress", *sets]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "official" / "samples.npz")["arr_0"],
+                                  np.load(folder / "samples.npz")["arr_0"])
     assert main(["evaluate", str(run), "--no-progress", *sets]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     scores = [r["eval"] for r in records if "eval" in r]
