@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from repa.components.backbone.sit import sincos_1d
 from repa.interfaces import TextEncoder
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -30,7 +31,7 @@ class DigitsWords(TextEncoder):
         g = torch.Generator().manual_seed(params.seed)
         self.table = torch.randn(len(VOCABULARY), self.width, generator=g)
         self.index = {word: i for i, word in enumerate(VOCABULARY)}
-        self.positions = torch.from_numpy(_sincos(self.width, self.tokens)).float()
+        self.positions = torch.from_numpy(sincos_1d(self.width, np.arange(self.tokens, dtype=np.float64))).float()
 
     def ids(self, caption: str) -> list[int]:
         words = words_of(caption)
@@ -48,8 +49,3 @@ class DigitsWords(TextEncoder):
         ids = torch.tensor([self.ids(c) for c in captions], dtype=torch.long).reshape(len(captions), self.tokens)
         return self.table[ids] + self.positions
 
-
-def _sincos(width: int, length: int) -> np.ndarray:
-    omega = 1.0 / 10000 ** (np.arange(width // 2, dtype=np.float64) / (width / 2.0))
-    angles = np.arange(length, dtype=np.float64)[:, None] * omega[None]
-    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
