@@ -18,6 +18,12 @@ TRACEBACK_ENV = "REPA_TRACEBACK"
 COMPUTE_COMMANDS = {"run", "sample", "evaluate", "preprocess", "bench", "analyze"}  # where PyTorch's threads set the pace
 
 
+def _add_autoencoder_args(p) -> None:
+    p.add_argument("--autoencoder", default="sd-vae", help="autoencoder component (`repa plugins autoencoder`)")
+    p.add_argument("--variant", help="its `variant` parameter (sd-vae: ft-mse, the default, or ft-ema)")
+    p.add_argument("--vae-path", help="its `path` parameter (sd-vae: a local AutoencoderKL directory; default: HF cache)")
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help="experiment TOML file")
     parser.add_argument(
@@ -106,8 +112,11 @@ def cmd_preprocess(args) -> int:
         print(f"next: repa preprocess latents {args.dest} {args.dest}  (or train on the images: [data] kind = "
               f"\"folder\", path = \"{args.dest}\", latents = \"\")")
         return 0
+    if args.step == "coco":
+        return _preprocess_coco(args)
     if args.step == "latents":
-        written = preprocess.encode_latents(Path(args.src), Path(args.dest), _autoencoder(args), args.batch_size)
+        written = preprocess.encode_latents(Path(args.src), Path(args.dest), _autoencoder(args).build(),
+                                            args.batch_size)
         print(f"{args.dest}/vae-sd: {written} latents written by this process")
         print(f"next: repa preprocess pack {args.dest} PACKED_DIR --resolution RES  (or train on the folder: "
               f"[data] kind = \"folder\", path = \"{args.dest}\")")
@@ -140,12 +149,34 @@ def cmd_preprocess(args) -> int:
 
 
 def _autoencoder(args):
-    """The --autoencoder component, with --variant / --vae-path as its `variant` / `path` parameters."""
+    """The --autoencoder component (validated, not built), with --variant / --vae-path as its `variant` /
+    `path` parameters."""
     from repa.config import validate_component
 
     given = {"variant": args.variant, "path": args.vae_path}
     return validate_component("autoencoder", args.autoencoder, {k: v for k, v in given.items() if v is not None},
-                              "--autoencoder").build()
+                              "--autoencoder")
+
+
+def _preprocess_coco(args) -> int:
+    from pathlib import Path
+
+    from repa.config import validate_component
+    from repa.engine.prep.coco import SPLITS, preprocess_coco
+
+    text_encoder = validate_component("text_encoder", args.text_encoder,
+                                      {"weights": args.text_weights} if args.text_weights else {}, "--text-encoder")
+    summaries = preprocess_coco(Path(args.src), Path(args.dest), _autoencoder(args), text_encoder,
+                                args.split or SPLITS, args.resolution, args.workers, args.batch_size, args.year)
+    for split, summary in summaries.items():
+        print(f"{args.dest}/{split}: {summary.images} images; written by this process: {summary.cropped} PNGs, "
+              f"{summary.encoded} moments, {summary.contexts} caption contexts; "
+              f"{len(summary.left_out)} images without a caption left out")
+    if "val" in summaries:
+        print(f"next: repa preprocess reference {args.dest}/val {args.dest}/val_reference.npz --resolution "
+              f"{args.resolution}  (FID's reference batch), then data.path = \"{args.dest}\" and eval.reference "
+              f"in experiments/mmdit_coco_repa.toml")
+    return 0
 
 
 PROMPT_SAMPLES = 8  # samples per prompt when --num-samples is not given
@@ -391,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=cmd_run)
 
-    pre = sub.add_parser("preprocess", help="prepare datasets: images, latents, pack, features, reference")
+    pre = sub.add_parser("preprocess", help="prepare datasets: images, latents, pack, features, reference, coco")
     steps = pre.add_subparsers(dest="step", metavar="STEP", required=True)
     p = steps.add_parser("images", help="class folders -> ADM center crop -> official layout (images/ + dataset.json)")
     p.add_argument("src")
@@ -403,10 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = steps.add_parser("latents", help="images/ -> autoencoder moments in vae-sd/ (official layout)")
     p.add_argument("src")
     p.add_argument("dest")
-    p.add_argument("--autoencoder", default="sd-vae", help="autoencoder component (`repa plugins autoencoder`)")
-    p.add_argument("--variant", help="its `variant` parameter (sd-vae: ft-mse, the default, or ft-ema)")
-    p.add_argument("--vae-path", help="its `path` parameter (sd-vae: a local AutoencoderKL directory; default: HF cache)")
+    _add_autoencoder_args(p)
     p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=cmd_preprocess)
+    p = steps.add_parser("coco", help="MS-COCO images + captions -> the official text-to-image layout (PNGs, "
+                                      "moments, caption contexts, empty_context.npy)")
+    p.add_argument("src", help="the folder holding COCO's train2014/, val2014/ and annotations/ as its zips unpack")
+    p.add_argument("dest")
+    p.add_argument("--split", action="append", choices=("train", "val"), help="repeatable (default: train and val)")
+    p.add_argument("--year", type=int, default=2014, help="COCO release: 2014 (the official data) or 2017")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0, help="crop processes (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=64, help="images (and captions) encoded at once")
+    _add_autoencoder_args(p)
+    p.add_argument("--text-encoder", default="clip-vit-l14", help="text encoder component (`repa plugins text_encoder`)")
+    p.add_argument("--text-weights", help="its `weights` parameter (clip-vit-l14: the CLIP checkpoint; default: "
+                                          "the Hugging Face cache)")
     p.set_defaults(func=cmd_preprocess)
     p = steps.add_parser("pack", help="official layout -> packed memory-mapped shards + manifest")
     p.add_argument("src")

@@ -691,6 +691,11 @@ class TextEncoder(abc.ABC):
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
         """N captions -> [N, tokens, width] float32 on the encoder's device, without gradients."""
 
+    def to(self, device) -> "TextEncoder":
+        """Move to `device` (`repa preprocess coco` encodes captions on the GPU); returns self. Default:
+        nothing to move."""
+        return self
+
 
 class Conditioning(abc.ABC):
     """What the network is conditioned on ([conditioning] kind): class labels (the default, "class") or

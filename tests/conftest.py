@@ -169,3 +169,26 @@ def official_harness(official, given_encoders, write_toml):
     harness = ObjectiveHarness(load_experiment(write_toml(OFFICIAL_TINY, "official.toml")), num_classes=1000)
     harness.network.load_state_dict(network_layout(checkpoint["ema"], harness.network), strict=True)
     return harness
+
+
+TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+
+
+@pytest.fixture
+def tiny_clip(monkeypatch, tmp_path):
+    """ViT-L-14's text tower at a tiny width: an open_clip CLIP with random weights saved as the Hugging Face
+    release file in a fresh cache; open_clip's config of ViT-L-14 is the tiny one while the test runs."""
+    import json
+
+    import open_clip
+    import torch
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(open_clip, "get_model_config", lambda name: json.loads(json.dumps(TINY_CLIP)))
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**json.loads(json.dumps(TINY_CLIP)), quick_gelu=True)
+    folder = tmp_path / "hub" / "models--timm--vit_large_patch14_clip_224.openai" / "snapshots" / "abc"
+    folder.mkdir(parents=True)
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    return model

@@ -13,12 +13,12 @@ def die() -> None:
 
 
 def crop_or_die(job):
-    """preprocess's _crop_one, except that a source named *killer* kills its worker every time."""
-    from repa.engine.prep.preprocess import WORKER_DIED, _crop_one  # noqa: F401 (the real one)
+    """preprocess's crop_one, except that a source named *killer* kills its worker every time."""
+    from repa.engine.prep.preprocess import WORKER_DIED, crop_one  # noqa: F401 (the real one)
 
     if "killer" in Path(job[1]).name:
         die()
-    return _crop_one(job)
+    return crop_one(job)
 
 
 def square_or_die(job):

@@ -485,12 +485,12 @@ def test_a_16_bit_bomb_under_pillows_pixel_limit_is_skipped_from_its_header(tmp_
     """The review's bomb: 13000 x 13000 16-bit, a few hundred KB of PNG, under Pillow's pixel limit."""
     from PIL import Image, ImageFile
 
-    from repa.engine.prep.preprocess import _crop_one
+    from repa.engine.prep.preprocess import crop_one
 
     Image.new("I;16", (13000, 13000)).save(tmp_path / "bomb.png")
     assert (tmp_path / "bomb.png").stat().st_size < 2**20 and 13000**2 < Image.MAX_IMAGE_PIXELS * 2
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("the bomb was decoded"))
-    index, reason, fault = _crop_one((0, str(tmp_path / "bomb.png"), str(tmp_path / "out" / "0.png"), 16))
+    index, reason, fault = crop_one((0, str(tmp_path / "bomb.png"), str(tmp_path / "out" / "0.png"), 16, "adm"))
     assert fault is None and reason == ("13000x13000 I;16 decodes to 322 MiB, over the 256 MiB bound "
                                         "(a decompression bomb?)")
 
@@ -544,7 +544,7 @@ def test_an_image_whose_worker_dies_is_listed_in_skipped_and_the_rest_are_writte
     rng = np.random.default_rng(0)
     for name in ("a.png", "b.png", "killer.png", "c.png", "d.png"):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(src / name)
-    monkeypatch.setattr(preprocess, "_crop_one", crop_or_die)  # the workers import it by name
+    monkeypatch.setattr(preprocess, "crop_one", crop_or_die)  # the workers import it by name
     summary = _within(300, lambda: preprocess.preprocess_images(tmp_path / "src", tmp_path / "out", 16, workers=2,
                                                                progress=False))
     assert summary.written == 4 and summary.skipped == [(str(src / "killer.png"), preprocess.WORKER_DIED)]

@@ -86,26 +86,6 @@ def test_digits_words_is_deterministic_and_knows_only_its_words():
 # ============================================================================
 
 
-TINY_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
-
-
-@pytest.fixture
-def tiny_clip(monkeypatch, tmp_path):
-    """ViT-L-14's text tower at a tiny width: an open_clip CLIP with random weights saved as the Hugging Face
-    release file in a fresh cache; open_clip's config of ViT-L-14 is the tiny one while the test runs."""
-    import open_clip
-
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(open_clip, "get_model_config", lambda name: json.loads(json.dumps(TINY_CLIP)))
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(**json.loads(json.dumps(TINY_CLIP)), quick_gelu=True)
-    folder = tmp_path / "hub" / "models--timm--vit_large_patch14_clip_224.openai" / "snapshots" / "abc"
-    folder.mkdir(parents=True)
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return model
-
-
 def hf_last_hidden_state(model, ids):
     """CLIPTextModel's last_hidden_state, transcribed: token + position embeddings, the causal transformer,
     the final LayerNorm (no pooling, no projection)."""
@@ -191,15 +171,26 @@ def test_coco_missing_pieces_are_one_line_naming_the_fix(tmp_path):
     from repa.components.dataset.coco import CocoDataset
     from repa.errors import DataError
 
-    with pytest.raises(DataError, match=r"has no train/ folder; write .* with U-ViT's COCO scripts"):
+    fix = rf"write {tmp_path} with `repa preprocess coco COCO_DIR {tmp_path}`"
+    with pytest.raises(DataError, match=rf"has no train/ folder; {fix}"):
         CocoDataset(CocoParams(path=str(tmp_path)), "train")
     write_coco(tmp_path)
     (tmp_path / "empty_context.npy").unlink()
     with pytest.raises(DataError, match="empty_context.npy: missing"):
         CocoDataset(CocoParams(path=str(tmp_path), resolution=16), "train").empty_context()
-    (tmp_path / "train" / "2_0.npy").unlink()
-    with pytest.raises(DataError, match="image 2 has no caption file 2_0.npy"):
+    (tmp_path / "train" / "1_3.npy").unlink()  # a gap in image 1's captions
+    with pytest.raises(DataError, match=rf"train: image 1 has no 1_3.npy; {fix}"):
         CocoDataset(CocoParams(path=str(tmp_path), resolution=16), "train")
+    (tmp_path / "val" / "1.npy").unlink()  # image 1's moments: images 0 and 2 only
+    with pytest.raises(DataError, match="val: image 1 has no 1.npy"):
+        CocoDataset(CocoParams(path=str(tmp_path), resolution=16), "val")
+    for k in range(5):
+        (tmp_path / "val" / f"2_{k}.npy").unlink()  # the last image without a caption
+    with pytest.raises(DataError, match="val: image 1 has no 1.npy"):
+        CocoDataset(CocoParams(path=str(tmp_path), resolution=16), "val")
+    np.save(tmp_path / "val" / "1.npy", np.zeros((8, 2, 2), np.float32))
+    with pytest.raises(DataError, match="val: image 2 has no 2_0.npy"):
+        CocoDataset(CocoParams(path=str(tmp_path), resolution=16), "val")
 
 
 # ============================================================================

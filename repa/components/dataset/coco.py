@@ -1,5 +1,6 @@
 """MS-COCO in the official text-to-image layout (sihyun-yu/REPA @ 67f7145, dataset.py
-`MSCOCO256Features`, after U-ViT's preprocessing: github.com/baofff/U-ViT, scripts/):
+`MSCOCO256Features`, after U-ViT's preprocessing: github.com/baofff/U-ViT, scripts/), as
+`repa preprocess coco` writes it (repa/engine/prep/coco.py):
 
     PATH/empty_context.npy          the empty caption's context [77, 768] (CLIP ViT-L/14)
     PATH/train/<i>.png              image i, RxR
@@ -28,28 +29,28 @@ from repa.errors import DataError
 from repa.interfaces import Dataset
 
 CAPTION_FILE = re.compile(r"^(\d+)_(\d+)\.npy$")
-FIX = ("write {path} with U-ViT's COCO scripts (extract_mscoco_feature.py, extract_empty_feature.py) plus the "
-       "images as <i>.png (docs/text-to-image.md)")
+MOMENTS_FILE = re.compile(r"^(\d+)\.npy$")
+FIX = "write {path} with `repa preprocess coco COCO_DIR {path}` (docs/text-to-image.md)"
 
 
 def caption_counts(folder: Path) -> list[int]:
-    """Captions of each image 0..N-1, from the file names (official `get_feature_dir_info`)."""
-    counts: dict[int, int] = {}
-    last: dict[int, int] = {}
-    images = 0
+    """Captions of each image 0..N-1, from the file names (official `get_feature_dir_info`); a gap in the
+    images or in an image's captions is one line naming the missing file."""
+    captions: dict[int, set[int]] = {}
+    images: set[int] = set()
     for name in os.listdir(folder):
-        found = CAPTION_FILE.match(name)
-        if found:
-            i = int(found[1])
-            counts[i], last[i] = counts.get(i, 0) + 1, max(last.get(i, 0), int(found[2]))
-        elif name.endswith(".npy"):
-            images += 1
-    missing = [i for i in range(images) if counts.get(i, 0) == 0 or last[i] + 1 != counts[i]]
-    if missing:
-        i = missing[0]
-        gap = next((k for k in range(last.get(i, 0) + 1) if not (folder / f"{i}_{k}.npy").is_file()), 0)
-        raise DataError(f"{folder}: image {i} has no caption file {i}_{gap}.npy; {FIX.format(path=folder.parent)}")
-    return [counts[i] for i in range(images)]
+        if found := CAPTION_FILE.match(name):
+            captions.setdefault(int(found[1]), set()).add(int(found[2]))
+        elif found := MOMENTS_FILE.match(name):
+            images.add(int(found[1]))
+    count = max(images | set(captions), default=-1) + 1
+    for i in range(count):
+        found = captions.get(i, set())
+        gap = next(k for k in range(len(found) + 1) if k not in found)  # the first caption number not there
+        missing = f"{i}.npy" if i not in images else f"{i}_{gap}.npy" if not found or gap < len(found) else None
+        if missing:
+            raise DataError(f"{folder}: image {i} has no {missing}; {FIX.format(path=folder.parent)}")
+    return [len(captions[i]) for i in range(count)]
 
 
 class CocoDataset(torch.utils.data.Dataset, Dataset):

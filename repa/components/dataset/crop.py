@@ -1,5 +1,6 @@
-"""The ADM center crop (guided-diffusion `center_crop_arr`), used by REPA's preprocessing
-(sihyun-yu/REPA @ 67f7145, preprocessing/dataset_tools.py)."""
+"""Center crops: ADM's (guided-diffusion `center_crop_arr`), used by REPA's ImageNet preprocessing
+(sihyun-yu/REPA @ 67f7145, preprocessing/dataset_tools.py), and U-ViT's, which the official
+text-to-image data went through (baofff/U-ViT, datasets.py `center_crop`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,19 @@ def center_crop_arr(image: Image.Image, size: int) -> np.ndarray:
     arr = np.array(image)
     top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
     return arr[top : top + size, left : left + size]
+
+
+def uvit_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """The centred square of the short side, then one Lanczos resize to size x size (smaller images
+    are enlarged). Returns uint8 [size, size, C]."""
+    arr = np.asarray(image)
+    side = min(arr.shape[:2])
+    top, left = (arr.shape[0] - side) // 2, (arr.shape[1] - side) // 2
+    square = Image.fromarray(np.ascontiguousarray(arr[top : top + side, left : left + side]))
+    return np.array(square.resize((size, size), Image.Resampling.LANCZOS))
+
+
+CROPS = {"adm": center_crop_arr, "uvit": uvit_center_crop}
 
 
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # 16/32-bit integer and float greyscale

@@ -80,6 +80,10 @@ class ClipTextEncoder(TextEncoder):
         self.tokenizer = open_clip.get_tokenizer(params.model)
         self.weights_file = str(path)
 
+    def to(self, device) -> "ClipTextEncoder":
+        self.tower.to(device)
+        return self
+
     @torch.no_grad()
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
         ids = pad_after_end(self.tokenizer(list(captions), context_length=self.tokens))

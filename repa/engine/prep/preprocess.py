@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from repa.components.dataset.crop import center_crop_arr, to_rgb
+from repa.components.dataset.crop import CROPS, to_rgb
 from repa.components.dataset.files import IMAGE_EXTENSIONS, list_files, read_labels
 from repa.console import progress_bar
 from repa.errors import DataError
@@ -152,9 +152,10 @@ def max_decoded_bytes() -> int:
     return 3 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
-def _crop_one(job: tuple[int, str, str, int]) -> tuple[int, str | None, str | None]:
-    """Worker: crop one image to DEST; returns (index, why it was skipped, a write fault that stops the job)."""
-    index, source, target, resolution = job
+def crop_one(job: tuple[int, str, str, int, str]) -> tuple[int, str | None, str | None]:
+    """Worker: crop one image (job: index, source, target PNG, resolution, crop: a key of CROPS) to its
+    target; returns (index, why it was skipped, a write fault that stops the job)."""
+    index, source, target, resolution, crop = job
     target_path = Path(target)
     tmp = target_path.with_name(f".{target_path.name}.tmp")
     try:
@@ -164,7 +165,7 @@ def _crop_one(job: tuple[int, str, str, int]) -> tuple[int, str | None, str | No
                                f"{decoded_bytes(image) / 2**20:.0f} MiB, over the {max_decoded_bytes() / 2**20:.0f} MiB "
                                "bound (a decompression bomb?)"), None
             image.load()
-            array = center_crop_arr(to_rgb(image), resolution)
+            array = CROPS[crop](to_rgb(image), resolution)
         if array.shape != (resolution, resolution, 3):
             return index, f"cannot crop a {image.size[0]}x{image.size[1]} image to {resolution}", None
         with writing(target_path, array.nbytes, temporary=[tmp]):
@@ -288,7 +289,7 @@ def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
         if (out / name).is_file():
             summary.kept += 1
         else:
-            jobs.append((index, str(source), str(out / name), resolution))
+            jobs.append((index, str(source), str(out / name), resolution, "adm"))
     workers = workers or max(1, (os.cpu_count() or 1))
     with progress_bar("crop", enabled=progress) as bar:
         task = bar.add_task("crop", total=len(jobs), rate="")
@@ -305,7 +306,7 @@ def preprocess_images(src: Path, dest: Path, resolution: int, workers: int = 0,
             bar.advance(task)
 
         try:
-            map_in_processes(_crop_one, jobs, workers, finished, died=lambda job: (job[0], WORKER_DIED, None))
+            map_in_processes(crop_one, jobs, workers, finished, died=lambda job: (job[0], WORKER_DIED, None))
         finally:  # half-written files of stopped or dead workers
             for tmp in out.glob("*/.img*.png.tmp"):
                 tmp.unlink(missing_ok=True)
@@ -345,7 +346,7 @@ def encode_latents(src: Path, dest: Path, autoencoder, batch_size: int = 64, pro
             batch = torch.stack([torch.from_numpy(_read_png(images_dir / n)) for n in chunk]).to(state.device)
             moments = autoencoder.encode(batch).cpu().numpy().astype(np.float32)
             for name, moment in zip(chunk, moments):
-                _save_npy(out / _latent_for(name), moment)
+                save_npy(out / _latent_for(name), moment)
             bar.advance(task, len(chunk))
     state.wait_for_everyone()
     if state.is_main_process:
@@ -366,7 +367,7 @@ def _read_png(path: Path) -> np.ndarray:
     return read_image(path)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
+def save_npy(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp.npy")
     with writing(path, array.nbytes, temporary=[tmp]):
         path.parent.mkdir(parents=True, exist_ok=True)
