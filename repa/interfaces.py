@@ -831,7 +831,8 @@ class Dataset(abc.ABC):
     `image` uint8 [3,R,R] (R = params.resolution), `y` int (0..num_classes-1; under text conditioning a
     caption str or a cached context [L,D], `repa.interfaces.Conditioning`), and optionally
     `moments` [2C,h,w] (the autoencoder's posterior, when stored with the data: then the trainer
-    does not encode the image)."""
+    does not encode the image) and `label` int, the image's class where `y` is not it (captioned
+    data that knows it: `repa analyze`'s linear probes read it)."""
 
     num_classes: int
 
@@ -928,7 +929,8 @@ class Representation:
 
 @dataclass(frozen=True)
 class AnalysisInputs:
-    """What an analysis may read. `labels` [N] int64 are the images' classes; the first `fit` images
+    """What an analysis may read. `labels` [N] int64 are the images' classes (-1: the data gives none,
+    captions without classes); the first `fit` images
     are the fitting split of methods that fit (a linear probe), the rest its held-out split (the
     images come in a seeded random order). `reference` is the encoder compared with (None when the
     analysis does not declare it needs one); `foreground` [n, T] bool marks the object's tokens of

@@ -193,6 +193,27 @@ def test_coco_missing_pieces_are_one_line_naming_the_fix(tmp_path):
         CocoDataset(CocoParams(path=str(tmp_path), resolution=16), "val")
 
 
+def test_analysis_reads_each_captioned_image_once_with_its_class():
+    """Item i of digits-captions is caption i mod 8 of image i // 8: an image repeated would sit on both sides of
+    the linear probe's split. COCO's items give no class: the probe says so (a note), the rest is measured."""
+    from repa.components.analysis import ProbeParams
+    from repa.components.analysis.probe import LinearProbe
+    from repa.engine.study.analysis import NO_CLASS, class_of, distinct_batches
+    from repa.interfaces import AnalysisInputs, Representation
+
+    data = DigitCaptionsDataset(DigitsParams(), "train")
+    batches = list(distinct_batches(data, torch.arange(64), 3))
+    items = [item for _, batch, _ in batches for item in batch]
+    assert len(items) == 8 and [start for start, _, _ in batches] == [0, 3, 6]
+    assert all(torch.equal(item["image"], data.images[k]) for k, item in enumerate(items))
+    assert [class_of(item) for item in items] == [int(data.labels[k]) for k in range(8)]
+    assert class_of({"y": 3}) == 3 and class_of({"y": torch.tensor(4)}) == 4
+    assert class_of({"y": "a cat on a mat"}) == NO_CLASS and class_of({"y": torch.zeros(77, 768)}) == NO_CLASS
+    features = Representation("block 1", torch.randn(10, 4), torch.randn(10, 4, 4), (2, 2))
+    with pytest.raises(ValueError, match="no class labels"):
+        LinearProbe(ProbeParams()).measure(AnalysisInputs(features, torch.full((10,), NO_CLASS), 8))
+
+
 # ============================================================================
 # Text conditioning in the engine
 # ============================================================================
@@ -267,6 +288,11 @@ def test_text_to_image_trains_samples_prompts_and_evaluates(tmp_path, capsys):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     scores = [r["eval"] for r in records if "eval" in r]
     assert scores and 0 <= scores[-1]["digits-accuracy"] <= 1 and scores[-1]["digits-fd"] > 0
+    assert main(["analyze", str(run), "--samples", "96", "--t", "0.5", "--token-images", "8", "--analyses",
+                 "cknna,linear-probe", "--out", str(tmp_path / "analysis"), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "analysis" / "analysis.json").read_text())["rows"]
+    probes = [r["value"] for r in rows if r["score"] == "linear-probe" and r["run"]]
+    assert len(probes) == 2 and all(0 <= v <= 1 for v in probes)  # both blocks, read under the empty caption
     capsys.readouterr()
     assert main(["sample", "experiments/quickstart_t2i.toml", "--prompt", "a purple seven", "--num-samples", "2",
                  "--no-progress", *sets]) != 0

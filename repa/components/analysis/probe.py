@@ -49,6 +49,8 @@ class LinearProbe(Analysis):
     def measure(self, inputs) -> dict[str, float]:
         pooled, fit = inputs.representation.pooled, inputs.fit
         labels = inputs.labels.to(pooled.device)
+        if bool((labels < 0).any()):
+            raise ValueError("the data gives no class labels (captions without classes)")
         if fit < 1 or fit >= len(labels):
             return {"linear-probe": float("nan")}
         return {"linear-probe": linear_probe(pooled[:fit], labels[:fit], pooled[fit:], labels[fit:],

@@ -75,7 +75,7 @@ class DigitCaptionsDataset(DigitsDataset):
 
     def __getitem__(self, i: int) -> dict:
         image, variant = divmod(int(i), len(VARIANTS))
-        return {"image": self.images[image],
+        return {"image": self.images[image], "label": int(self.labels[image]),
                 "y": caption(int(self.labels[image]), self.above[image], VARIANTS[variant])}
 
     def prompts(self, seed: int, indices, mode: str) -> list:

@@ -130,10 +130,44 @@ def analysed_indices(length: int, settings: Settings) -> torch.Tensor:
     return torch.randperm(length, generator=generator)[: min(settings.samples, length)]
 
 
-def _batches(dataset, indices: torch.Tensor, batch_size: int):
-    for start in range(0, len(indices), batch_size):
-        items = [dataset[int(i)] for i in indices[start : start + batch_size]]
-        yield start, items
+def distinct_batches(dataset, indices: torch.Tensor, batch_size: int):
+    """(items kept before, items, indices read) per batch: the items in `indices` order, each distinct
+    image once. Captioned data holds an image once per caption; a repeat would sit on both sides of the
+    linear probe's split."""
+    import hashlib
+
+    seen, batch, start, read = set(), [], 0, 0
+    for i in indices:
+        item, read = dataset[int(i)], read + 1
+        key = hashlib.blake2b(item["image"].numpy().tobytes(), digest_size=16).digest()
+        if key not in seen:
+            seen.add(key)
+            batch.append(item)
+        if len(batch) == batch_size:
+            yield start, batch, read
+            start, batch, read = start + len(batch), [], 0
+    if batch:
+        yield start, batch, read
+
+
+NO_CLASS = -1
+
+
+def class_of(item: dict) -> int:
+    """An item's class for the linear probes: its `label`, else its `y` when that is a class label;
+    NO_CLASS for captioned data without classes (COCO)."""
+    if "label" in item:
+        return int(item["label"])
+    y = item["y"]
+    return int(y) if isinstance(y, int) or (isinstance(y, torch.Tensor) and y.ndim == 0) else NO_CLASS
+
+
+def unconditional(backbone, labels: torch.Tensor) -> torch.Tensor:
+    """The condition hidden states are read under: the null one (the null label, or the empty caption's
+    context), or the true label for a class model trained without label dropout."""
+    if backbone.context_shape is not None:
+        return backbone.null_condition(torch.zeros(len(labels), device=labels.device))
+    return backbone.null_condition(labels) if backbone.has_null_label else labels
 
 
 def pool_masks(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -152,9 +186,9 @@ def collect_images(config: ExperimentConfig, dataset, encoders: dict, settings: 
     generator = torch.Generator().manual_seed(settings.seed + 1)
     labels, inputs, masks, pooled, tokens = [], [], [], {n: [] for n in built}, {n: [] for n in built}
     trains, kept, noises = config.autoencoder.params.trains(), [], []
-    for start, items in _batches(dataset, indices, settings.batch_size):
+    for start, items, read in distinct_batches(dataset, indices, settings.batch_size):
         images = torch.stack([item["image"] for item in items]).to(device)
-        labels.append(torch.tensor([int(item["y"]) for item in items]))
+        labels.append(torch.tensor([class_of(item) for item in items]))
         with torch.no_grad():
             moments = (torch.stack([item["moments"] for item in items]).to(device) if "moments" in items[0]
                        else autoencoder.encode(images))
@@ -170,7 +204,7 @@ def collect_images(config: ExperimentConfig, dataset, encoders: dict, settings: 
                 tokens[name].append(out[: max(0, settings.token_images - start)].half().cpu())
         wanted = items[: max(0, settings.token_images - start)]
         masks.extend(dataset.foreground(item["image"]) for item in wanted)
-        advance(len(items))
+        advance(read)
     x0 = torch.cat(inputs)
     noise = torch.randn(x0.shape, generator=generator)
     foreground = torch.stack(masks).bool() if masks and all(m is not None for m in masks) else None
@@ -219,7 +253,7 @@ def hidden_states(model, config: ExperimentConfig, data: Images, t: float, setti
         alpha, sigma, _, _ = path.broadcast(times, x0)
         x_t = alpha * x0 + sigma * data.noise[start : start + len(x0)].to(device)
         labels = data.labels[start : start + len(x0)].to(device)
-        y = torch.full_like(labels, backbone.num_classes) if backbone.has_null_label else labels
+        y = unconditional(backbone, labels)
         with autocast_to(device.type, dtype):
             hidden = backbone(x_t, times, y, drop_ids=None, hidden_depths=list(range(1, blocks + 1))).hidden
         for b, h in enumerate(hidden.values()):
