@@ -11,6 +11,7 @@ from rich.table import Table
 from repa.console import output_console
 from repa.errors import RepaError
 from repa.plugins import KINDS, Entry, get_components
+from repa.plugins.component import Kind
 
 ALIASES = {"alignment": "alignment_loss", "alignment-loss": "alignment_loss", "loss": "alignment_loss",
            "attention": "attention_loss", "attention-loss": "attention_loss"}
@@ -28,7 +29,10 @@ def _kind(name: str | None) -> list[str]:
 def describe_params(entry: Entry) -> str:
     parts = []
     for name, info in entry.params.model_fields.items():
-        if info.default is PydanticUndefined and info.default_factory is None:
+        component = next((m for m in info.metadata if isinstance(m, Kind) and m.default is not None), None)
+        if component is not None:  # a component-valued key with a shorthand default (text_encoder="clip-vit-l14")
+            parts.append(f"{name}={component.default!r}")
+        elif info.default is PydanticUndefined and info.default_factory is None:
             parts.append(f"{name} (required)")
         else:
             default = info.default_factory() if info.default_factory else info.default

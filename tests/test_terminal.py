@@ -45,6 +45,16 @@ def test_plugins_fit_80_columns_and_lose_no_text(kind):
         assert all(all(fact in squeeze(b) for fact in ("weightshere:", "dim:", "tokensat256px:")) for b in blocks)
 
 
+def test_a_component_key_with_a_default_shows_it_not_required():
+    from repa.cli_tables import describe_params
+    from repa.plugins import get_components
+
+    components = get_components()
+    assert describe_params(components["conditioning"].get("text")) == "text_encoder='clip-vit-l14'"
+    alignment = describe_params(components["term"].get("alignment"))
+    assert "encoder (required)" in alignment and "loss='cosine'" in alignment and "projector='mlp'" in alignment
+
+
 def test_written_to_a_pipe_every_line_is_whole():
     """No terminal and no COLUMNS: a description or a facts line is one line, never cut mid-word."""
     from repa.cli_tables import describe_params
