@@ -19,7 +19,7 @@ from repa.engine.build import (
     build_conditioning, build_objective_parts, build_sampling, build_training, check_term_needs, compile_network, input_geometry,
     probe_alignment, probe_attention, probe_data, probe_generation, probe_network,
 )
-from repa.engine.prep.features import FeatureCache, WithFeatures, describe, feature_key
+from repa.engine.prep.features import FeatureCache, WithFeatures, describe
 from repa.engine.train.context import StepInputs, TrainingContext
 from repa.engine.train.data import StepBatchSampler, make_loader
 from repa.engine.train.ema import make_ema, update_ema
