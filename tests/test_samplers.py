@@ -11,7 +11,7 @@ from repa.components.path.interpolants import CosinePath, LinearPath
 from repa.components.prediction.targets import DataPrediction, NoisePrediction, VelocityPrediction
 from repa.components.sampler.integrators import EulerMaruyamaSampler, EulerSampler
 from repa.engine.network import TrainedNetwork
-from repa.engine.generate.denoiser import Denoiser, PerSampleNoise, sample_generators
+from repa.engine.generate.denoiser import Denoiser
 from repa.engine.generate.generation import generate
 from repa.interfaces import Backbone, BackboneOutput
 

@@ -8,8 +8,6 @@ Blocks: RMSNorm, SwiGLU, 2-D rotary positions (EVA's) on queries and keys, adaLN
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn as nn
