@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p benchmarks/results
-for name in sit sampler train data sample digits contention; do
+for name in sit sampler train data coco sample digits contention; do
   repa bench "$name" --out "benchmarks/results/$name.json"
 done

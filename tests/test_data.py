@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from repa.bench.data import sd_vae_random
 from repa.components.dataset import DigitsParams, FolderParams, PackedParams
 from repa.components.dataset.crop import center_crop_arr
 from repa.components.dataset.digits import DigitsDataset
@@ -21,20 +22,10 @@ from repa.errors import DataError, MissingWeightsError
 RES = 64
 
 
-def sd_vae_architecture():
-    """stabilityai/sd-vae-ft-mse's config.json (the real architecture), randomly initialised."""
-    from diffusers.models import AutoencoderKL
-
-    torch.manual_seed(0)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-                         block_out_channels=(128, 256, 512, 512), act_fn="silu", sample_size=256,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-
-
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("vae") / "sd-vae-ft-mse"
-    sd_vae_architecture().save_pretrained(path)
+    sd_vae_random().save_pretrained(path)  # sd-vae-ft-mse's architecture, random weights
     return path
 
 

@@ -5,6 +5,8 @@ printed and, with --out, written as JSON; targets are met here, never in timed u
     sampler   Euler 50 steps with CFG on a small SiT: images/s
     data      loader throughput, official layout vs packed (10,000 synthetic ImageNet-shaped samples),
               and ADM center-crop throughput
+    coco      `repa preprocess coco`'s stages at full size (synthetic 640x480 JPEGs, random SD-VAE and CLIP
+              ViT-L/14 text tower): crop, moments, contexts per second, and COCO 2014's time at those rates
     train     training throughput and peak memory: SiT-B/2 + REPA (dinov2-vit-b architecture, random
               weights), online vs cached features; on a GPU also SiT-XL/2 batch 32 bf16, compiled or not
     sample    `repa sample` images/s for a tiny model (CPU) or SiT-XL/2 with the paper's sampler (GPU)
@@ -23,6 +25,7 @@ BENCHMARKS = {
     "sit": "repa.bench.models:bench_sit",
     "sampler": "repa.bench.models:bench_sampler",
     "data": "repa.bench.data:bench_data",
+    "coco": "repa.bench.data:bench_coco",
     "train": "repa.bench.train:bench_train",
     "sample": "repa.bench.models:bench_sample",
     "digits": "repa.bench.models:bench_digits",

@@ -100,3 +100,81 @@ def packed_throughput(count: int, workers: int | None = None, batch: int = 256, 
         packed = PackedDataset(PackedParams(path=str(tmp / "packed"), resolution=256, verify="quick"))
         rate = loader_throughput(packed, min(batch, count // 4), workers, seconds)
     return {"samples_per_s": rate, "workers": workers}
+
+
+COCO_2014 = {"images": 82_783 + 40_504, "captions": 414_113 + 202_654}  # train + val, captions_*2014.json
+
+
+def synthetic_photos(folder: Path, count: int, size=(640, 480), seed: int = 0) -> list[Path]:
+    """COCO-sized JPEGs (640x480, smooth colours plus noise, so they compress roughly as photos do)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    xs, ys = np.linspace(0, 255, size[0], dtype=np.float32), np.linspace(0, 255, size[1], dtype=np.float32)
+    paths = []
+    for i in range(count):
+        image = (xs[None, :, None] * rng.random(3) + ys[:, None, None] * rng.random(3)) / 2
+        image = np.clip(image + rng.normal(0, 8, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+        paths.append(folder / f"{i:012d}.jpg")
+        Image.fromarray(image).save(paths[-1], quality=90)
+    return paths
+
+
+def sd_vae_random():
+    """stabilityai/sd-vae-ft-mse's architecture (its config.json), randomly initialised."""
+    from diffusers.models import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+                         block_out_channels=(128, 256, 512, 512), act_fn="silu", sample_size=256,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def rate(work, units: int, repeats: int) -> float:
+    """Units per second of `work()` (one warm-up call first)."""
+    work()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    return units * repeats / (time.perf_counter() - started)
+
+
+def bench_coco(device: str | None = None, images: int = 256, batch: int | None = None, root: str | None = None,
+               **_) -> dict:
+    """`repa preprocess coco`'s three stages at full size on synthetic data and random weights: the U-ViT crop
+    of 640x480 JPEGs (every core a worker), SD-VAE moments at 256 px, CLIP ViT-L/14 text contexts; and
+    what COCO 2014 (train + val) would take at those rates on this machine."""
+    from repa.components.autoencoder import SDVAEParams
+    from repa.components.autoencoder.sdvae import SDVAE
+    from repa.components.text_encoder.clip import build_text_tower
+    from repa.engine.prep.coco import CocoImage, SplitSummary, crop_images
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    batch = batch or (64 if device.type == "cuda" else 16)
+    workers = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        photos = synthetic_photos(Path(tmp) / "src", images)
+        out = Path(tmp) / "out"
+        out.mkdir()
+        started = time.perf_counter()
+        crop_images(out, [CocoImage(p, []) for p in photos], list(range(images)), 256, workers, SplitSummary(), False)
+        crop_rate = images / (time.perf_counter() - started)
+    vae = SDVAE(SDVAEParams(), vae=sd_vae_random()).to(device)
+    pixels = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    moments_rate = rate(lambda: (vae.encode(pixels), sync()), batch, 3)
+    tower = build_text_tower("ViT-L-14").eval().requires_grad_(False).to(device)
+    ids = torch.randint(1, 49406, (batch * 4, 77), device=device)
+
+    def contexts():
+        with torch.no_grad():
+            tower(ids)
+        sync()
+
+    caption_rate = rate(contexts, len(ids), 3)
+    hours = (COCO_2014["images"] / crop_rate + COCO_2014["images"] / moments_rate
+             + COCO_2014["captions"] / caption_rate) / 3600
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{os.cpu_count()}",
+            "crop_images_per_s (640x480 JPEG -> 256, all cores)": crop_rate, "crop_workers": workers,
+            f"moments_images_per_s (SD-VAE, 256 px, batch {batch}, fp32)": moments_rate,
+            f"contexts_captions_per_s (CLIP ViT-L/14 text, batch {batch * 4}, fp32)": caption_rate,
+            "coco2014_hours_at_these_rates (one process)": hours, "coco2014": COCO_2014}
