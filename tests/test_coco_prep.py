@@ -234,3 +234,42 @@ def test_a_preprocessed_folder_trains_and_samples_for_a_prompt(tmp_path, tiny_cl
                  "--no-progress", *sets]) == 0
     folder = next((run / "sampled").iterdir())
     assert np.load(folder / "samples.npz")["arr_0"].shape == (2, RES, RES, 3)
+
+
+def test_two_processes_write_what_one_writes(tmp_path, vae_dir):
+    """Under torchrun each process takes the images i = rank mod 2 (crop, moments, contexts); the main one
+    plans, writes captions.json and the empty context. digits-words stands in for CLIP (it crosses processes)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "coco"
+    images = {key: ((20 + 3 * key, 17 + key), "RGB") for key in range(1, 8)}
+    words = ["a thick seven", "a thin two", "an eight", "a large small one", "a slanted nine", "a zero"]
+    for split in ("train", "val"):
+        (src / f"{split}2014").mkdir(parents=True)
+        for key, (size, mode) in images.items():
+            write_image(src / f"{split}2014" / f"COCO_{split}2014_{key:012d}.jpg", size, mode, key)
+        write_annotations(src, split, images, [(1 + n % 7, words[n % 6]) for n in range(17)])
+    text = validate_component("text_encoder", "digits-words", {}, "--text-encoder")
+    autoencoder = validate_component("autoencoder", "sd-vae", {"path": str(vae_dir)}, "--autoencoder")
+    coco.preprocess_coco(src, tmp_path / "one", autoencoder, text, resolution=RES, workers=1, batch_size=3,
+                         progress=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "repa.cli",
+               "preprocess", "coco", str(src), str(tmp_path / "two"), "--resolution", str(RES), "--vae-path",
+               str(vae_dir), "--text-encoder", "digits-words", "--workers", "1", "--batch-size", "3"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for share in (4, 3):  # images 0, 2, 4, 6 and 1, 3, 5: each process wrote its own
+        assert f"train: 7 images; written by this process: {share} PNGs, {share} moments" in result.stdout
+    one, two = tmp_path / "one", tmp_path / "two"
+    files = sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two).as_posix() for p in two.rglob("*") if p.is_file())
+    assert len([f for f in files if f.startswith("train/") and f.endswith(".png")]) == 7
+    for name in files:
+        if name.endswith(".png"):
+            np.testing.assert_array_equal(np.asarray(Image.open(one / name)), np.asarray(Image.open(two / name)))
+        elif name.endswith(".npy"):
+            np.testing.assert_allclose(np.load(one / name), np.load(two / name), atol=1e-5, rtol=1e-5)
+        elif name.endswith("captions.json"):
+            assert (one / name).read_text() == (two / name).read_text()

@@ -114,9 +114,10 @@ def plan(out: Path, images: list[CocoImage], settings: dict) -> None:
         raise DataError(f"{out}: holds files that `repa preprocess coco` did not write (no {RECORD}); give another "
                         "DEST, or move them away")
     if previous is not None and previous.get("settings") != settings:
-        key = next(k for k in settings if previous.get("settings", {}).get(k) != settings[k])
-        raise DataError(f"{out}: was written with {key} {previous.get('settings', {}).get(key)}, this run asks for "
-                        f"{settings[key]}; give another DEST, or the same options to resume")
+        was = previous.get("settings") or {}
+        key = next((k for k in settings if was.get(k) != settings[k]), None)
+        differs = f"{key} {was.get(key)}, this run asks for {settings[key]}" if key else f"settings {was}"
+        raise DataError(f"{out}: was written with {differs}; give another DEST, or the same options to resume")
     old = previous["sources"] if previous else []
     new = [_signature(image) for image in images]
     for name in names:
@@ -190,9 +191,9 @@ def crop_images(out: Path, images: list[CocoImage], mine: list[int], resolution:
 
         try:
             map_in_processes(crop_one, jobs, max(1, workers), finished, died=lambda job: (job[0], WORKER_DIED, None))
-        finally:  # half-written files of stopped or dead workers
-            for tmp in out.glob(".*.png.tmp"):
-                tmp.unlink(missing_ok=True)
+        finally:  # half-written files of this process's stopped or dead workers (not the other processes')
+            for job in jobs:
+                (out / f".{job[0]}.png.tmp").unlink(missing_ok=True)
     return failed
 
 
