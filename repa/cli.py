@@ -259,8 +259,8 @@ def cmd_evaluate(args) -> int:
     config = _sampling_config(args.experiment, args.overrides + ([f"eval.metrics={_toml_list(args.metrics)}"]
                                                                   if args.metrics else []),
                               METRICS_ONLY_EXPERIMENT)
-    images, labels = read_samples(target)
-    scores = evaluate_images(config.eval.metrics, images, labels, args.reference or config.eval.reference)
+    images, labels, prompts = read_samples(target)
+    scores = evaluate_images(config.eval.metrics, images, labels, args.reference or config.eval.reference, prompts)
     print_results(f"{target}: {len(images)} samples", [scores])
     return 0
 

@@ -877,7 +877,9 @@ class Metric(abc.ABC):
 
     @abc.abstractmethod
     def score(self, features: dict[str, Any], reference: dict[str, Any], labels: Any = None) -> dict[str, float]:
-        """-> {metric name: value}; `labels` are the samples' classes when the .npz has them."""
+        """-> {metric name: value}; `labels` are the samples' classes when the .npz has them. A metric that
+        scores text declares a `prompts` parameter too: a text model's samples' prompts (list[str]), None
+        where the samples have none."""
 
 
 class Tracker(abc.ABC):

@@ -340,17 +340,25 @@ def check_dataset(dataset: Any, resolution: int, where: str = ANY) -> None:
 def check_metric(metric: Any, images, reference: str | None = None, names: tuple[str, ...] = (),
                  where: str = ANY) -> None:
     """features -> dict; reference -> dict; score -> {name: finite float}, names as declared. The
-    samples' labels are given as class-conditional sampling gives them (class i % 10)."""
+    samples' labels are given as class-conditional sampling gives them (class i % 10), and to a metric that
+    takes prompts, a digits caption naming that class with every attribute word (e.g. "a thick slanted
+    large zero"; `repa.engine.generate.evaluation.metric_score`)."""
     import math
 
     import numpy as np
 
+    from repa.components.dataset.captions import caption
+    from repa.engine.generate.evaluation import metric_score
+
     labels = np.arange(len(images)) % 10
+    prompts = [caption(int(d), np.array([i % 2, i // 2 % 2, i // 4 % 2], dtype=bool), (True, True, True))
+               for i, d in enumerate(labels)]
     if not isinstance(metric.feature_key, str):
         raise _fail(where, f"feature_key is {type(metric.feature_key).__name__}, expected a string")
     features = _run(where, "features(images)", lambda: metric.features(images))
     ref = _run(where, "reference(source)", lambda: metric.reference(reference))
-    scores = _run(where, "score(features, reference, labels)", lambda: metric.score(features, ref, labels))
+    scores = _run(where, "score(features, reference, labels)",
+                  lambda: metric_score(metric, features, ref, labels, prompts))
     if not isinstance(scores, dict) or not all(isinstance(v, float) and math.isfinite(v) for v in scores.values()):
         raise _fail(where, f"score returned {scores!r}; expected {{name: finite float}}")
     if names and set(scores) != set(names):

@@ -214,6 +214,43 @@ def test_analysis_reads_each_captioned_image_once_with_its_class():
         LinearProbe(ProbeParams()).measure(AnalysisInputs(features, torch.full((10,), NO_CLASS), 8))
 
 
+def test_attribute_score_is_the_percentile_on_the_side_the_word_asks_for():
+    """Real digits drawn for their own captions sit in the upper half on every word they carry (mean 3/4 by
+    construction); with every word flipped, the lower half: 1 minus that, pair for pair."""
+    from repa.components.metric.digits import DigitsAttributes
+
+    images, labels = digits_arrays(32)
+    _, above = attribute_words(32)
+    prompts = [caption(int(d), a, (True, True, True)) for d, a in zip(labels, above)]
+    flipped = [caption(int(d), ~a, (True, True, True)) for d, a in zip(labels, above)]
+    metric = DigitsAttributes(None)
+    features = metric.features(images.permute(0, 2, 3, 1).numpy())
+    true = metric.score(features, {}, labels.numpy(), prompts)
+    false = metric.score(features, {}, labels.numpy(), flipped)
+    assert 0.72 < true["digits-attributes"] < 0.78
+    for name in ("", "-thickness", "-slant", "-size"):
+        assert true[f"digits-attributes{name}"] + false[f"digits-attributes{name}"] == pytest.approx(1.0)
+    digit_only = metric.score(features, {}, labels.numpy(), ["a seven"] * len(labels))
+    assert all(np.isnan(v) for v in digit_only.values())  # no attribute word asked for: nothing to score
+    with pytest.raises(Exception, match="needs each sample's digit and prompt"):
+        metric.score(features, {}, labels.numpy(), None)
+
+
+def test_a_samples_file_carries_its_prompts_and_bad_ones_are_one_line(tmp_path):
+    from repa.engine.generate.evaluation import read_samples
+    from repa.errors import DataError
+
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    np.savez(tmp_path / "good.npz", arr_0=images, labels=np.array([1, 2]), prompts=np.array(["a one", "a thin two"]))
+    assert read_samples(tmp_path / "good.npz")[1:] == (pytest.approx([1, 2]), ["a one", "a thin two"])
+    np.savez(tmp_path / "short.npz", arr_0=images, prompts=np.array(["a one"]))
+    with pytest.raises(DataError, match=r"short.npz: prompts are <U5 \[1\], expected 2 strings"):
+        read_samples(tmp_path / "short.npz")
+    np.savez(tmp_path / "numbers.npz", arr_0=images, prompts=np.array([1.0, 2.0]))
+    with pytest.raises(DataError, match=r"numbers.npz: prompts are float64 \[2\], expected 2 strings"):
+        read_samples(tmp_path / "numbers.npz")
+
+
 # ============================================================================
 # Text conditioning in the engine
 # ============================================================================
@@ -288,6 +325,12 @@ def test_text_to_image_trains_samples_prompts_and_evaluates(tmp_path, capsys):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     scores = [r["eval"] for r in records if "eval" in r]
     assert scores and 0 <= scores[-1]["digits-accuracy"] <= 1 and scores[-1]["digits-fd"] > 0
+    assert 0 <= scores[-1]["digits-attributes"] <= 1 and "digits-attributes-slant" in scores[-1]
+    drawn = np.load(next((run / "eval").iterdir()) / "samples.npz")
+    from repa.components.text_encoder.words import DIGIT_WORDS
+
+    assert drawn["prompts"].shape == (20,)  # each names the digit its label says
+    assert [p.split()[-1] for p in drawn["prompts"]] == [DIGIT_WORDS[d] for d in drawn["labels"]]
     assert main(["analyze", str(run), "--samples", "96", "--t", "0.5", "--token-images", "8", "--analyses",
                  "cknna,linear-probe", "--out", str(tmp_path / "analysis"), "--no-progress"]) == 0
     rows = json.loads((tmp_path / "analysis" / "analysis.json").read_text())["rows"]

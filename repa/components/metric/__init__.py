@@ -32,6 +32,11 @@ class DigitsMetricParams(MetricParams):
     epochs: int = Field(30, ge=1)
 
 
+class DigitsAttributesParams(MetricParams):
+    def outputs(self, registered_name: str) -> tuple[str, ...]:
+        return (registered_name, *(f"{registered_name}-{name}" for name in ("thickness", "slant", "size")))
+
+
 class FDDINOv2Params(MetricParams):
     size: Literal["s", "b", "l"] = Field("l", description="DINOv2 ViT size (edm2's FD-DINOv2: l, ViT-L/14)")
     weights: str | None = Field(None, description="DINOv2 release file (torch.hub .pth or timm safetensors); "
@@ -99,3 +104,5 @@ def repa_register_metrics(registry):
                  "accuracy of that CNN on class-conditional samples (does the sample show its class?)")
     registry.add("digits-spread", _digits("digits-spread"), DigitsMetricParams,
                  "tr(cov) of the samples' CNN features over the held-out digits' (below 1: less diverse)")
+    registry.add("digits-attributes", _digits("digits-attributes"), DigitsAttributesParams,
+                 "text samples' percentile among real digits on the attributes their prompt asks for (0.5: ignored)")

@@ -80,4 +80,62 @@ class DigitsSpread(DigitsMetric):
                                        / np.trace(gaussian_stats(ref["features"])[1]))}
 
 
-METRICS = {"digits-fd": DigitsFD, "digits-accuracy": DigitsAccuracy, "digits-spread": DigitsSpread}
+ATTRIBUTE_NAMES = ("thickness", "slant", "size")  # digits-captions' ATTRIBUTES, in order
+
+
+@lru_cache(maxsize=4)
+def real_measurements(resolution: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits' thickness, slant and size [N,3] at `resolution`, and their labels [N]: what the
+    digits-captions words were split on."""
+    from repa.components.dataset.captions import measurements
+    from repa.components.dataset.digits import digits_arrays
+
+    images, labels = digits_arrays(resolution)
+    return measurements(images[:, 0].double().numpy() / 255), labels.numpy()
+
+
+class DigitsAttributes(Metric):
+    """Whether text-to-image samples have the attributes their prompt's words ask for (digits-captions:
+    thick / thin, slanted / upright, large / small). Per (sample, word): the sample's percentile among
+    the real images of the digit it was asked for, in the word's direction (ties count half), so 0.5 is a
+    sample that ignores the word and 1 one beyond every real image on the asked side. Scores: the mean over
+    every word asked for, and per attribute."""
+
+    feature_key = "digits-measurements"
+
+    def __init__(self, params):
+        self.params = params
+
+    def features(self, images: np.ndarray) -> dict:
+        gray = images.astype(np.float64).mean(axis=3) / 255
+        from repa.components.dataset.captions import measurements
+
+        return {"measurements": measurements(gray), "resolution": images.shape[1]}
+
+    def reference(self, source=None) -> dict:
+        return {}  # the real digits at the samples' resolution, read in `score`
+
+    def score(self, feats, ref, labels=None, prompts=None):
+        from repa.components.dataset.captions import ATTRIBUTES
+        from repa.components.text_encoder.words import words_of
+
+        if labels is None or prompts is None:
+            raise DataError("digits-attributes needs each sample's digit and prompt: `labels` and `prompts` in the "
+                            "samples .npz (as repa sample and repa evaluate write them for a text model)")
+        real, real_labels = real_measurements(int(feats["resolution"]))
+        percentiles: list[list[float]] = [[] for _ in ATTRIBUTES]
+        for value, digit, prompt in zip(feats["measurements"], np.asarray(labels), prompts):
+            words, pool = set(words_of(prompt)), real[real_labels == digit]
+            for k, (below, above) in enumerate(ATTRIBUTES):
+                if above in words or below in words:
+                    rank = (np.sum(pool[:, k] < value[k]) + 0.5 * np.sum(pool[:, k] == value[k])) / len(pool)
+                    percentiles[k].append(rank if above in words else 1.0 - rank)
+        every = [v for values in percentiles for v in values]
+        scores = {"digits-attributes": float(np.mean(every)) if every else float("nan")}
+        for name, values in zip(ATTRIBUTE_NAMES, percentiles):
+            scores[f"digits-attributes-{name}"] = float(np.mean(values)) if values else float("nan")
+        return scores
+
+
+METRICS = {"digits-fd": DigitsFD, "digits-accuracy": DigitsAccuracy, "digits-spread": DigitsSpread,
+           "digits-attributes": DigitsAttributes}

@@ -17,8 +17,10 @@ from repa.errors import DataError
 log = logging.getLogger("repa")
 
 
-def evaluate_images(metrics, images: np.ndarray, labels: np.ndarray | None, reference: str | None) -> dict:
-    """Metrics sharing a feature_key share one feature pass (and one reference pass)."""
+def evaluate_images(metrics, images: np.ndarray, labels: np.ndarray | None, reference: str | None,
+                    prompts: list[str] | None = None) -> dict:
+    """Metrics sharing a feature_key share one feature pass (and one reference pass); `prompts` (text models'
+    samples) go to the metrics whose `score` takes them."""
     features, references, results = {}, {}, {}
     for component in metrics:
         metric = component.build()
@@ -28,12 +30,21 @@ def evaluate_images(metrics, images: np.ndarray, labels: np.ndarray | None, refe
         ref_key = (key, type(metric).reference)  # metrics that read the reference the same way share it
         if ref_key not in references:
             references[ref_key] = metric.reference(reference)
-        results.update(metric.score(features[key], references[ref_key], labels))
+        results.update(metric_score(metric, features[key], references[ref_key], labels, prompts))
     return results
 
 
-def read_samples(npz: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """arr_0 uint8 [N,H,W,3] (N >= 1) and, when the file has them, integer labels [N]; anything else is one line."""
+def metric_score(metric, features, reference, labels, prompts=None) -> dict:
+    """metric.score, with the prompts when it declares a `prompts` parameter (a metric that scores text)."""
+    import inspect
+
+    takes_prompts = "prompts" in inspect.signature(metric.score).parameters
+    return metric.score(features, reference, labels, **({"prompts": prompts} if takes_prompts else {}))
+
+
+def read_samples(npz: Path) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """arr_0 uint8 [N,H,W,3] (N >= 1) and, when the file has them, integer labels [N] and the prompts [N] a
+    text model drew them for; anything else is one line."""
     if not npz.is_file():
         raise DataError(f"{npz}: no such file")
     try:
@@ -42,6 +53,7 @@ def read_samples(npz: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 raise DataError(f"{npz}: no 'arr_0' (uint8 [N,H,W,3]); not an ADM-format sample batch")
             images = data["arr_0"]
             labels = data["labels"] if "labels" in data else None
+            prompts = data["prompts"] if "prompts" in data else None
     except (ValueError, OSError, EOFError, __import__("zipfile").BadZipFile) as exc:
         raise DataError(f"{npz}: not a readable .npz of arrays ({type(exc).__name__}: {str(exc).strip()[:120]}); "
                         "redraw the samples with repa sample") from None
@@ -49,7 +61,9 @@ def read_samples(npz: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise DataError(f"{npz}: arr_0 is {images.dtype} {list(images.shape)}, expected uint8 [N, H, W, 3] with N >= 1")
     if labels is not None:
         labels = checked_labels(npz, labels, len(images))
-    return images, labels
+    if prompts is not None and (prompts.dtype.kind != "U" or prompts.shape != (len(images),)):
+        raise DataError(f"{npz}: prompts are {prompts.dtype} {list(prompts.shape)}, expected {len(images)} strings")
+    return images, labels, None if prompts is None else prompts.tolist()
 
 
 def checked_labels(npz: Path, labels: np.ndarray, count: int) -> np.ndarray:
@@ -164,8 +178,8 @@ def _evaluate_checkpoints(run_dir: Path, config, key: str, scored_by: str, state
         npz = SampleRun(config, weights(), out, config.eval.num_samples, config.experiment.seed,
                         config.sample.batch_size, config.sample.labels, progress).run()
         if state.is_main_process:
-            images, labels = read_samples(npz)
-            scores = evaluate_images(config.eval.metrics, images, labels, config.eval.reference)
+            images, labels, prompts = read_samples(npz)
+            scores = evaluate_images(config.eval.metrics, images, labels, config.eval.reference, prompts)
             record = {"eval": scores, "eval_settings": key, "eval_metrics": scored_by, **(extra or {}),
                       **sampling_record(config)}
             RunRecord(run_dir).log(step, record)

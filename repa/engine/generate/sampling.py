@@ -199,6 +199,15 @@ def run_folder_of(checkpoint: Path | None) -> Path | None:
     return None
 
 
+def condition_arrays(conditioning, conditions) -> dict[str, np.ndarray]:
+    """What a samples .npz records of what they were drawn for: `labels` (the class each asks for, when
+    known) and, for a text model, `prompts` (one string per sample, read by metrics that score text)."""
+    arrays = {} if conditions.labels is None else {"labels": conditions.labels.numpy()}
+    if conditioning.context_shape is not None:
+        arrays["prompts"] = np.array([str(c) for c in conditions.captions])
+    return arrays
+
+
 def default_out(config: ExperimentConfig, checkpoint: Path | None, seed: int, labels: str) -> Path:
     """Where `repa sample` draws without --out: beside the run the checkpoint belongs to
     (RUN/sampled/<step>-<sampler>-...), else samples/<name>-<sampler>-... in the working folder; the
@@ -442,7 +451,7 @@ class SampleRun:
 
         images = np.stack([np.asarray(Image.open(self.png(i))) for i in range(self.num)])
         conditions = self.conditions(range(self.num))
-        arrays = {"arr_0": images} if conditions.labels is None else {"arr_0": images, "labels": conditions.labels.numpy()}
+        arrays = {"arr_0": images, **condition_arrays(self.model.conditioning, conditions)}
         tmp = npz.with_name(f".samples.{os.getpid()}.tmp.npz")
         with writing(npz, sum(a.nbytes for a in arrays.values()), temporary=[tmp]):
             np.savez(tmp, **arrays)

@@ -295,6 +295,7 @@ def preprocess_coco(src: Path, dest: Path, autoencoder, text_encoder, splits=SPL
     failed = [(split, path, why) for split, s in summaries.items() for path, why in s.failed]
     if failed:
         split, path, why = failed[0]
-        raise DataError(f"{path}: {why}; {len(failed)} image(s) could not be read (listed in {dest / split}/skipped.txt): "
-                        f"replace them from COCO's zip and run the same command again (the rest is kept)")
+        raise DataError(f"{path}: {why}; {len(failed)} image(s) could not be read (listed in "
+                        f"{dest / split}/skipped.txt): replace them from COCO's zip and run the same command again "
+                        "(the rest is kept)")
     return summaries

@@ -21,7 +21,7 @@ from repa.engine.build import input_geometry
 from repa.engine.generate.denoiser import Denoiser, Interrupted
 from repa.engine.generate.evaluation import _digest, evaluate_images, metrics_key
 from repa.engine.generate.generation import generate, to_uint8
-from repa.engine.generate.sampling import sampling_autocast
+from repa.engine.generate.sampling import condition_arrays, sampling_autocast
 from repa.engine.record import RunRecord, read_records
 from repa.errors import RepaError
 from repa.precision import set_tf32
@@ -91,13 +91,14 @@ class TrainingEvaluation:
         device = self.acc.device
         set_tf32(self.config.sample.allow_tf32, device.type)
         try:
-            images, labels = self._draw(ema, interrupt if self.acc.num_processes == 1 else None)
+            images, arrays = self._draw(ema, interrupt if self.acc.num_processes == 1 else None)
         finally:
             set_tf32(self.config.train.allow_tf32, device.type)
         done = images is not None
         if done and self.acc.is_main_process:
             try:
-                scores = evaluate_images(self.config.eval.metrics, images, labels, self.config.eval.reference)
+                scores = evaluate_images(self.config.eval.metrics, images, arrays.get("labels"),
+                                         self.config.eval.reference, arrays.get("prompts"))
             except RepaError as exc:
                 log.warning("repa: the evaluation of step %d failed (%s); training goes on", step, exc)
                 done = False
@@ -107,8 +108,8 @@ class TrainingEvaluation:
         return done
 
     def _draw(self, ema, interrupt):
-        """All processes' samples, uint8 [N,H,W,3] with their labels, on the main process (None
-        elsewhere); (None, None) if a stop interrupted."""
+        """All processes' samples, uint8 [N,H,W,3], with what they were drawn for (`condition_arrays`: labels,
+        prompts) on the main process (None elsewhere); (None, None) if a stop interrupted."""
         config, acc = self.config, self.acc
         n = num_samples(config)
         per, indices = shares(n, acc.num_processes)
@@ -120,7 +121,7 @@ class TrainingEvaluation:
         denoiser.interrupt = interrupt
         side, channels = input_geometry(config)
         conditions = ema.conditioning.conditions(config.experiment.seed, range(n), "balanced")
-        y, labels = conditions.y, conditions.labels
+        y = conditions.y
         drawn = []
         try:
             for start in range(0, per, batch):
@@ -134,8 +135,8 @@ class TrainingEvaluation:
             self.parallel.after_inference(ema)
         gathered = acc.gather(torch.cat(drawn)) if acc.num_processes > 1 else torch.cat(drawn)
         if not acc.is_main_process:
-            return np.zeros(0), None
-        return reassemble(gathered.cpu().numpy(), indices, n), None if labels is None else labels.numpy()
+            return np.zeros(0), {}
+        return reassemble(gathered.cpu().numpy(), indices, n), condition_arrays(ema.conditioning, conditions)
 
     def _log(self, step: int, scores: dict, seconds: float, trackers) -> None:
         record = {"eval": scores, "eval_settings": self.key, "eval_metrics": self.scored_by, "during_training": True,
