@@ -266,6 +266,26 @@ def text_config(tmp_path, **overrides):
     return load_experiment("experiments/quickstart_t2i.toml", sets)
 
 
+def test_text_conditioning_on_data_without_captions_is_one_line(tmp_path):
+    """Class-label data, contexts of another text encoder, and data that cannot draw prompts: each one line
+    naming the key to change, never a traceback."""
+    from repa.components.dataset.digits import DigitsDataset
+    from repa.engine.build import build_conditioning
+    from repa.errors import RepaError
+
+    conditioning = build_conditioning(text_config(tmp_path), 10)
+    with pytest.raises(RepaError, match=r'conditioning.kind = "text" needs captions or contexts from the data, and '
+                                        r'the data gave class labels; use a captioned dataset'):
+        conditioning.collate(torch.tensor([3, 7]))
+    with pytest.raises(RepaError, match=r"the data gave contexts \[77, 768\]; conditioning.text_encoder "
+                                        r"\(digits-words\) makes \[8, 64\]"):
+        conditioning.collate([torch.zeros(77, 768), torch.zeros(77, 768)])
+    conditioning._dataset = lambda split: DigitsDataset(DigitsParams(), "heldout")  # labels, no prompts
+    with pytest.raises(RepaError, match=r'conditioning.kind = "text": DigitsDataset has no captions to draw samples '
+                                        r'for; use a captioned dataset'):
+        conditioning.conditions(0, range(4), "random")
+
+
 def test_the_null_context_is_the_empty_caption_and_guidance_uses_it(tmp_path):
     from repa.engine.build import build_conditioning, build_network
 

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
+from repa.errors import RepaError
 from repa.interfaces import Conditioning, Conditions
 
 
@@ -48,8 +49,6 @@ class TextConditioning(Conditioning):
         return self._encoder
 
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
-        from repa.errors import RepaError
-
         try:
             contexts = self.encoder.encode(list(captions)).float().cpu()
         except ValueError as exc:  # a caption the encoder refuses (digits-words: an unknown word)
@@ -57,9 +56,14 @@ class TextConditioning(Conditioning):
         return self._checked(contexts, "the text encoder")
 
     def _checked(self, contexts: torch.Tensor, source: str) -> torch.Tensor:
+        if contexts.ndim == 1:  # one number per item: class labels
+            raise RepaError(f"conditioning.kind = \"text\" needs captions or contexts from the data, and {source} gave "
+                            "class labels; use a captioned dataset (data.kind = \"digits-captions\" or \"coco\") or "
+                            "[conditioning] kind = \"class\"")
         if tuple(contexts.shape[1:]) != self.context_shape:
-            raise ValueError(f"{source} gave contexts {list(contexts.shape[1:])}; the experiment's text encoder "
-                             f"makes {list(self.context_shape)}")
+            raise RepaError(f"{source} gave contexts {list(contexts.shape[1:])}; conditioning.text_encoder "
+                            f"({self.params.text_encoder.kind}) makes {list(self.context_shape)}: preprocess the data "
+                            "with the same text encoder, or set the one it was made with")
         return contexts
 
     def collate(self, values: Any) -> torch.Tensor:
@@ -78,7 +82,11 @@ class TextConditioning(Conditioning):
         return self._null
 
     def conditions(self, seed: int, indices: Sequence[int], mode: str) -> Conditions:
-        rows = self._dataset("val").prompts(seed, indices, mode)
+        try:
+            rows = self._dataset("val").prompts(seed, indices, mode)
+        except NotImplementedError as exc:  # data without captions (Dataset.prompts is optional)
+            raise RepaError(f"conditioning.kind = \"text\": {exc}; use a captioned dataset (data.kind = "
+                            "\"digits-captions\" or \"coco\") or [conditioning] kind = \"class\"") from None
         y = self.collate([row[0] for row in rows])
         labels = [row[1] for row in rows]
         known = all(label is not None for label in labels)
